@@ -1,0 +1,60 @@
+"""menglong_magic: async LLM agents for Python and Jupyter.
+
+``from menglong_magic import ChatAgent, ChatMode, tool``; in IPython, ``%load_ext menglong_magic``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import events
+from .agent import (
+    ChatAgent,
+    ChatMode,
+    IterationLog,
+    RunningLoopError,
+    RunResult,
+    RunUsage,
+    ToolCallRecord,
+    Usage,
+)
+from .models import Model, ModelError, OfflineModel, OpenAIModel, ScriptedModel
+from .tools import Tool, tool
+
+__version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext menglong_magic``: register the magics (idempotent)."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext menglong_magic``: remove everything the extension added."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
+__all__ = [
+    "ChatAgent",
+    "ChatMode",
+    "IterationLog",
+    "Model",
+    "ModelError",
+    "OfflineModel",
+    "OpenAIModel",
+    "RunResult",
+    "RunUsage",
+    "RunningLoopError",
+    "ScriptedModel",
+    "Tool",
+    "ToolCallRecord",
+    "Usage",
+    "events",
+    "load_ipython_extension",
+    "tool",
+    "unload_ipython_extension",
+]

@@ -1,0 +1,16 @@
+"""The agent core. Nothing in this package imports IPython or ipywidgets."""
+
+from .core import ChatAgent, ChatMode
+from .result import IterationLog, RunResult, RunUsage, ToolCallRecord, Usage
+from .sync import RunningLoopError
+
+__all__ = [
+    "ChatAgent",
+    "ChatMode",
+    "IterationLog",
+    "RunResult",
+    "RunUsage",
+    "RunningLoopError",
+    "ToolCallRecord",
+    "Usage",
+]

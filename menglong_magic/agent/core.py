@@ -1,0 +1,470 @@
+"""ChatAgent: the async run loop. No IPython or ipywidgets import anywhere in this package."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from ..events import (
+    Event,
+    EventBus,
+    EventCallback,
+    EventSubscription,
+    IterationFinished,
+    IterationStarted,
+    ModelRequestStarted,
+    ModelResponseReceived,
+    RunFinished,
+    RunStarted,
+    ToolCallFinished,
+    ToolCallStarted,
+    dispatch,
+)
+from ..models import Model, ModelRequest, ModelResponse, resolve_model
+from ..models.openai_compat import redact
+from ..tools import Tool, as_tool, collect_tools, execute_tool_call
+from .result import IterationLog, RunResult, RunUsage, ToolCallRecord
+from .sync import run_sync
+
+_CANCELLED_TOOL_RESULT = "Error: the run was stopped before this tool call finished."
+
+
+class ChatMode(str, Enum):
+    """NORMAL: plain chat, no tools sent. AUTO: the tool loop. WORKFLOW: run the workflow steps."""
+
+    NORMAL = "normal"
+    AUTO = "auto"
+    WORKFLOW = "workflow"
+
+
+@dataclass
+class _RunState:
+    """Everything a run has done so far; turned into a RunResult however the run ends."""
+
+    run_id: str
+    task: str
+    started: float
+    iterations: list[IterationLog] = field(default_factory=list)
+    usage: RunUsage = field(default_factory=RunUsage)
+    pending: list[dict[str, Any]] = field(default_factory=list)  # not yet committed to the history
+    added: list[dict[str, Any]] = field(default_factory=list)  # committed by this run
+    final_output: str = ""
+    stop_reason: str = "completed"
+    error: str | None = None
+    exception: BaseException | None = None
+    stop_requested: bool = False
+
+
+class ChatAgent:
+    """An async chat agent with tools.
+
+    ``model`` is a :class:`~menglong_magic.models.Model`, a model name, ``"local"``, ``"offline"``, or
+    None (see :func:`~menglong_magic.models.resolve_model`). ``system`` is the system prompt.
+    ``max_concurrency`` bounds the model requests in flight for everything this agent does.
+    ``stream=None`` streams whenever someone listens to the events (a panel, a text view).
+    """
+
+    _names = itertools.count(1)
+
+    def __init__(
+        self,
+        model: Model | str | None = None,
+        system: str | None = None,
+        mode: ChatMode | str = ChatMode.NORMAL,
+        tools: Iterable[Any] | None = None,
+        max_iterations: int = 10,
+        *,
+        name: str | None = None,
+        max_concurrency: int = 8,
+        stream: bool | None = None,
+        timeout: float | None = None,
+        model_settings: dict[str, Any] | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+    ):
+        options = {k: v for k, v in (("base_url", base_url), ("api_key", api_key)) if v}
+        self.model: Model = resolve_model(model, **options)
+        self.system = system
+        self.mode = ChatMode(mode)
+        self.tools: dict[str, Tool] = collect_tools(tools)
+        if max_iterations < 1:
+            raise ValueError("max_iterations must be at least 1")
+        self.max_iterations = max_iterations
+        self.name = name or f"agent-{next(self._names)}"
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.max_concurrency = max_concurrency
+        self.stream = stream
+        self.timeout = timeout
+        self.model_settings = dict(model_settings or {})
+        self.messages: list[dict[str, Any]] = []  # the conversation, without the system prompt
+        self.events = EventBus()
+        self.last_result: RunResult | None = None
+        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._active: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Task[Any], _RunState]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"ChatAgent(name={self.name!r}, model={self.model.name!r}, mode={self.mode.value!r}, "
+            f"tools={sorted(self.tools)!r}, messages={len(self.messages)})"
+        )
+
+    # ----------------------------------------------------------------- history and events
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The full OpenAI chat-format history: the system prompt (if any), then the conversation."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + list(self.messages)
+
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event of every run; returns an unsubscribe function."""
+        return self.events.subscribe(callback)
+
+    def stream_events(self, run_id: str | None = None) -> EventSubscription:
+        """``async with agent.stream_events() as events: async for event in events: ...``"""
+        return self.events.stream(run_id)
+
+    def limiter(self) -> asyncio.Semaphore:
+        """The semaphore bounding this agent's model requests on the running loop."""
+        loop = asyncio.get_running_loop()
+        sem = self._limiters.get(loop)
+        if sem is None:
+            sem = self._limiters[loop] = asyncio.Semaphore(self.max_concurrency)
+        return sem
+
+    def add_tool(self, obj: Any, name: str | None = None, description: str | None = None) -> Tool:
+        t = as_tool(obj, name=name, description=description)
+        self.tools[t.name] = t
+        return t
+
+    # ----------------------------------------------------------------- public async API
+    async def chat_async(self, message: str, **model_kwargs: Any) -> str:
+        """One user turn; returns the answer text. In AUTO mode tools run until the model answers."""
+        result = await self._turn(
+            message,
+            use_tools=self.mode is ChatMode.AUTO,
+            kind="chat",
+            max_iterations=self.max_iterations if self.mode is ChatMode.AUTO else 1,
+            model_kwargs=model_kwargs,
+        )
+        if result.stop_reason == "error":
+            raise self._raised(result)
+        return result.final_output
+
+    async def arun(
+        self,
+        task: str,
+        max_iterations: int | None = None,
+        timeout: float | None = None,
+        *,
+        on_event: EventCallback | None = None,
+        **model_kwargs: Any,
+    ) -> RunResult:
+        """An autonomous task in AUTO mode; always returns a RunResult (see ``stop_reason``).
+
+        Cancelling the awaiting task cancels the run (the history stays valid) and raises
+        CancelledError as usual; :meth:`cancel` instead makes the run return a "cancelled" result.
+        """
+        return await self._turn(
+            task,
+            use_tools=True,
+            kind="run",
+            max_iterations=max_iterations or self.max_iterations,
+            timeout=timeout if timeout is not None else self.timeout,
+            on_event=on_event,
+            model_kwargs=model_kwargs,
+        )
+
+    async def chat_result_async(
+        self,
+        message: str,
+        *,
+        on_event: EventCallback | None = None,
+        max_iterations: int | None = None,
+        timeout: float | None = None,
+        **model_kwargs: Any,
+    ) -> RunResult:
+        """Like :meth:`chat_async` but returns the full RunResult (used by the magics)."""
+        auto = self.mode is ChatMode.AUTO
+        return await self._turn(
+            message,
+            use_tools=auto,
+            kind="chat",
+            max_iterations=(max_iterations or self.max_iterations) if auto else 1,
+            timeout=timeout if timeout is not None else self.timeout,
+            on_event=on_event,
+            model_kwargs=model_kwargs,
+        )
+
+    def cancel(self, run_id: str | None = None) -> int:
+        """Stop a run (or every active run) of this agent. Thread-safe; the run returns "cancelled".
+
+        Returns how many runs were asked to stop.
+        """
+        targets = [v for k, v in list(self._active.items()) if run_id is None or k == run_id]
+        for loop, task, state in targets:
+
+            def stop(task: asyncio.Task[Any] = task, state: _RunState = state) -> None:
+                if not task.done() and state.run_id in self._active:
+                    state.stop_requested = True
+                    task.cancel()
+
+            try:
+                loop.call_soon_threadsafe(stop)
+            except RuntimeError:  # loop closed meanwhile
+                pass
+        return len(targets)
+
+    # ----------------------------------------------------------------- sync twins
+    def chat(self, message: str, **model_kwargs: Any) -> str:
+        """Blocking :meth:`chat_async` (not inside a running loop: use ``await agent.chat_async``)."""
+        return run_sync(self.chat_async(message, **model_kwargs), "await agent.chat_async(...)")
+
+    def run(self, task: str, max_iterations: int | None = None, timeout: float | None = None) -> RunResult:
+        """Blocking :meth:`arun` (not inside a running loop: use ``await agent.arun``)."""
+        return run_sync(self.arun(task, max_iterations, timeout), "await agent.arun(...)")
+
+    # ----------------------------------------------------------------- the run loop
+    async def _turn(
+        self,
+        message: str,
+        *,
+        use_tools: bool,
+        kind: str,
+        max_iterations: int,
+        timeout: float | None = None,
+        on_event: EventCallback | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        run_id: str | None = None,
+    ) -> RunResult:
+        """One user message through the loop, committed to ``messages`` (default: the agent's own)."""
+        target = self.messages if messages is None else messages
+        state = _RunState(run_id=run_id or uuid.uuid4().hex[:12], task=message, started=time.perf_counter())
+        emit = self._emitter(on_event)
+        stream = self.stream if self.stream is not None else (on_event is not None or self.events.has_subscribers)
+        task = asyncio.current_task()
+        assert task is not None
+        self._active[state.run_id] = (asyncio.get_running_loop(), task, state)
+        emit(
+            RunStarted(
+                state.run_id,
+                agent=self.name,
+                model=self.model.name,
+                mode=(ChatMode.AUTO if use_tools else self.mode).value,
+                task=message,
+                max_iterations=max_iterations,
+                kind=kind,
+            )
+        )
+        state.pending.append({"role": "user", "content": message})
+        body = self._loop(state, target, emit, use_tools, max_iterations, stream, model_kwargs or {})
+        cancelled: BaseException | None = None
+        try:
+            if timeout is not None:
+                await asyncio.wait_for(body, timeout)
+            else:
+                await body
+        except asyncio.TimeoutError:
+            state.stop_reason = "timeout"
+            state.error = f"timed out after {timeout:g}s"
+        except asyncio.CancelledError as exc:
+            state.stop_reason = "cancelled"
+            if state.stop_requested:
+                if hasattr(task, "uncancel"):
+                    task.uncancel()
+            else:
+                cancelled = exc
+        except Exception as exc:
+            state.stop_reason = "error"
+            state.exception = exc
+            state.error = redact(str(exc) or type(exc).__name__)
+        finally:
+            self._active.pop(state.run_id, None)
+        if state.stop_reason != "completed":
+            self._settle(state, target)
+            if not state.final_output:
+                state.final_output = next((it.text for it in reversed(state.iterations) if it.text), "")
+        result = RunResult(
+            task=message,
+            final_output=state.final_output,
+            stop_reason=state.stop_reason,
+            iterations=state.iterations,
+            usage=state.usage,
+            execution_time=time.perf_counter() - state.started,
+            model=self.model.name,
+            error=state.error,
+            run_id=state.run_id,
+            messages=state.added,
+        )
+        result._exception = state.exception  # type: ignore[attr-defined]
+        self.last_result = result
+        emit(RunFinished(state.run_id, result=result))
+        if cancelled is not None:
+            raise cancelled
+        return result
+
+    async def _loop(
+        self,
+        state: _RunState,
+        target: list[dict[str, Any]],
+        emit: Callable[[Event], None],
+        use_tools: bool,
+        max_iterations: int,
+        stream: bool,
+        model_kwargs: dict[str, Any],
+    ) -> None:
+        tools = dict(self.tools) if use_tools else {}
+        schemas = [t.schema() for t in tools.values()]
+        settings = {**self.model_settings, **model_kwargs}
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        for iteration in range(1, max_iterations + 1):
+            started = time.perf_counter()
+            emit(IterationStarted(state.run_id, iteration=iteration, max_iterations=max_iterations))
+            log = IterationLog(iteration=iteration)
+            state.iterations.append(log)
+            request = ModelRequest(
+                messages=system + target + state.pending,
+                tools=schemas,
+                settings=settings,
+                stream=stream,
+                run_id=state.run_id,
+                iteration=iteration,
+            )
+            emit(ModelRequestStarted(state.run_id, iteration=iteration, messages=len(request.messages),
+                                     tools=len(schemas)))
+            try:
+                async with self.limiter():
+                    response = await self.model.request(request, emit)
+            except Exception as exc:
+                log.error = redact(str(exc) or type(exc).__name__)
+                log.duration = time.perf_counter() - started
+                raise
+            state.usage.requests.append(response.usage)
+            log.text = response.text
+            log.usage = response.usage
+            emit(
+                ModelResponseReceived(
+                    state.run_id,
+                    iteration=iteration,
+                    text=response.text,
+                    tool_calls=tuple(c.name for c in response.tool_calls),
+                    usage=response.usage,
+                    duration=time.perf_counter() - started,
+                )
+            )
+            state.pending.append(response.to_message())
+            if response.tool_calls:
+                await self._run_tools(state, log, response, tools, emit, iteration)
+            self._commit(state, target)
+            log.duration = time.perf_counter() - started
+            emit(IterationFinished(state.run_id, iteration=iteration, duration=log.duration,
+                                   tool_calls=len(response.tool_calls)))
+            if not response.tool_calls:
+                state.final_output = response.text or ""
+                state.stop_reason = "completed"
+                return
+        state.stop_reason = "max_iterations"
+
+    async def _run_tools(
+        self,
+        state: _RunState,
+        log: IterationLog,
+        response: ModelResponse,
+        tools: dict[str, Tool],
+        emit: Callable[[Event], None],
+        iteration: int,
+    ) -> None:
+        """Run the turn's tool calls concurrently; results are appended in the calls' order."""
+        records = []
+        for call in response.tool_calls:
+            try:
+                shown: Any = json.loads(call.arguments) if call.arguments.strip() else {}
+            except json.JSONDecodeError:
+                shown = call.arguments
+            records.append(ToolCallRecord(id=call.id, name=call.name, arguments=shown))
+        log.tool_calls = records
+
+        async def one(index: int) -> None:
+            call, record = response.tool_calls[index], records[index]
+            emit(ToolCallStarted(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
+                                 arguments=record.arguments))
+            outcome = await execute_tool_call(tools, call.name, call.arguments)
+            record.result, record.error, record.duration = outcome.content, outcome.error, outcome.duration
+            emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
+                                  ok=outcome.ok, result=outcome.content if outcome.ok else None,
+                                  error=outcome.error, duration=outcome.duration))
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(len(records))]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            # On cancellation gather has cancelled the siblings; wait until they have really stopped.
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for call, record in zip(response.tool_calls, records, strict=True):
+            state.pending.append({"role": "tool", "tool_call_id": call.id, "content": record.result or ""})
+
+    # ----------------------------------------------------------------- history invariant
+    @staticmethod
+    def _commit(state: _RunState, target: list[dict[str, Any]]) -> None:
+        target.extend(state.pending)
+        state.added.extend(state.pending)
+        state.pending.clear()
+
+    def _settle(self, state: _RunState, target: list[dict[str, Any]]) -> None:
+        """After an abnormal stop: keep finished tool work (answered), drop what has no complete round.
+
+        The history never holds an assistant tool call without all of its tool results.
+        """
+        pending = state.pending
+        last_assistant = next(
+            (i for i in range(len(pending) - 1, -1, -1) if pending[i].get("role") == "assistant"), None
+        )
+        if last_assistant is not None and pending[last_assistant].get("tool_calls"):
+            calls = pending[last_assistant]["tool_calls"]
+            answered = {m.get("tool_call_id") for m in pending[last_assistant + 1 :]}
+            records = {r.id: r for r in state.iterations[-1].tool_calls} if state.iterations else {}
+            finished = [r for r in records.values() if r.result is not None]
+            if finished:
+                for tc in calls:
+                    if tc["id"] not in answered:
+                        record = records.get(tc["id"])
+                        content = record.result if record and record.result is not None else None
+                        if content is None:
+                            content = _CANCELLED_TOOL_RESULT
+                            if record is not None:
+                                record.error = record.error or "cancelled"
+                        pending.append({"role": "tool", "tool_call_id": tc["id"], "content": content})
+                self._commit(state, target)
+                return
+        pending.clear()
+
+    # ----------------------------------------------------------------- helpers
+    def _emitter(self, on_event: EventCallback | None) -> Callable[[Event], None]:
+        bus = self.events
+        if on_event is None:
+            return bus.emit
+
+        def emit(event: Event) -> None:
+            dispatch(on_event, event)
+            bus.emit(event)
+
+        return emit
+
+    @staticmethod
+    def _raised(result: RunResult) -> BaseException:
+        exc = getattr(result, "_exception", None)
+        return exc if exc is not None else RuntimeError(result.error or "the run failed")
+

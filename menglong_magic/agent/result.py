@@ -1,0 +1,217 @@
+"""Results of runs: attribute access, plus the seed's mapping access (``result["task_completed"]``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token usage of one model request, as the server reported it."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    @property
+    def total_tokens(self) -> int | None:
+        if self.input_tokens is None and self.output_tokens is None:
+            return None
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+
+@dataclass
+class RunUsage:
+    """Usage of a run: one entry per model request (``None`` where the server omitted it), and totals."""
+
+    requests: list[Usage | None] = field(default_factory=list)
+
+    def _sum(self, attr: str) -> int | None:
+        known = [getattr(u, attr) for u in self.requests if u is not None and getattr(u, attr) is not None]
+        return sum(known) if known else None
+
+    @property
+    def input_tokens(self) -> int | None:
+        return self._sum("input_tokens")
+
+    @property
+    def output_tokens(self) -> int | None:
+        return self._sum("output_tokens")
+
+    @property
+    def total_tokens(self) -> int | None:
+        return self._sum("total_tokens")
+
+    @property
+    def request_count(self) -> int:
+        return len(self.requests)
+
+    @property
+    def unknown_requests(self) -> int:
+        """Requests whose usage the server did not report: totals are then lower bounds."""
+        return sum(1 for u in self.requests if u is None)
+
+    def describe(self) -> str:
+        total = self.total_tokens
+        if total is None:
+            return "tokens unknown"
+        text = f"{total} tokens ({self.input_tokens or 0} in, {self.output_tokens or 0} out)"
+        if self.unknown_requests:
+            text += f", {self.unknown_requests} request(s) unreported"
+        return text
+
+
+@dataclass
+class ToolCallRecord:
+    """One tool call of an iteration, as executed."""
+
+    id: str
+    name: str
+    arguments: Any  # parsed dict, or the raw string when it was not valid JSON
+    result: str | None = None
+    error: str | None = None
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class IterationLog:
+    """One iteration: one model call and the tool calls it asked for."""
+
+    iteration: int
+    text: str | None = None
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    usage: Usage | None = None
+    duration: float = 0.0
+    error: str | None = None
+
+
+_SEED_KEYS = (
+    "task",
+    "final_output",
+    "task_completed",
+    "iterations_used",
+    "execution_time",
+    "stop_reason",
+    "iterations",
+    "usage",
+    "error",
+    "model",
+)
+
+
+@dataclass
+class RunResult(Mapping[str, Any]):
+    """The outcome of ``arun``/``chat_async``. Everything done before a stop is kept."""
+
+    task: str
+    final_output: str
+    stop_reason: str  # "completed" | "max_iterations" | "timeout" | "cancelled" | "error"
+    iterations: list[IterationLog]
+    usage: RunUsage
+    execution_time: float
+    model: str = ""
+    error: str | None = None
+    run_id: str = ""
+    messages: list[dict[str, Any]] = field(default_factory=list)  # the messages this run added
+
+    @property
+    def task_completed(self) -> bool:
+        return self.stop_reason == "completed"
+
+    @property
+    def iterations_used(self) -> int:
+        return len(self.iterations)
+
+    @property
+    def tool_calls(self) -> list[ToolCallRecord]:
+        return [call for it in self.iterations for call in it.tool_calls]
+
+    # Mapping access, for code written against the seed's dict results.
+    def __getitem__(self, key: str) -> Any:
+        if key not in _SEED_KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_SEED_KEYS)
+
+    def __len__(self) -> int:
+        return len(_SEED_KEYS)
+
+    # Mapping's __eq__ would compare as dicts; identity semantics suit a result object better.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def summary_line(self) -> str:
+        calls = len(self.tool_calls)
+        return (
+            f"{self.stop_reason} · {self.iterations_used} iteration(s) · {calls} tool call(s) · "
+            f"{self.execution_time:.2f}s · {self.usage.describe()}"
+        )
+
+    def __repr__(self) -> str:
+        text = self.final_output if len(self.final_output) <= 400 else self.final_output[:400] + "…"
+        lines = [f"RunResult({self.summary_line()})"]
+        if self.error:
+            lines.append(f"error: {self.error}")
+        if text:
+            lines.append(text)
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        from html import escape
+
+        parts = [f"**{escape(self.stop_reason)}** · {escape(self.summary_line().split(' · ', 1)[1])}"]
+        if self.error:
+            parts.append(f"> error: {escape(self.error)}")
+        if self.final_output:
+            parts.append(escape(self.final_output))
+        return "\n\n".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for APIs and logs)."""
+        return {
+            "task": self.task,
+            "final_output": self.final_output,
+            "task_completed": self.task_completed,
+            "iterations_used": self.iterations_used,
+            "execution_time": self.execution_time,
+            "stop_reason": self.stop_reason,
+            "error": self.error,
+            "model": self.model,
+            "usage": {
+                "input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens,
+                "total_tokens": self.usage.total_tokens,
+                "unknown_requests": self.usage.unknown_requests,
+            },
+            "iterations": [
+                {
+                    "iteration": it.iteration,
+                    "text": it.text,
+                    "duration": it.duration,
+                    "error": it.error,
+                    "tool_calls": [
+                        {
+                            "id": c.id,
+                            "name": c.name,
+                            "arguments": c.arguments,
+                            "result": c.result,
+                            "error": c.error,
+                            "duration": c.duration,
+                        }
+                        for c in it.tool_calls
+                    ],
+                }
+                for it in self.iterations
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=str)

@@ -1,0 +1,56 @@
+"""Sync entry points: one reusable event loop per thread, and a clear error inside a running loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class RunningLoopError(RuntimeError):
+    """A sync method was called where an event loop is already running (Jupyter, FastAPI, ...)."""
+
+
+_local = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    # One loop per thread, reused across calls: asyncio.run() per call would close the loop that a
+    # cached AsyncOpenAI/httpx client is bound to, breaking the second call.
+    loop = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _local.loop = loop
+    return loop
+
+
+def run_sync(coro: Coroutine[Any, Any, T], async_hint: str) -> T:
+    """Run ``coro`` to completion on this thread's loop.
+
+    ``async_hint`` names the awaitable to use instead when a loop is already running, e.g.
+    ``"await agent.arun(...)"``. On Ctrl-C the task is cancelled (and finishes its cleanup) before
+    KeyboardInterrupt propagates.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        coro.close()
+        raise RunningLoopError(
+            f"this is a blocking call and an event loop is already running here (as in Jupyter); "
+            f"use `{async_hint}` instead (or the %agent / %agent_run magics in a notebook)"
+        )
+    loop = _thread_loop()
+    task = loop.create_task(coro)
+    try:
+        return loop.run_until_complete(task)
+    except KeyboardInterrupt:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(task)
+        raise

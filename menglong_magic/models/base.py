@@ -1,0 +1,70 @@
+"""The model interface every backend implements, and the request/response types."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..agent.result import Usage
+from ..events import Event
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One tool call requested by the model. ``arguments`` is the raw JSON text the model sent."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def to_message(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass
+class ModelRequest:
+    """What the agent asks of a model for one iteration."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # temperature, tool_choice, ...
+    stream: bool = False
+    run_id: str = ""
+    iteration: int = 0
+
+
+@dataclass
+class ModelResponse:
+    """The model's answer for one iteration."""
+
+    text: str | None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage | None = None  # None: the server did not report usage (unknown, not zero)
+    model: str = ""
+    finish_reason: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        """The OpenAI chat-format assistant message for the history."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            message["tool_calls"] = [call.to_message() for call in self.tool_calls]
+        return message
+
+
+Emit = Callable[[Event], None]
+
+
+class Model(abc.ABC):
+    """A chat model backend. Implementations must be safe to share between concurrent requests."""
+
+    #: Shown in panels and results.
+    name: str = "model"
+
+    @abc.abstractmethod
+    async def request(self, request: ModelRequest, emit: Emit) -> ModelResponse:
+        """Answer one request. ``emit`` takes streaming (TextDelta, ToolCallDelta) and Retry events."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

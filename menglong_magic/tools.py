@@ -1,0 +1,197 @@
+"""Tools: ``@tool``, JSON schemas from type hints and docstrings (pydantic), validated execution."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, overload
+
+import docstring_parser
+import pydantic
+import pydantic_core
+
+TOOL_ATTRIBUTE = "__menglong_tool__"
+
+
+@dataclass
+class ToolOutcome:
+    """What one tool call produced: the text sent back to the model, and whether it succeeded."""
+
+    ok: bool
+    content: str
+    error: str | None
+    duration: float
+    arguments: Any
+
+
+class Tool:
+    """A callable the model may call, with its JSON schema and a pydantic model for its arguments."""
+
+    def __init__(self, function: Callable[..., Any], name: str | None = None, description: str | None = None):
+        self.function = function
+        self.name = name or function.__name__
+        doc = docstring_parser.parse(inspect.getdoc(function) or "")
+        summary = "\n\n".join(p for p in (doc.short_description, doc.long_description) if p)
+        self.description = description if description is not None else summary
+        self.is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+            getattr(function, "__call__", None)  # noqa: B004 - async callable objects
+        )
+        self.arguments_model = _arguments_model(function, self.name, doc)
+        self.parameters = _clean_schema(self.arguments_model.model_json_schema())
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI ``tools=[...]`` entry for this tool."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+    def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Validate and coerce arguments; raises ``pydantic.ValidationError``."""
+        model = self.arguments_model.model_validate(arguments)
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    async def call(self, arguments: dict[str, Any]) -> Any:
+        """Validate, then run: async tools are awaited, sync tools run in a worker thread."""
+        kwargs = self.validate(arguments)
+        if self.is_async:
+            return await self.function(**kwargs)
+        # to_thread keeps the event loop (and the live panel) responsive while a sync tool works.
+        return await asyncio.to_thread(self.function, **kwargs)
+
+    def __repr__(self) -> str:
+        kind = "async " if self.is_async else ""
+        return f"<{kind}tool {self.name}>"
+
+
+@overload
+def tool(function: Callable[..., Any], /) -> Callable[..., Any]: ...
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+
+
+def tool(
+    function: Callable[..., Any] | None = None, /, *, name: str | None = None, description: str | None = None
+) -> Any:
+    """Mark a function (sync or async) as a tool. The function itself is returned unchanged.
+
+    Use bare (``@tool``) or with options (``@tool(name="lookup", description="...")``).
+    """
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, TOOL_ATTRIBUTE, Tool(fn, name=name, description=description))
+        return fn
+
+    return mark(function) if function is not None else mark
+
+
+def as_tool(obj: Any, name: str | None = None, description: str | None = None) -> Tool:
+    """A :class:`Tool` for a Tool, a ``@tool`` function, or a plain function."""
+    if isinstance(obj, Tool):
+        if name is None and description is None:
+            return obj
+        return Tool(obj.function, name=name or obj.name, description=description or obj.description)
+    marked = getattr(obj, TOOL_ATTRIBUTE, None)
+    if isinstance(marked, Tool) and name is None and description is None:
+        return marked
+    if not callable(obj):
+        raise TypeError(f"not a tool or function: {obj!r}")
+    if isinstance(marked, Tool):
+        return Tool(obj, name=name or marked.name, description=description or marked.description)
+    return Tool(obj, name=name, description=description)
+
+
+def is_tool(obj: Any) -> bool:
+    """True for functions decorated with ``@tool``."""
+    return isinstance(getattr(obj, TOOL_ATTRIBUTE, None), Tool)
+
+
+def collect_tools(items: Iterable[Any] | None) -> dict[str, Tool]:
+    tools: dict[str, Tool] = {}
+    for item in items or ():
+        t = as_tool(item)
+        tools[t.name] = t
+    return tools
+
+
+def serialize_result(value: Any) -> str:
+    """Tool results go to the model as text: str as is, everything else as JSON (once)."""
+    if isinstance(value, str):
+        return value
+    return pydantic_core.to_json(value, fallback=repr).decode()
+
+
+async def execute_tool_call(tools: dict[str, Tool], name: str, raw_arguments: str | None) -> ToolOutcome:
+    """Run one tool call. Every failure becomes an error text for the model, never an exception.
+
+    Cancellation (``CancelledError``) is the one thing that propagates.
+    """
+    start = time.perf_counter()
+    arguments: Any = raw_arguments
+
+    def failed(message: str) -> ToolOutcome:
+        return ToolOutcome(False, f"Error: {message}", message, time.perf_counter() - start, arguments)
+
+    try:
+        parsed = json.loads(raw_arguments) if raw_arguments and raw_arguments.strip() else {}
+    except json.JSONDecodeError as exc:
+        return failed(f"the arguments for tool {name!r} are not valid JSON ({exc.msg}); got {raw_arguments!r}")
+    if not isinstance(parsed, dict):
+        return failed(f"the arguments for tool {name!r} must be a JSON object; got {raw_arguments!r}")
+    arguments = parsed
+    tool_ = tools.get(name)
+    if tool_ is None:
+        available = ", ".join(sorted(tools)) or "none"
+        return failed(f"unknown tool {name!r}; available tools: {available}")
+    try:
+        value = await tool_.call(parsed)
+    except pydantic.ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()
+        )
+        return failed(f"invalid arguments for tool {name!r}: {details}")
+    except Exception as exc:
+        return failed(f"tool {name!r} raised {type(exc).__name__}: {exc}")
+    return ToolOutcome(True, serialize_result(value), None, time.perf_counter() - start, arguments)
+
+
+def _arguments_model(
+    function: Callable[..., Any], name: str, doc: docstring_parser.Docstring
+) -> type[pydantic.BaseModel]:
+    target = function if inspect.isfunction(function) or inspect.ismethod(function) else function.__call__
+    signature = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except Exception:  # unresolved forward references: fall back to raw annotations
+        hints = {}
+    descriptions = {p.arg_name: p.description for p in doc.params if p.description}
+    fields: dict[str, Any] = {}
+    for pname, param in signature.parameters.items():
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        if pname in ("self", "cls") and param.annotation is inspect.Parameter.empty:
+            continue
+        annotation = hints.get(pname, param.annotation)
+        if annotation is inspect.Parameter.empty:
+            annotation = Any
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[pname] = (annotation, pydantic.Field(default, description=descriptions.get(pname)))
+    model_name = "".join(part.capitalize() for part in name.split("_")) + "Arguments"
+    return pydantic.create_model(model_name, __config__=pydantic.ConfigDict(extra="forbid"), **fields)
+
+
+def _clean_schema(schema: Any) -> Any:
+    """Drop pydantic's auto-generated titles: noise for the model, tokens for the user."""
+    if isinstance(schema, dict):
+        return {k: _clean_schema(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))}
+    if isinstance(schema, list):
+        return [_clean_schema(v) for v in schema]
+    return schema
+
