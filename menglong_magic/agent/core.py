@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,6 +16,10 @@ from enum import Enum
 from typing import Any
 
 from ..events import (
+    BatchFinished,
+    BatchItemFinished,
+    BatchItemStarted,
+    BatchStarted,
     Event,
     EventBus,
     EventCallback,
@@ -31,6 +37,7 @@ from ..events import (
 from ..models import Model, ModelRequest, ModelResponse, resolve_model
 from ..models.openai_compat import redact
 from ..tools import Tool, as_tool, collect_tools, execute_tool_call
+from .context import ContextSummary
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord
 from .sync import run_sync
 
@@ -225,7 +232,178 @@ class ChatAgent:
                 pass
         return len(targets)
 
+    # ----------------------------------------------------------------- batches
+    async def batch_run_async(
+        self,
+        messages: Iterable[str],
+        max_concurrency: int | None = None,
+        return_exceptions: bool = True,
+        *,
+        on_event: EventCallback | None = None,
+    ) -> list[RunResult | BaseException]:
+        """Parallel chat turns, each on its own copy of the current history; full results, input order.
+
+        The agent's own history is unchanged. ``max_concurrency`` can only lower the agent's own bound.
+        """
+        items = list(messages)
+        emit = self._emitter(on_event)
+        batch_id = uuid.uuid4().hex[:12]
+        started = time.perf_counter()
+        emit(BatchStarted(batch_id, messages=tuple(items), mode="parallel"))
+        gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        snapshot = list(self.messages)
+        results: list[RunResult | BaseException | None] = [None] * len(items)
+
+        async def one(index: int) -> None:
+            async with gate if gate is not None else contextlib.nullcontext():
+                results[index] = await self._batch_item(batch_id, index, items[index], list(snapshot),
+                                                        emit, on_event)
+            outcome = results[index]
+            if not return_exceptions and isinstance(outcome, BaseException):
+                raise outcome
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(len(items))]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for i, outcome in enumerate(results):
+                if outcome is None:
+                    results[i] = asyncio.CancelledError()
+                    emit(BatchItemFinished(batch_id, index=i, status="cancelled", duration=0.0, result=None,
+                                           error="cancelled"))
+            failed = sum(isinstance(r, BaseException) for r in results)
+            emit(BatchFinished(batch_id, ok=len(items) - failed, failed=failed,
+                               duration=time.perf_counter() - started))
+        return [r for r in results if r is not None]
+
+    async def batch_chat_async(
+        self,
+        messages: Iterable[str],
+        max_concurrency: int | None = None,
+        return_exceptions: bool = True,
+        *,
+        on_event: EventCallback | None = None,
+    ) -> list[str | BaseException]:
+        """Parallel chat turns (see :meth:`batch_run_async`); answers (or exceptions) in input order."""
+        results = await self.batch_run_async(messages, max_concurrency, return_exceptions, on_event=on_event)
+        return [r if isinstance(r, BaseException) else r.final_output for r in results]
+
+    async def sequential_run_async(
+        self, messages: Iterable[str], stop_on_error: bool = True, *, on_event: EventCallback | None = None
+    ) -> list[RunResult | BaseException]:
+        """Chat turns one after another on the shared history: later messages see earlier answers.
+
+        A failed turn yields its exception; with ``stop_on_error`` the remaining messages are skipped
+        (and not in the returned list).
+        """
+        items = list(messages)
+        emit = self._emitter(on_event)
+        batch_id = uuid.uuid4().hex[:12]
+        started = time.perf_counter()
+        emit(BatchStarted(batch_id, messages=tuple(items), mode="sequential"))
+        results: list[RunResult | BaseException] = []
+        try:
+            for index, message in enumerate(items):
+                outcome = await self._batch_item(batch_id, index, message, None, emit, on_event)
+                results.append(outcome)
+                if isinstance(outcome, BaseException) and stop_on_error:
+                    for skipped in range(index + 1, len(items)):
+                        emit(BatchItemFinished(batch_id, index=skipped, status="skipped", duration=0.0,
+                                               result=None, error="skipped after an earlier error"))
+                    break
+        finally:
+            failed = sum(isinstance(r, BaseException) for r in results)
+            emit(BatchFinished(batch_id, ok=len(results) - failed, failed=failed,
+                               duration=time.perf_counter() - started))
+        return results
+
+    async def sequential_chat_async(
+        self, messages: Iterable[str], stop_on_error: bool = True, *, on_event: EventCallback | None = None
+    ) -> list[str | BaseException]:
+        """Sequential chat turns (see :meth:`sequential_run_async`); answers or exceptions."""
+        results = await self.sequential_run_async(messages, stop_on_error, on_event=on_event)
+        return [r if isinstance(r, BaseException) else r.final_output for r in results]
+
+    async def _batch_item(
+        self,
+        batch_id: str,
+        index: int,
+        message: str,
+        history: list[dict[str, Any]] | None,
+        emit: Callable[[Event], None],
+        on_event: EventCallback | None,
+    ) -> RunResult | BaseException:
+        item_id = f"{batch_id}-{index}"
+        emit(BatchItemStarted(batch_id, index=index, message=message, item_run_id=item_id))
+        started = time.perf_counter()
+        auto = self.mode is ChatMode.AUTO
+        try:
+            result = await self._turn(message, use_tools=auto, kind="batch_item",
+                                      max_iterations=self.max_iterations if auto else 1, timeout=self.timeout,
+                                      on_event=on_event, messages=history, run_id=item_id)
+        except asyncio.CancelledError:
+            emit(BatchItemFinished(batch_id, index=index, status="cancelled",
+                                   duration=time.perf_counter() - started, result=None, error="cancelled"))
+            raise
+        duration = time.perf_counter() - started
+        if result.stop_reason in ("error", "cancelled"):
+            exc = self._raised(result) if result.stop_reason == "error" else asyncio.CancelledError()
+            emit(BatchItemFinished(batch_id, index=index, status=result.stop_reason, duration=duration,
+                                   result=None, error=result.error or result.stop_reason))
+            return exc
+        emit(BatchItemFinished(batch_id, index=index, status="ok", duration=duration,
+                               result=result.final_output, error=result.error))
+        return result
+
+    # ----------------------------------------------------------------- context and tools
+    def clear_context(self) -> None:
+        """Forget the conversation; the system prompt and the tools stay."""
+        self.messages.clear()
+
+    async def clear_context_async(self) -> None:
+        self.clear_context()
+
+    def get_context_summary(self) -> ContextSummary:
+        """Messages by role, tool calls, tokens used (last run) and the last exchange."""
+        return ContextSummary.of(self)
+
+    async def get_context_summary_async(self) -> ContextSummary:
+        return self.get_context_summary()
+
+    def register_tool(self, name: str, func: Callable[..., Any], description: str | None = None) -> Tool:
+        """Add (or replace, with a warning) a tool under ``name``."""
+        if name in self.tools:
+            warnings.warn(f"tool {name!r} was already registered; replacing it", stacklevel=2)
+        t = as_tool(func, name=name, description=description)
+        self.tools[t.name] = t
+        return t
+
+    def register_tools_from_functions(self, *functions: Callable[..., Any]) -> list[Tool]:
+        """Register decorated or plain functions under their tool names."""
+        return [self.register_tool(as_tool(f).name, f) for f in functions]
+
+    async def register_tool_async(self, name: str, func: Callable[..., Any], description: str | None = None) -> Tool:
+        return self.register_tool(name, func, description)
+
+    async def register_tools_from_functions_async(self, *functions: Callable[..., Any]) -> list[Tool]:
+        return self.register_tools_from_functions(*functions)
+
+    def remove_tool(self, name: str) -> None:
+        """Remove a tool; KeyError if there is none by that name."""
+        del self.tools[name]
+
     # ----------------------------------------------------------------- sync twins
+    def batch_chat(self, messages: Iterable[str], max_concurrency: int | None = None,
+                   return_exceptions: bool = True) -> list[str | BaseException]:
+        return run_sync(self.batch_chat_async(messages, max_concurrency, return_exceptions),
+                        "await agent.batch_chat_async(...)")
+
+    def sequential_chat(self, messages: Iterable[str], stop_on_error: bool = True) -> list[str | BaseException]:
+        return run_sync(self.sequential_chat_async(messages, stop_on_error), "await agent.sequential_chat_async(...)")
+
     def chat(self, message: str, **model_kwargs: Any) -> str:
         """Blocking :meth:`chat_async` (not inside a running loop: use ``await agent.chat_async``)."""
         return run_sync(self.chat_async(message, **model_kwargs), "await agent.chat_async(...)")

@@ -1,0 +1,359 @@
+"""A scripted OpenAI-compatible chat completions server on 127.0.0.1, with fault injection.
+
+Standard library only. Used by the test suite, the benchmarks and the demo notebooks so that the real
+``openai`` client is exercised over real HTTP without any network.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class ToolCallSpec:
+    name: str
+    arguments: dict[str, Any] | str
+    id: str | None = None
+
+
+@dataclass
+class Reply:
+    text: str | None = None
+    tool_calls: list[ToolCallSpec] = field(default_factory=list)
+    usage: tuple[int, int] | str | None = "auto"
+    delay: float = 0.0
+    chunk_delay: float = 0.0
+    reject_stream_options: bool = False
+
+
+@dataclass
+class Fault:
+    status: int
+    retry_after: float | None = None
+    message: str = "injected fault"
+    delay: float = 0.0
+
+
+@dataclass
+class Disconnect:
+    delay: float = 0.0
+
+
+Step = Reply | Fault | Disconnect | Callable[[dict[str, Any]], Any]
+
+
+def reply(
+    text: str,
+    *,
+    usage: tuple[int, int] | str | None = "auto",
+    delay: float = 0.0,
+    chunk_delay: float = 0.0,
+    reject_stream_options: bool = False,
+) -> Reply:
+    """An assistant text answer. ``usage=None`` omits the usage field (unknown usage)."""
+    return Reply(text=text, usage=usage, delay=delay, chunk_delay=chunk_delay,
+                 reject_stream_options=reject_stream_options)
+
+
+def tool_call(name: str, arguments: dict[str, Any] | str | None = None, id: str | None = None) -> ToolCallSpec:
+    """A tool call for :func:`call_tools`; a str ``arguments`` is sent verbatim."""
+    return ToolCallSpec(name, {} if arguments is None else arguments, id)
+
+
+def call_tools(
+    *calls: ToolCallSpec,
+    text: str | None = None,
+    usage: tuple[int, int] | str | None = "auto",
+    delay: float = 0.0,
+    chunk_delay: float = 0.0,
+    reject_stream_options: bool = False,
+) -> Reply:
+    """An assistant message asking for tool calls."""
+    return Reply(text=text, tool_calls=list(calls), usage=usage, delay=delay, chunk_delay=chunk_delay,
+                 reject_stream_options=reject_stream_options)
+
+
+def fault(status: int, *, retry_after: float | None = None, message: str = "injected fault",
+          delay: float = 0.0) -> Fault:
+    """An HTTP error with an OpenAI-style error body (and optional Retry-After)."""
+    return Fault(status, retry_after, message, delay)
+
+
+def disconnect(delay: float = 0.0) -> Disconnect:
+    """Close the connection without answering."""
+    return Disconnect(delay)
+
+
+def tool_then_answer_responder(
+    tool_name: str, arguments: dict[str, Any] | str, answer_text: str = "done", delay: float = 0.0
+) -> Callable[[dict[str, Any]], Reply]:
+    """Call ``tool_name`` when the last message is the user's; answer once a tool result is in."""
+
+    def respond(body: dict[str, Any]) -> Reply:
+        last = body["messages"][-1]
+        if last.get("role") == "user":
+            return call_tools(tool_call(tool_name, arguments), delay=delay)
+        return reply(answer_text, delay=delay)
+
+    return respond
+
+
+def echo_responder(delay: float = 0.0) -> Callable[[dict[str, Any]], Reply]:
+    """Answer "echo: <last user message>"."""
+
+    def respond(body: dict[str, Any]) -> Reply:
+        user = [m for m in body["messages"] if m.get("role") == "user"]
+        return reply(f"echo: {user[-1]['content'] if user else ''}", delay=delay)
+
+    return respond
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            self._send_json(200, {"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "x"}]})
+        else:
+            self._send_json(404, {"error": {"message": "not found", "type": "not_found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send_json(404, {"error": {"message": "not found", "type": "not_found"}})
+            return
+        owner = self.server.owner
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            self._send_json(400, {"error": {"message": "invalid JSON", "type": "invalid_request_error"}})
+            return
+        headers = {k: ("<redacted>" if k.lower() == "authorization" else v) for k, v in self.headers.items()}
+        owner._enter(body, headers)
+        try:
+            step = owner._next_step(body)
+            while callable(step) and not isinstance(step, (Reply, Fault, Disconnect)):
+                step = step(body)
+            self._answer(body, step)
+        finally:
+            owner._leave()
+
+    def _answer(self, body: dict[str, Any], step: Any) -> None:
+        if getattr(step, "delay", 0):
+            time.sleep(step.delay)
+        if isinstance(step, Disconnect):
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if isinstance(step, Fault):
+            headers = {"Retry-After": f"{step.retry_after:g}"} if step.retry_after is not None else {}
+            kind = "rate_limit_error" if step.status == 429 else "server_error" if step.status >= 500 else "invalid_request_error"
+            self._send_json(step.status, {"error": {"message": step.message, "type": kind, "code": str(step.status)}},
+                            headers)
+            return
+        if not isinstance(step, Reply):
+            self._send_json(500, {"error": {"message": f"bad scripted step {step!r}", "type": "server_error"}})
+            return
+        if body.get("stream") and step.reject_stream_options and "stream_options" in body:
+            self._send_json(400, {"error": {"message": "stream_options not supported", "type": "invalid_request_error"}})
+            return
+        owner = self.server.owner
+        calls = [
+            {
+                "id": c.id or owner._new_call_id(),
+                "type": "function",
+                "function": {
+                    "name": c.name,
+                    "arguments": c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments),
+                },
+            }
+            for c in step.tool_calls
+        ]
+        usage = step.usage
+        if usage == "auto":
+            usage = (10, len((step.text or "").split()) + 5 * len(calls))
+        usage_obj = None if usage is None else {
+            "prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]
+        }
+        finish = "tool_calls" if calls else "stop"
+        base = {"id": f"chatcmpl-{owner._new_call_id()}", "created": int(time.time()), "model": body.get("model", "scripted")}
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            self._stream(base, step, calls, finish, usage_obj if include_usage else None)
+            return
+        message: dict[str, Any] = {"role": "assistant", "content": step.text}
+        if calls:
+            message["tool_calls"] = calls
+        payload = {**base, "object": "chat.completion",
+                   "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+        if usage_obj is not None:
+            payload["usage"] = usage_obj
+        self._send_json(200, payload)
+
+    def _stream(self, base: dict[str, Any], step: Reply, calls: list[dict[str, Any]], finish: str,
+                usage: dict[str, int] | None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+        def chunk(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+            payload = {**base, "object": "chat.completion.chunk", "choices": choices, **(extra or {})}
+            self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+            self.wfile.flush()
+            if step.chunk_delay:
+                time.sleep(step.chunk_delay)
+
+        chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        if step.text:
+            words = step.text.split(" ")
+            for i, word in enumerate(words):
+                piece = word if i == 0 else " " + word
+                chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+        for index, call in enumerate(calls):
+            chunk([{"index": 0, "delta": {"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                   "function": {"name": call["function"]["name"], "arguments": ""}}]}, "finish_reason": None}])
+            args = call["function"]["arguments"]
+            size = max(1, len(args) // 3)
+            for start in range(0, len(args), size):
+                chunk([{"index": 0, "delta": {"tool_calls": [{"index": index, "function": {
+                    "arguments": args[start:start + size]}}]}, "finish_reason": None}])
+        chunk([{"index": 0, "delta": {}, "finish_reason": finish}])
+        if usage is not None:
+            chunk([], {"usage": usage})
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    owner: ScriptedOpenAIServer
+
+
+class ScriptedOpenAIServer:
+    """Scripted OpenAI-compatible server: ``enqueue`` steps, point a client at ``base_url``.
+
+    When the FIFO is empty, ``responder(body)`` answers if set, else HTTP 500 (counted in
+    ``exhausted_calls``). ``requests``, ``request_headers`` (Authorization redacted), ``in_flight`` and
+    ``max_in_flight`` let tests observe what the client did.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 responder: Callable[[dict[str, Any]], Any] | None = None):
+        self._host, self._port = host, port
+        self.responder = responder
+        self._steps: deque[Any] = deque()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._server: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.requests: list[dict[str, Any]] = []
+        self.request_headers: list[dict[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.exhausted_calls = 0
+
+    # lifecycle
+    def start(self) -> ScriptedOpenAIServer:
+        if self._server is None:
+            self._server = _HTTPServer((self._host, self._port), _Handler)
+            self._server.owner = self
+            self._thread = threading.Thread(target=self._server.serve_forever, name="scripted-openai", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> ScriptedOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return self._server.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # script
+    def enqueue(self, *steps: Step) -> ScriptedOpenAIServer:
+        with self._lock:
+            self._steps.extend(steps)
+        return self
+
+    @property
+    def pending_steps(self) -> int:
+        with self._lock:
+            return len(self._steps)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._steps.clear()
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.request_headers.clear()
+            self.max_in_flight = self.in_flight
+            self.exhausted_calls = 0
+
+    # used by the handler
+    def _enter(self, body: dict[str, Any], headers: dict[str, str]) -> None:
+        with self._lock:
+            self.requests.append(body)
+            self.request_headers.append(headers)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def _next_step(self, body: dict[str, Any]) -> Any:
+        with self._lock:
+            if self._steps:
+                return self._steps.popleft()
+            if self.responder is None:
+                self.exhausted_calls += 1
+                return Fault(500, message="scripted server: no step left")
+        return self.responder
+
+    def _new_call_id(self) -> str:
+        return f"call_{next(self._ids)}"
