@@ -116,6 +116,18 @@ class _AwaitRewriter:
         return out
 
 
+async def _heartbeat(period: float = 0.2) -> None:
+    """Wake the loop regularly while a run blocks the cell.
+
+    A kernel interrupt's SIGINT may be delivered to a non-main thread; Python then runs the handler
+    (ipykernel's "cancel this cell") only when the main thread next executes bytecode. With every task
+    idle (a model or tool awaiting the network) the loop may sleep for many seconds; this keeps the
+    interrupt latency to about ``period``.
+    """
+    while True:
+        await asyncio.sleep(period)
+
+
 class _Namespace(dict):
     def __missing__(self, key: str) -> Any:
         raise UsageError(f"-i: {key!r} is not defined in the namespace (write {{{{ and }}}} for literal braces)")
@@ -239,6 +251,7 @@ class AgentMagics(Magics):
 
         async def finish() -> Any:
             cancelled = False
+            heartbeat = None if args.bg else loop.create_task(_heartbeat())
             try:
                 outcome = await task
             except asyncio.CancelledError:
@@ -251,6 +264,8 @@ class AgentMagics(Magics):
                     await asyncio.wait([task])
                 outcome = agent.last_result if kind == "line" or not (args.batch or args.sequential) else None
             finally:
+                if heartbeat is not None:
+                    heartbeat.cancel()
                 restore()
                 view.finish()
             return self._deliver(args, outcome, cancelled, agent)

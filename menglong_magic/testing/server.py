@@ -59,8 +59,9 @@ def reply(
     reject_stream_options: bool = False,
 ) -> Reply:
     """An assistant text answer. ``usage=None`` omits the usage field (unknown usage)."""
-    return Reply(text=text, usage=usage, delay=delay, chunk_delay=chunk_delay,
-                 reject_stream_options=reject_stream_options)
+    return Reply(
+        text=text, usage=usage, delay=delay, chunk_delay=chunk_delay, reject_stream_options=reject_stream_options
+    )
 
 
 def tool_call(name: str, arguments: dict[str, Any] | str | None = None, id: str | None = None) -> ToolCallSpec:
@@ -77,12 +78,19 @@ def call_tools(
     reject_stream_options: bool = False,
 ) -> Reply:
     """An assistant message asking for tool calls."""
-    return Reply(text=text, tool_calls=list(calls), usage=usage, delay=delay, chunk_delay=chunk_delay,
-                 reject_stream_options=reject_stream_options)
+    return Reply(
+        text=text,
+        tool_calls=list(calls),
+        usage=usage,
+        delay=delay,
+        chunk_delay=chunk_delay,
+        reject_stream_options=reject_stream_options,
+    )
 
 
-def fault(status: int, *, retry_after: float | None = None, message: str = "injected fault",
-          delay: float = 0.0) -> Fault:
+def fault(
+    status: int, *, retry_after: float | None = None, message: str = "injected fault", delay: float = 0.0
+) -> Fault:
     """An HTTP error with an OpenAI-style error body (and optional Retry-After)."""
     return Fault(status, retry_after, message, delay)
 
@@ -170,15 +178,24 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if isinstance(step, Fault):
             headers = {"Retry-After": f"{step.retry_after:g}"} if step.retry_after is not None else {}
-            kind = "rate_limit_error" if step.status == 429 else "server_error" if step.status >= 500 else "invalid_request_error"
-            self._send_json(step.status, {"error": {"message": step.message, "type": kind, "code": str(step.status)}},
-                            headers)
+            kind = (
+                "rate_limit_error"
+                if step.status == 429
+                else "server_error"
+                if step.status >= 500
+                else "invalid_request_error"
+            )
+            self._send_json(
+                step.status, {"error": {"message": step.message, "type": kind, "code": str(step.status)}}, headers
+            )
             return
         if not isinstance(step, Reply):
             self._send_json(500, {"error": {"message": f"bad scripted step {step!r}", "type": "server_error"}})
             return
         if body.get("stream") and step.reject_stream_options and "stream_options" in body:
-            self._send_json(400, {"error": {"message": "stream_options not supported", "type": "invalid_request_error"}})
+            self._send_json(
+                400, {"error": {"message": "stream_options not supported", "type": "invalid_request_error"}}
+            )
             return
         owner = self.server.owner
         calls = [
@@ -195,11 +212,17 @@ class _Handler(BaseHTTPRequestHandler):
         usage = step.usage
         if usage == "auto":
             usage = (10, len((step.text or "").split()) + 5 * len(calls))
-        usage_obj = None if usage is None else {
-            "prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]
-        }
+        usage_obj = (
+            None
+            if usage is None
+            else {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]}
+        )
         finish = "tool_calls" if calls else "stop"
-        base = {"id": f"chatcmpl-{owner._new_call_id()}", "created": int(time.time()), "model": body.get("model", "scripted")}
+        base = {
+            "id": f"chatcmpl-{owner._new_call_id()}",
+            "created": int(time.time()),
+            "model": body.get("model", "scripted"),
+        }
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             self._stream(base, step, calls, finish, usage_obj if include_usage else None)
@@ -207,14 +230,18 @@ class _Handler(BaseHTTPRequestHandler):
         message: dict[str, Any] = {"role": "assistant", "content": step.text}
         if calls:
             message["tool_calls"] = calls
-        payload = {**base, "object": "chat.completion",
-                   "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+        payload = {
+            **base,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        }
         if usage_obj is not None:
             payload["usage"] = usage_obj
         self._send_json(200, payload)
 
-    def _stream(self, base: dict[str, Any], step: Reply, calls: list[dict[str, Any]], finish: str,
-                usage: dict[str, int] | None) -> None:
+    def _stream(
+        self, base: dict[str, Any], step: Reply, calls: list[dict[str, Any]], finish: str, usage: dict[str, int] | None
+    ) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -236,13 +263,38 @@ class _Handler(BaseHTTPRequestHandler):
                 piece = word if i == 0 else " " + word
                 chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
         for index, call in enumerate(calls):
-            chunk([{"index": 0, "delta": {"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                   "function": {"name": call["function"]["name"], "arguments": ""}}]}, "finish_reason": None}])
+            chunk(
+                [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [
+                                {
+                                    "index": index,
+                                    "id": call["id"],
+                                    "type": "function",
+                                    "function": {"name": call["function"]["name"], "arguments": ""},
+                                }
+                            ]
+                        },
+                        "finish_reason": None,
+                    }
+                ]
+            )
             args = call["function"]["arguments"]
             size = max(1, len(args) // 3)
             for start in range(0, len(args), size):
-                chunk([{"index": 0, "delta": {"tool_calls": [{"index": index, "function": {
-                    "arguments": args[start:start + size]}}]}, "finish_reason": None}])
+                chunk(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {
+                                "tool_calls": [{"index": index, "function": {"arguments": args[start : start + size]}}]
+                            },
+                            "finish_reason": None,
+                        }
+                    ]
+                )
         chunk([{"index": 0, "delta": {}, "finish_reason": finish}])
         if usage is not None:
             chunk([], {"usage": usage})
@@ -264,8 +316,9 @@ class ScriptedOpenAIServer:
     ``max_in_flight`` let tests observe what the client did.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 responder: Callable[[dict[str, Any]], Any] | None = None):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, responder: Callable[[dict[str, Any]], Any] | None = None
+    ):
         self._host, self._port = host, port
         self.responder = responder
         self._steps: deque[Any] = deque()
