@@ -80,9 +80,12 @@ def test_interrupt_cancels_the_run_and_the_next_cell_works(kernel):
     out = kernel.ok("print(cancelled, agent.last_result.stop_reason, len(agent.messages))")
     assert out.stdout.split()[0] == "[30.0]"  # the tool saw the cancellation
     assert "cancelled" in out.stdout
-    kernel.ok("agent.model.add(reply('fine again'))")
+    # nothing half-done was kept: the cancelled tool call had no result, so the turn was rolled back
+    assert out.stdout.split()[-1] == "0"
     nxt = kernel.ok("%%agent -a agent -q\nare you there?")
-    assert "fine again" in "".join(nxt.data())
+    assert "never" in "".join(nxt.data())  # the model's next scripted answer
+    out = kernel.ok("print([m['role'] for m in agent.messages])")
+    assert out.stdout.strip() == "['user', 'assistant']"
 
 
 def test_bg_returns_at_once_and_later_cells_run(kernel):
