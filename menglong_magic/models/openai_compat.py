@@ -179,13 +179,16 @@ class OpenAIModel(Model):
             kwargs["stream_options"] = {"include_usage": True}
         try:
             stream = await self.client.chat.completions.create(**kwargs)
-        except openai.BadRequestError:
-            if not self._stream_usage:
+        except openai.BadRequestError as first:
+            if "stream_options" not in kwargs:
                 raise
-            # Some servers reject stream_options; stream without usage from now on.
+            # Some servers reject stream_options: try once without; if that works, stop sending it.
+            kwargs.pop("stream_options")
+            try:
+                stream = await self.client.chat.completions.create(**kwargs)
+            except openai.BadRequestError:
+                raise first from None
             self._stream_usage = False
-            kwargs.pop("stream_options", None)
-            stream = await self.client.chat.completions.create(**kwargs)
         text_parts: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
         usage = None
