@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Protocol
+
+import ipywidgets as w
 
 from . import events as ev
 from .textview import TextView
@@ -38,12 +39,19 @@ def make_view(
     return TextView(title=title, compact=compact)
 
 
+class PanelBox(w.VBox):
+    """The panel's top widget, with a short, stable text/plain repr (what nbval and terminals see)."""
+
+    title = ""
+
+    def __repr__(self) -> str:
+        return f"RunPanel({self.title!r})"
+
+
 class RunPanel:
     """A live panel: header (status badge, elapsed, tokens), progress + Stop, iterations or batch table."""
 
     def __init__(self, *, title: str, on_stop: Callable[[], None] | None = None, update_interval: float = 0.1):
-        import ipywidgets as w
-
         self.model = RunViewModel(title)
         self.update_interval = max(update_interval, 0.0)
         self._on_stop = on_stop
@@ -57,13 +65,14 @@ class RunPanel:
         self.stop_button.add_class("mm-stop")
         self.stop_button.on_click(self._stop_clicked)
         self.body = w.HTML(self.model.body_html())
-        self.widget = w.VBox([self.header, w.HBox([self.progress, self.progress_label, self.stop_button]), self.body])
+        self.widget = PanelBox([self.header, w.HBox([self.progress, self.progress_label, self.stop_button]),
+                                 self.body])
+        self.widget.title = title
         self.widget.add_class("mm-panel")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._flushed_version = -1
         self._finished = False
-        self._record_id = "mm-" + uuid.uuid4().hex
         self.flushes = 0
 
     # -------------------------------------------------------------- lifecycle
@@ -75,7 +84,6 @@ class RunPanel:
         except RuntimeError:
             self._loop = None
         display(self.widget)
-        display({"text/plain": f"[{self.model.title}] running…"}, raw=True, display_id=self._record_id)
 
     def handle(self, event: ev.Event) -> None:
         loop = self._loop
@@ -92,7 +100,7 @@ class RunPanel:
 
     def finish(self) -> None:
         """Final flush, disable Stop, and write the static record (kept in saved notebooks)."""
-        from IPython.display import update_display
+        from IPython.display import display
 
         if self._finished:
             return
@@ -103,11 +111,8 @@ class RunPanel:
         self.model.mark_cancelled()
         self.flush()
         self.stop_button.disabled = True
-        update_display(
-            {"text/plain": self.model.summary_text(), "text/html": self.model.record_html()},
-            raw=True,
-            display_id=self._record_id,
-        )
+        # A new output rather than an update of a placeholder: nbval does not replay update_display_data.
+        display({"text/plain": self.model.summary_text(), "text/html": self.model.record_html()}, raw=True)
 
     # -------------------------------------------------------------- rendering
     def _schedule(self) -> None:

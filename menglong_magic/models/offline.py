@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 from ..agent.result import Usage
@@ -28,11 +29,12 @@ class OfflineModel(Model):
         user_text = next((_content(m) for m in turn if m.get("role") == "user"), "")
         tool_results = [m for m in turn if m.get("role") == "tool"]
         if request.tools and not tool_results:
+            words = _candidate_strings(user_text)
             tool_calls = [
                 ToolCall(
                     id=f"offline_{i + 1}",
                     name=spec["function"]["name"],
-                    arguments=json.dumps(example_arguments(spec["function"].get("parameters") or {})),
+                    arguments=json.dumps(example_arguments(spec["function"].get("parameters") or {}, words)),
                 )
                 for i, spec in enumerate(request.tools)
             ]
@@ -87,16 +89,28 @@ def _summary(user_text: str, turn: list[dict[str, Any]], tool_results: list[dict
     return "Offline demo model: I called every tool once. " + "; ".join(parts) + "."
 
 
-def example_arguments(schema: dict[str, Any]) -> dict[str, Any]:
-    """Deterministic arguments that satisfy a tool's JSON schema (defaults, enums, then by type)."""
+def _candidate_strings(text: str) -> list[str]:
+    """Quoted phrases, then capitalised words (not sentence-initial) of the user's message."""
+    quoted = [a or b for a, b in re.findall(r"'([^']+)'|\"([^\"]+)\"", text)]
+    unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", " ", text)
+    names = [m.group(1) for m in re.finditer(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+)\b", unquoted)]
+    return quoted + [n for n in names if n not in quoted]
+
+
+def example_arguments(schema: dict[str, Any], strings: list[str] | None = None) -> dict[str, Any]:
+    """Deterministic arguments that satisfy a tool's JSON schema (defaults, enums, then by type).
+
+    String parameters take the next of ``strings`` (phrases from the user's message) when there is one.
+    """
     defs = schema.get("$defs", {})
-    value = _example(schema, defs, "")
+    value = _example(schema, defs, "", list(strings or ()))
     return value if isinstance(value, dict) else {}
 
 
-def _example(schema: dict[str, Any], defs: dict[str, Any], name: str) -> Any:
+def _example(schema: dict[str, Any], defs: dict[str, Any], name: str, strings: list[str] | None = None) -> Any:
+    strings = strings if strings is not None else []
     if "$ref" in schema:
-        return _example(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs, name)
+        return _example(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs, name, strings)
     if "default" in schema:
         return schema["default"]
     if "const" in schema:
@@ -106,16 +120,16 @@ def _example(schema: dict[str, Any], defs: dict[str, Any], name: str) -> Any:
     for key in ("anyOf", "oneOf", "allOf"):
         options = [o for o in schema.get(key, ()) if o.get("type") != "null"]
         if options:
-            return _example(options[0], defs, name)
+            return _example(options[0], defs, name, strings)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), None)
     if kind == "object" or "properties" in schema:
         props = schema.get("properties", {})
         required = schema.get("required", list(props))
-        return {k: _example(v, defs, k) for k, v in props.items() if k in required}
+        return {k: _example(v, defs, k, strings) for k, v in props.items() if k in required}
     if kind == "array":
-        return [_example(schema.get("items", {}), defs, name)]
+        return [_example(schema.get("items", {}), defs, name, strings)]
     if kind == "integer":
         return max(int(schema.get("minimum", 2)), 2) if "maximum" not in schema else int(schema["maximum"])
     if kind == "number":
@@ -124,4 +138,4 @@ def _example(schema: dict[str, Any], defs: dict[str, Any], name: str) -> Any:
         return True
     if kind == "null":
         return None
-    return name or "example"
+    return strings.pop(0) if strings else (name or "example")
