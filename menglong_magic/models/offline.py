@@ -100,10 +100,10 @@ def _candidate_strings(text: str) -> list[str]:
 def example_arguments(schema: dict[str, Any], strings: list[str] | None = None) -> dict[str, Any]:
     """Deterministic arguments that satisfy a tool's JSON schema (defaults, enums, then by type).
 
-    String parameters take the next of ``strings`` (phrases from the user's message) when there is one.
+    String parameters take (and consume) the next of ``strings`` (phrases from the user's message).
     """
     defs = schema.get("$defs", {})
-    value = _example(schema, defs, "", list(strings or ()))
+    value = _example(schema, defs, "", strings if strings is not None else [])
     return value if isinstance(value, dict) else {}
 
 
