@@ -8,7 +8,7 @@ import pytest
 
 
 @pytest.fixture
-def openai_server() -> Iterator["ScriptedOpenAIServer"]:  # noqa: F821
+def openai_server() -> Iterator[ScriptedOpenAIServer]:  # noqa: F821
     """A scripted OpenAI-compatible server on 127.0.0.1 and a free port, stopped after the test."""
     from menglong_magic.testing.server import ScriptedOpenAIServer
 

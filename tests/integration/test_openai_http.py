@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from menglong_magic import ChatAgent, events as ev, tool
+from menglong_magic import ChatAgent, tool
+from menglong_magic import events as ev
 from menglong_magic.models import ModelError, OpenAIModel, RetryPolicy
 from menglong_magic.testing import call_tools, disconnect, fault, reply, tool_call
 

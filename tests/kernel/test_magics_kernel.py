@@ -46,8 +46,11 @@ def test_run_is_on_the_kernels_own_loop(kernel):
 
 def test_fallback_from_a_function_uses_the_same_loop(kernel):
     kernel.ok(SETUP)
-    kernel.ok("outer = id(asyncio.get_running_loop())\nagent = ChatAgent(model='offline', mode='auto', tools=[loop_id])")
-    kernel.ok("def go():\n    return get_ipython().run_line_magic('agent_run', '-a agent -q inside a function')\nr = go()")
+    kernel.ok("outer = id(asyncio.get_running_loop())")
+    kernel.ok("agent = ChatAgent(model='offline', mode='auto', tools=[loop_id])")
+    kernel.ok("def go():\n"
+              "    return get_ipython().run_line_magic('agent_run', '-a agent -q inside a function')\n"
+              "r = go()")
     out = kernel.ok("print(r.tool_calls[0].result == str(outer), r.stop_reason)")
     assert out.stdout.strip() == "True completed"
     # a loop body and run_cell_magic from code, with a later queued cell still executed
@@ -60,7 +63,8 @@ def test_fallback_from_a_function_uses_the_same_loop(kernel):
 def test_autoawait_off_still_works(kernel):
     kernel.ok(SETUP)
     kernel.ok("%autoawait off")
-    kernel.ok("agent = ChatAgent(model='offline', mode='auto', tools=[loop_id])\nr = %agent_run -a agent -q no autoawait")
+    kernel.ok("agent = ChatAgent(model='offline', mode='auto', tools=[loop_id])")
+    kernel.ok("r = %agent_run -a agent -q no autoawait")
     out = kernel.ok("print(r.stop_reason)")
     assert out.stdout.strip() == "completed"
 
