@@ -124,8 +124,8 @@ async def _heartbeat(period: float = 0.2) -> None:
     idle (a model or tool awaiting the network) the loop may sleep for many seconds; this keeps the
     interrupt latency to about ``period``.
     """
-    while True:
-        await asyncio.sleep(period)  # noqa: ASYNC110 - the wake-up itself is the point
+    while True:  # noqa: ASYNC110 - the periodic wake-up itself is the point
+        await asyncio.sleep(period)
 
 
 class _Namespace(dict):
