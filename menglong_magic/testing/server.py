@@ -126,6 +126,7 @@ def echo_responder(delay: float = 0.0) -> Callable[[dict[str, Any]], Reply]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: avoid 40 ms delayed-ACK stalls
     server: _HTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -304,6 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # batches open 100+ connections at once
     allow_reuse_address = True
     owner: ScriptedOpenAIServer
 
