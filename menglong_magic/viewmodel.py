@@ -138,8 +138,10 @@ class RunViewModel:
                 self.dropped_iterations += 1
         elif isinstance(event, ev.TextDelta):
             it = self._iteration()
-            if it is not None and len(it.text) < MAX_TEXT:
-                it.text = clip(it.text + event.delta, MAX_TEXT)
+            if it is not None:
+                text = it.text + event.delta
+                # Bounded memory; keep the newest text, which is what a live view is for.
+                it.text = text if len(text) <= MAX_TEXT else "…" + text[-MAX_TEXT:]
         elif isinstance(event, ev.ModelResponseReceived):
             it = self._iteration()
             if it is not None and event.text and not it.text:

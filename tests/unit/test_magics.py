@@ -1,0 +1,171 @@
+"""The magics in an in-process IPython shell (no widget front end: the text view is used)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from menglong_magic.magics import AgentMagics, _AwaitRewriter
+
+
+@pytest.fixture
+def shell(monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    monkeypatch.setenv("MENGLONG_MODEL", "offline")
+    sh = InteractiveShell.instance()
+    sh.reset()
+    sh.run_line_magic("load_ext", "menglong_magic")
+    sh.run_cell("from menglong_magic import ChatAgent, tool\n"
+                "from menglong_magic.models import ScriptedModel, reply, calls, call")
+    yield sh
+    sh.run_line_magic("unload_ext", "menglong_magic")
+
+
+async def run(sh: InteractiveShell, code: str) -> Any:
+    """Run a cell the way a kernel does: transformed, then as a coroutine when it awaits."""
+    result = await sh.run_cell_async(code, store_history=True, transformed_cell=sh.transform_cell(code))
+    return result
+
+
+async def test_cell_chat_returns_a_result_and_uses_the_kernel_loop(shell: InteractiveShell,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    res = await run(shell, "%%agent\nhello there")
+    assert res.error_in_exec is None
+    assert res.result.final_output.startswith("Offline demo model here. You said: \"hello there\"")
+    assert "[agent] completed" in capsys.readouterr().out  # the text view in a terminal shell
+    assert shell.user_ns["_agent_last"] is res.result
+
+
+async def test_line_magic_assignment_out_and_trailing_semicolon(shell: InteractiveShell) -> None:
+    res = await run(shell, "r = %agent_run -o kept -q count things")
+    assert res.error_in_exec is None
+    assert shell.user_ns["r"] is shell.user_ns["kept"]
+    assert shell.user_ns["r"]["task_completed"] is True
+    silent = await run(shell, "%agent_run -q quietly;")
+    assert silent.result is None
+
+
+async def test_default_agent_gets_namespace_tools_and_t_selects(shell: InteractiveShell) -> None:
+    await run(shell, "@tool\ndef alpha(x: str) -> str:\n    return 'A' + x\n\n"
+                     "@tool\nasync def beta(x: str) -> str:\n    return 'B' + x\n\ndef plain(x: str) -> str:\n"
+                     "    return 'P' + x")
+    res = await run(shell, "%agent_run -q use tools")
+    assert sorted(c.name for c in res.result.tool_calls) == ["alpha", "beta"]
+    res = await run(shell, "%agent_run -q -t plain,beta only some")
+    assert sorted(c.name for c in res.result.tool_calls) == ["beta", "plain"]
+
+
+async def test_named_agent_reset_and_history(shell: InteractiveShell) -> None:
+    await run(shell, "bot = ChatAgent(model=ScriptedModel(['one', 'two', 'three']))")
+    await run(shell, "%%agent -a bot -q\nfirst")
+    await run(shell, "%%agent -a bot -q\nsecond")
+    assert len(shell.user_ns["bot"].messages) == 4
+    await run(shell, "%%agent -a bot -q --reset\nthird")
+    assert [m["content"] for m in shell.user_ns["bot"].messages] == ["third", "three"]
+
+
+async def test_options_line_expands_and_body_interpolates_only_on_request(shell: InteractiveShell) -> None:
+    await run(shell, "bot = ChatAgent(model=ScriptedModel([lambda r: r.messages[-1]['content']] * 3))\n"
+                     "name = 'bot'\ncity = 'Oslo'")
+    res = await run(shell, "%%agent -a $name -q\nweather in {city}")
+    assert res.result.final_output == "weather in {city}"  # verbatim by default
+    res = await run(shell, "%%agent -a {name} -q -i\nweather in {city} {{literal}}")
+    assert res.result.final_output == "weather in Oslo {literal}"
+    res = await run(shell, "%%agent -a bot -q -i\n{missing}")
+    assert "missing" in str(res.error_in_exec)
+
+
+@pytest.mark.parametrize(("code", "message"), [
+    ("%agent_run --bogus x", "unrecognized arguments"),
+    ("%agent_run -a nobody task", "no such variable"),
+    ("x = 3\n%agent_run -a x task", "not a ChatAgent"),
+    ("%agent_run -t nothere task", "not a function"),
+    ("%agent_run -q", "needs a task"),
+    ("%%agent --batch --sequential\na", "choose one"),
+    ("%%agent\n   ", "needs a message"),
+    ("%agent_run --api-key sk-123 task", "unrecognized arguments"),
+])
+async def test_usage_errors_are_short(shell: InteractiveShell, code: str, message: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    res = await run(shell, code)
+    assert type(res.error_in_exec).__name__ == "UsageError"
+    assert message in str(res.error_in_exec)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+async def test_batch_and_sequential(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    await run(shell, "bot = ChatAgent(model=ScriptedModel([lambda r: f\"{len(r.messages)}\"] * 5))")
+    res = await run(shell, "%%agent -a bot --batch\none\n\ntwo\nthree")
+    assert [r.final_output for r in res.result] == ["1", "1", "1"]  # own history copies
+    assert shell.user_ns["bot"].messages == []
+    assert "batch of 3: 3 done, 0 failed" in capsys.readouterr().out
+    res = await run(shell, "%%agent -a bot -q --sequential\nfirst\nsecond")
+    assert [r.final_output for r in res.result] == ["1", "3"]  # the second sees the first exchange
+
+
+async def test_config_traits_set_defaults(shell: InteractiveShell) -> None:
+    shell.run_line_magic("config", "AgentMagics.max_iterations = 1")
+    shell.run_line_magic("config", "AgentMagics.system = 'be brief'")
+    await run(shell, "@tool\ndef alpha(x: str) -> str:\n    return x")
+    res = await run(shell, "%agent_run -q capped")
+    assert res.result.stop_reason == "max_iterations"
+    magics = shell.magics_manager.registry["AgentMagics"]
+    assert magics.default_agent().history[0] == {"role": "system", "content": "be brief"}
+    assert res.result.iterations_used == 1
+    shell.run_line_magic("config", "AgentMagics.max_iterations = 10")
+    shell.run_line_magic("config", "AgentMagics.system = None")
+
+
+async def test_model_failure_is_a_short_error_with_partial_result(shell: InteractiveShell) -> None:
+    await run(shell, "bot = ChatAgent(model=ScriptedModel([RuntimeError('backend down')]))")
+    res = await run(shell, "%%agent -a bot -q -o partial\nhi")
+    err = res.error_in_exec
+    assert type(err).__name__ == "AgentRunFailed"
+    assert err._render_traceback_()[-1] == "the partial result is in `partial`"
+    assert shell.user_ns["partial"].stop_reason == "error"
+
+
+def test_fallback_without_a_running_loop(shell: InteractiveShell) -> None:
+    """run_line_magic from code, outside any loop (plain terminal): the agent's own loop is used."""
+    result = shell.run_line_magic("agent_run", "-q from code")
+    assert result.stop_reason == "completed"
+    shell.run_line_magic("autoawait", "False")
+    try:
+        res = shell.run_cell("r = %agent_run -q autoawait off")
+        assert res.error_in_exec is None and shell.user_ns["r"].task_completed
+    finally:
+        shell.run_line_magic("autoawait", "True")
+
+
+def test_load_is_idempotent_and_unload_removes_everything(shell: InteractiveShell) -> None:
+    from menglong_magic import load_ipython_extension
+
+    load_ipython_extension(shell)
+    assert sum(isinstance(t, _AwaitRewriter) for t in shell.input_transformers_cleanup) == 1
+    shell.run_line_magic("unload_ext", "menglong_magic")
+    assert not any(isinstance(t, _AwaitRewriter) for t in shell.input_transformers_cleanup)
+    assert "agent_run" not in shell.magics_manager.magics["line"]
+    assert "agent" not in shell.magics_manager.magics["cell"]
+    assert "AgentMagics" not in shell.magics_manager.registry
+    shell.run_line_magic("load_ext", "menglong_magic")
+    shell.run_line_magic("reload_ext", "menglong_magic")
+    assert sum(isinstance(t, _AwaitRewriter) for t in shell.input_transformers_cleanup) == 1
+
+
+def test_help_lists_the_options(shell: InteractiveShell) -> None:
+    doc = AgentMagics.agent.__doc__ or ""
+    for option in ("--agent", "--model", "--tools", "--bg", "--batch", "--interpolate", "--out"):
+        assert option in doc
+
+
+def test_rewriter_only_touches_our_magics(shell: InteractiveShell) -> None:
+    rw = _AwaitRewriter(shell)
+    assert rw(["%%agent -q\n", "hi\n"]) == [
+        "await __import__('menglong_magic.magics', fromlist=['run_magic']).run_magic('cell', '-q', 'hi')\n"]
+    assert rw(["  %agent_run x\n"]) == ["  %agent_run x\n"]  # indented: left to the fallback
+    assert rw(["%agent_runner x\n"]) == ["%agent_runner x\n"]
+    assert rw(["%%agentx\n"]) == ["%%agentx\n"]
+    out = rw(["y = %agent_run -q a b;\n"])
+    assert out[0].startswith("y = await ") and out[0].rstrip().endswith(";")
