@@ -10,7 +10,8 @@ from typing import Any
 import comm
 import pytest
 
-from menglong_magic import ChatAgent, events as ev
+from menglong_magic import ChatAgent
+from menglong_magic import events as ev
 from menglong_magic.agent.result import RunResult, RunUsage
 from menglong_magic.models import ScriptedModel, call, calls, reply
 from menglong_magic.panel import RunPanel, make_view
