@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import comm
 import pytest
@@ -21,7 +21,7 @@ XSS = '<img src=x onerror="window.__pwned=1"><script>alert(1)</script>'
 
 
 class RecordingComm(comm.DummyComm):
-    sent: list[dict[str, Any]] = []
+    sent: ClassVar[list[dict[str, Any]]] = []
 
     def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None,
                     **keys: Any) -> None:
