@@ -160,6 +160,13 @@ class WorkflowStepFinished(Event):
     duration: float
 
 
+@dataclass(frozen=True)
+class WorkflowFinished(Event):
+    ok: int
+    failed: int
+    duration: float
+
+
 EventCallback = Callable[[Event], Any]
 
 
@@ -264,6 +271,7 @@ __all__ = [
     "ToolCallDelta",
     "ToolCallFinished",
     "ToolCallStarted",
+    "WorkflowFinished",
     "WorkflowStepFinished",
     "WorkflowStepStarted",
 ]

@@ -228,6 +228,7 @@ class AgentMagics(Magics):
             if args.reset:
                 agent.clear_context()
             starter, title = self._starter(args, kind, cell, agent)
+            single_run = kind == "line" or not (args.batch or args.sequential or agent.mode is ChatMode.WORKFLOW)
         except BaseException:
             restore()
             raise
@@ -262,7 +263,7 @@ class AgentMagics(Magics):
                     if current is not None and hasattr(current, "uncancel"):
                         current.uncancel()
                     await asyncio.wait([task])
-                outcome = agent.last_result if kind == "line" or not (args.batch or args.sequential) else None
+                outcome = agent.last_result if single_run else None
             finally:
                 if heartbeat is not None:
                     heartbeat.cancel()
@@ -315,7 +316,9 @@ class AgentMagics(Magics):
         if not body.strip():
             raise UsageError("%%agent needs a message in the cell body")
         if agent.mode is ChatMode.WORKFLOW:
-            raise UsageError("workflow mode is not available from %%agent yet; use normal or auto")
+            if not agent.workflow:
+                raise UsageError("workflow mode: the agent has no steps (agent.add_workflow_step(name, action))")
+            return (lambda on_event: agent.execute_workflow_async(body, on_event=on_event)), agent.name
         return (lambda on_event: agent.chat_result_async(body, on_event=on_event, max_iterations=max_iterations,
                                                          timeout=timeout)), agent.name
 

@@ -93,7 +93,8 @@ class RunPanel:
         self.model.apply(event)
         if self._finished:
             return
-        if isinstance(event, (ev.RunFinished, ev.BatchFinished)) and event.run_id == self.model.run_id:
+        final = (ev.RunFinished, ev.BatchFinished, ev.WorkflowFinished)
+        if isinstance(event, final) and event.run_id == self.model.run_id:
             self.flush()
         elif self._timer is None:
             self._schedule()

@@ -44,6 +44,9 @@ class TextView:
             return
         title = model.title
         if model.batch is not None:
+            if isinstance(event, ev.WorkflowStepFinished) and event.run_id == model.run_id:
+                body = repr(event.output) if event.status == "ok" else (event.error or "")
+                self._line(f"[{title}] step {event.name} {event.status} {event.duration:.2f}s: {clip(body, 200)}")
             if isinstance(event, ev.BatchItemFinished) and event.run_id == model.run_id:
                 body = event.result if event.status == "ok" else (event.error or event.status)
                 self._line(f"[{title}] item {event.index + 1} {event.status} {event.duration:.2f}s: "

@@ -117,6 +117,15 @@ class RunViewModel:
             self.batch = [BatchRow(i, m) for i, m in enumerate(event.messages)]
             self.task = f"{len(event.messages)} messages ({event.mode})"
             return
+        if isinstance(event, ev.WorkflowStepStarted) and self.run_id in (None, event.run_id):
+            if self.batch is None:
+                self.run_id, self.batch_mode, self.batch = event.run_id, "workflow", []
+                self.task = "workflow"
+            while len(self.batch) <= event.index:
+                self.batch.append(BatchRow(len(self.batch), ""))
+            self.batch[event.index].message = event.name
+            self.batch[event.index].status = "running"
+            return
         if isinstance(event, ev.RunStarted):
             if self.run_id is None:
                 self.run_id = event.run_id
@@ -178,7 +187,14 @@ class RunViewModel:
             row.status, row.duration = event.status, event.duration
             row.answer = clip(event.result, MAX_RESULT) if event.result is not None else None
             row.error = clip(event.error, MAX_RESULT) if event.error is not None else None
-        elif isinstance(event, ev.BatchFinished):
+        elif isinstance(event, ev.WorkflowStepFinished):
+            while len(self.batch) <= event.index:
+                self.batch.append(BatchRow(len(self.batch), event.name))
+            row = self.batch[event.index]
+            row.message, row.status, row.duration = event.name, event.status, event.duration
+            row.answer = clip(str(event.output), MAX_RESULT) if event.output is not None else None
+            row.error = clip(event.error, MAX_RESULT) if event.error is not None else None
+        elif isinstance(event, (ev.BatchFinished, ev.WorkflowFinished)):
             status = "completed" if event.failed == 0 else "error"
             if any(r.status == "cancelled" for r in self.batch):
                 status = "cancelled"
@@ -233,7 +249,8 @@ class RunViewModel:
         tokens = "tokens unknown" if self.tokens is None else f"{self.tokens} tokens"
         if self.batch is not None:
             c = self.batch_counts()
-            head = (f"[{self.title}] {STATUS_LABELS.get(self.status, self.status)} · batch of {len(self.batch)}: "
+            what = "workflow of" if self.batch_mode == "workflow" else "batch of"
+            head = (f"[{self.title}] {STATUS_LABELS.get(self.status, self.status)} · {what} {len(self.batch)}: "
                     f"{c['done']} done, {c['failed']} failed · {self.elapsed:.1f}s · {tokens}")
             lines = [head]
             for row in self.batch:

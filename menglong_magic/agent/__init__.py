@@ -3,6 +3,7 @@
 from .core import ChatAgent, ChatMode
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord, Usage
 from .sync import RunningLoopError
+from .workflow import StepResult, WorkflowResult, WorkflowStep
 
 __all__ = [
     "ChatAgent",
@@ -11,6 +12,9 @@ __all__ = [
     "RunResult",
     "RunUsage",
     "RunningLoopError",
+    "StepResult",
     "ToolCallRecord",
     "Usage",
+    "WorkflowResult",
+    "WorkflowStep",
 ]

@@ -40,6 +40,7 @@ from ..tools import Tool, as_tool, collect_tools, execute_tool_call
 from .context import ContextSummary
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord
 from .sync import run_sync
+from .workflow import WorkflowResult, WorkflowStep, run_workflow
 
 _CANCELLED_TOOL_RESULT = "Error: the run was stopped before this tool call finished."
 
@@ -115,6 +116,7 @@ class ChatAgent:
         self.messages: list[dict[str, Any]] = []  # the conversation, without the system prompt
         self.events = EventBus()
         self.last_result: RunResult | None = None
+        self.workflow: list[WorkflowStep] = []
         self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -156,7 +158,16 @@ class ChatAgent:
 
     # ----------------------------------------------------------------- public async API
     async def chat_async(self, message: str, **model_kwargs: Any) -> str:
-        """One user turn; returns the answer text. In AUTO mode tools run until the model answers."""
+        """One user turn; returns the answer text. In AUTO mode tools run until the model answers.
+
+        In WORKFLOW mode the message is the workflow's input and the last step's output is returned.
+        """
+        if self.mode is ChatMode.WORKFLOW:
+            workflow = await self.execute_workflow_async(message)
+            failed = next((s for s in workflow.steps if s.status == "error"), None)
+            if failed is not None:
+                raise RuntimeError(f"workflow step {failed.name!r} failed: {failed.error}")
+            return str(workflow.output)
         result = await self._turn(
             message,
             use_tools=self.mode is ChatMode.AUTO,
@@ -231,6 +242,26 @@ class ChatAgent:
             except RuntimeError:  # loop closed meanwhile
                 pass
         return len(targets)
+
+    # ----------------------------------------------------------------- workflows
+    def add_workflow_step(self, name: str, action: Any, condition: Any = None) -> WorkflowStep:
+        """Append a step: a sync/async callable ``f(previous, state)`` or a prompt string (a chat turn)."""
+        step = WorkflowStep(name, action, condition)
+        self.workflow.append(step)
+        return step
+
+    async def add_workflow_step_async(self, name: str, action: Any, condition: Any = None) -> WorkflowStep:
+        return self.add_workflow_step(name, action, condition)
+
+    async def execute_workflow_async(self, input: Any, *, on_event: EventCallback | None = None) -> WorkflowResult:
+        """Run the steps in order on ``input``; each step's output, error and duration are in the result."""
+        if not self.workflow:
+            raise ValueError("no workflow steps: add some with add_workflow_step(name, action)")
+        return await run_workflow(self, list(self.workflow), input, self._emitter(on_event), uuid.uuid4().hex[:12],
+                                  on_event)
+
+    def execute_workflow(self, input: Any) -> WorkflowResult:
+        return run_sync(self.execute_workflow_async(input), "await agent.execute_workflow_async(...)")
 
     # ----------------------------------------------------------------- batches
     async def batch_run_async(

@@ -169,3 +169,14 @@ def test_rewriter_only_touches_our_magics(shell: InteractiveShell) -> None:
     assert rw(["%%agentx\n"]) == ["%%agentx\n"]
     out = rw(["y = %agent_run -q a b;\n"])
     assert out[0].startswith("y = await ") and out[0].rstrip().endswith(";")
+
+
+async def test_workflow_mode_cell_runs_the_steps(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    await run(shell, "wf = ChatAgent(model=ScriptedModel([]), mode='workflow')\n"
+                     "_ = wf.add_workflow_step('up', str.upper)")
+    res = await run(shell, "%%agent -a wf\nhello")
+    assert res.result.output == "HELLO"
+    out = capsys.readouterr().out
+    assert "step up ok" in out and "workflow of 1: 1 done" in out
+    res = await run(shell, "%%agent --mode workflow\nhello")
+    assert "no steps" in str(res.error_in_exec)
