@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from menglong_magic import ChatAgent, ChatMode, events as ev, tool
+from menglong_magic import ChatAgent, ChatMode, tool
+from menglong_magic import events as ev
 from menglong_magic.models import ScriptedModel, reply
 
 
