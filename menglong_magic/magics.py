@@ -18,7 +18,6 @@ HTTP client stays valid. Ctrl-C there cancels the run task and drains it before 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import string
 from collections.abc import Awaitable, Callable, Generator
@@ -30,7 +29,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 
 from .agent import ChatAgent, ChatMode, RunResult
-from .agent.sync import run_sync
+from .agent.sync import drive, run_sync
 from .models import resolve_model
 from .panel import make_view
 from .tools import as_tool, is_tool
@@ -133,6 +132,24 @@ class _Namespace(dict):
         raise UsageError(f"-i: {key!r} is not defined in the namespace (write {{{{ and }}}} for literal braces)")
 
 
+def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options %%agent and %agent_run share (innermost decorators run first: keep help order)."""
+    for decorator in reversed((
+        argument("-a", "--agent", help="name of a ChatAgent in the namespace (default: the per-kernel agent)"),
+        argument("-m", "--model", help="model for this run (name, 'local' or 'offline')"),
+        argument("-s", "--system", help="system prompt for this run"),
+        argument("-t", "--tools", help="comma-separated tool functions from the namespace"),
+        argument("--max-iterations", type=int, help="iteration cap"),
+        argument("--timeout", type=float, help="timeout in seconds"),
+        argument("-o", "--out", help="store the result in this variable"),
+        argument("--bg", action="store_true", help="run in the background and return a handle at once"),
+        argument("-q", "--quiet", action="store_true", help="no panel: one summary line"),
+        argument("--reset", action="store_true", help="clear the agent's history first"),
+    )):
+        func = decorator(func)
+    return func
+
+
 @magics_class
 class AgentMagics(Magics):
     """Chat with and run agents from cells. Defaults are configurable: ``%config AgentMagics.model = ...``."""
@@ -157,17 +174,8 @@ class AgentMagics(Magics):
 
     # ------------------------------------------------------------------ magics
     @magic_arguments()
-    @argument("-a", "--agent", help="name of a ChatAgent in the namespace (default: the per-kernel agent)")
-    @argument("-m", "--model", help="model for this run (name, 'local' or 'offline')")
-    @argument("-s", "--system", help="system prompt for this run")
+    @_run_options
     @argument("--mode", choices=["normal", "auto", "workflow"], help="chat mode for this cell")
-    @argument("-t", "--tools", help="comma-separated tool functions from the namespace")
-    @argument("--max-iterations", type=int, help="iteration cap")
-    @argument("--timeout", type=float, help="timeout in seconds")
-    @argument("-o", "--out", help="store the result in this variable")
-    @argument("--bg", action="store_true", help="run in the background and return a handle at once")
-    @argument("-q", "--quiet", action="store_true", help="no panel: one summary line")
-    @argument("--reset", action="store_true", help="clear the agent's history first")
     @argument("-i", "--interpolate", action="store_true", help="substitute {name} from the namespace in the body")
     @argument("--batch", action="store_true", help="each non-empty line is one message, run in parallel")
     @argument("--sequential", action="store_true", help="each non-empty line is one message, one after another")
@@ -177,16 +185,7 @@ class AgentMagics(Magics):
         return self._blocking(self.execute("cell", line, cell))
 
     @magic_arguments()
-    @argument("-a", "--agent", help="name of a ChatAgent in the namespace (default: the per-kernel agent)")
-    @argument("-m", "--model", help="model for this run (name, 'local' or 'offline')")
-    @argument("-s", "--system", help="system prompt for this run")
-    @argument("-t", "--tools", help="comma-separated tool functions from the namespace")
-    @argument("--max-iterations", type=int, help="iteration cap")
-    @argument("--timeout", type=float, help="timeout in seconds")
-    @argument("-o", "--out", help="store the result in this variable")
-    @argument("--bg", action="store_true", help="run in the background and return a handle at once")
-    @argument("-q", "--quiet", action="store_true", help="no panel: one summary line")
-    @argument("--reset", action="store_true", help="clear the agent's history first")
+    @_run_options
     @argument("task", nargs="*", help="the task")
     @line_magic
     def agent_run(self, line: str) -> Any:
@@ -331,14 +330,7 @@ class AgentMagics(Magics):
         import nest_asyncio2
 
         nest_asyncio2.apply(loop)
-        task = loop.create_task(coro)  # type: ignore[arg-type]
-        try:
-            return loop.run_until_complete(task)
-        except KeyboardInterrupt:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                loop.run_until_complete(task)
-            raise
+        return drive(loop, coro)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ agents and tools
     def _widgets_available(self) -> bool:

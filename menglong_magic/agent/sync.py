@@ -55,7 +55,11 @@ def run_sync(coro: Coroutine[Any, Any, T], async_hint: str) -> T:
             f"this is a blocking call and an event loop is already running here (as in Jupyter); "
             f"use `{async_hint}` instead (or the %agent / %agent_run magics in a notebook)"
         )
-    loop = _thread_loop()
+    return drive(_thread_loop(), coro)
+
+
+def drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """``loop.run_until_complete`` that, on Ctrl-C, cancels the task and lets it clean up first."""
     task = loop.create_task(coro)
     try:
         return loop.run_until_complete(task)
