@@ -60,7 +60,116 @@ QUICKSTART = [
        "API keys are never magic arguments and never appear in outputs or widget state."),
 ]
 
-NOTEBOOKS = {"quickstart.ipynb": QUICKSTART}
+TOOLS_AND_CONCURRENCY = [
+    md("# Tools and concurrency\n\nSync and async tools, several tool calls in one model turn running at the same "
+       "time, and why the magics never hit *asyncio.run() cannot be called from a running event loop*.\n\n"
+       "A `ScriptedModel` plays the model here so every step is deterministic: it asks for four tool calls "
+       "in one turn, then answers."),
+    code("%load_ext menglong_magic\nimport asyncio, time\nfrom menglong_magic import ChatAgent, tool\n"
+         "from menglong_magic.models import ScriptedModel, calls, call, reply"),
+    code("@tool\ndef fetch_report(name: str) -> str:\n    \"\"\"A slow *sync* tool (blocking I/O).\"\"\"\n"
+         "    time.sleep(0.5)\n    return f\"report {name}: ok\"\n\n\n"
+         "@tool\nasync def fetch_price(item: str) -> float:\n    \"\"\"A slow *async* tool.\"\"\"\n"
+         "    await asyncio.sleep(0.5)\n    return {\"apple\": 1.25, \"pear\": 2.5}.get(item, 0.0)"),
+    md("## Four tool calls in one turn run concurrently\n\nSync tools run in worker threads "
+       "(`asyncio.to_thread`), async tools are awaited: all four overlap."),
+    code("def scripted():\n    return ScriptedModel([\n"
+         "        calls(call(\"fetch_report\", {\"name\": \"north\"}), call(\"fetch_report\", {\"name\": \"south\"}),\n"
+         "              call(\"fetch_price\", {\"item\": \"apple\"}), call(\"fetch_price\", {\"item\": \"pear\"})),\n"
+         "        reply(\"Both reports are ok; apples cost 1.25 and pears 2.5.\"),\n    ])\n\n\n"
+         "shop = ChatAgent(model=scripted(), mode=\"auto\", tools=[fetch_report, fetch_price], name=\"shop\")"),
+    code("%agent_run -a shop -o parallel Check the reports and prices"),
+    code("for c in parallel.tool_calls:\n    print(f\"{c.name}({c.arguments}) -> {c.result}\")"),
+    md("## Measured: sequential vs parallel\n\nThe same four calls one after another, against the agent's run "
+       "(numbers computed here, not typed in)."),
+    code("# NBVAL_IGNORE_OUTPUT\nstart = time.perf_counter()\nfetch_report(\"north\"); fetch_report(\"south\")\n"
+         "await fetch_price(\"apple\"); await fetch_price(\"pear\")\nsequential = time.perf_counter() - start\n"
+         "print(f\"sequential: {sequential:.2f}s, agent run (parallel tools): {parallel.execution_time:.2f}s, \"\n"
+         "      f\"{sequential / parallel.execution_time:.1f}x faster\")"),
+    md("## The event-loop error, and how the magics avoid it\n\nA notebook cell already runs inside the "
+       "kernel's event loop, so blocking helpers that start their own loop fail. The agent's blocking "
+       "`run()` says what to use instead:"),
+    code("try:\n    ChatAgent(model=\"offline\").run(\"hello\")\nexcept RuntimeError as err:\n"
+         "    print(type(err).__name__, \"-\", err)"),
+    md("`%agent_run` and `%%agent` are rewritten into a top-level `await`, so the agent runs as a task on "
+       "the kernel's own loop: an async tool sees the very loop this cell sees."),
+    code("@tool\nasync def which_loop() -> bool:\n    \"\"\"Is this the notebook's loop?\"\"\"\n"
+         "    return asyncio.get_running_loop() is notebook_loop\n\n\n"
+         "notebook_loop = asyncio.get_running_loop()\n"
+         "looper = ChatAgent(model=\"offline\", mode=\"auto\", tools=[which_loop], name=\"looper\")"),
+    code("r = %agent_run -a looper -q Which loop?\nr.tool_calls[0].result"),
+]
+
+BATCHES_AND_WORKFLOWS = [
+    md("# Batches, sequential chats and workflows\n\nDeterministic models again: the offline demo model and "
+       "small `ScriptedModel`s."),
+    code("%load_ext menglong_magic\nfrom menglong_magic import ChatAgent\n"
+         "from menglong_magic.models import ScriptedModel, reply"),
+    md("## A parallel batch with a live table\n\nEach non-empty line is one message; the items run in "
+       "parallel, each on its own copy of the conversation, so they cannot see each other."),
+    code("%%agent --batch -m offline -o answers\nSummarise 'the quarterly report'\nTranslate 'good morning'\n"
+         "Name a colour"),
+    code("[a.final_output for a in answers]"),
+    md("## Sequential chats keep the context\n\n`sequential_chat_async` sends messages one after another on "
+       "the shared history: later messages see earlier answers. This scripted model answers with how many "
+       "messages it was sent."),
+    code("counter = ChatAgent(model=ScriptedModel([lambda req: f\"I see {len(req.messages)} message(s)\"] * 3))\n"
+         "await counter.sequential_chat_async([\"one\", \"two\", \"three\"])"),
+    md("## A workflow mixing function steps and prompt steps\n\nEach step gets the previous step's output "
+       "and a shared state dict; a prompt step is a chat turn, formatted with `{input}` and the names of "
+       "earlier steps."),
+    code("writer = ChatAgent(model=ScriptedModel([lambda req: \"Summary: \" + req.messages[-1][\"content\"]]))\n\n\n"
+         "def clean(text):\n    return \" \".join(text.split()).lower()\n\n\n"
+         "async def count_words(previous, state):\n    state[\"words\"] = len(previous.split())\n"
+         "    return previous\n\n\n"
+         "writer.add_workflow_step(\"clean\", clean)\nwriter.add_workflow_step(\"count\", count_words)\n"
+         "writer.add_workflow_step(\"summarise\", \"Summarise in one line ({words} words): {input}\")\n"
+         "writer.add_workflow_step(\"shout\", str.upper, condition=lambda previous, state: state[\"words\"] > 100)\n"
+         "flow = await writer.execute_workflow_async(\"  The  Quick brown FOX jumps   over the lazy dog \")\n"
+         "for step in flow.steps:\n    print(step.name, step.status, repr(step.output))"),
+    md("## Context summary and clearing"),
+    code("print(counter.get_context_summary())"),
+    code("counter.clear_context()\nprint(counter.get_context_summary())"),
+]
+
+MULTI_AGENT = [
+    md("# Several agents at once\n\nTwo agents with different system prompts and tools, run in parallel "
+       "with `asyncio.gather`, and in the background with `--bg` (each with its own live panel); then "
+       "cancelling one."),
+    code("%load_ext menglong_magic\nimport asyncio\nfrom menglong_magic import ChatAgent, tool\n"
+         "from menglong_magic.models import ScriptedModel, calls, call, reply"),
+    code("@tool\nasync def search(query: str) -> str:\n    \"\"\"Search the notes.\"\"\"\n"
+         "    await asyncio.sleep(1.0)\n    return f\"3 notes about {query}\"\n\n\n"
+         "@tool\nasync def draft(topic: str) -> str:\n    \"\"\"Draft a paragraph.\"\"\"\n"
+         "    await asyncio.sleep(1.0)\n    return f\"A paragraph about {topic}.\"\n\n\n"
+         "def researcher():\n    return ChatAgent(system=\"You research.\", name=\"researcher\", mode=\"auto\", tools=[search],\n"
+         "                     model=ScriptedModel([calls(call(\"search\", {\"query\": \"tides\"})), reply(\"Found 3 notes.\")]))\n\n\n"
+         "def writer():\n    return ChatAgent(system=\"You write.\", name=\"writer\", mode=\"auto\", tools=[draft],\n"
+         "                     model=ScriptedModel([calls(call(\"draft\", {\"topic\": \"tides\"})), reply(\"Drafted.\")]))"),
+    md("## `asyncio.gather`: both run at once on the kernel's loop"),
+    code("a, b = researcher(), writer()\nresults = await asyncio.gather(a.arun(\"research tides\"), b.arun(\"write about tides\"))\n"
+         "[(r.final_output, r.stop_reason) for r in results]"),
+    code("# NBVAL_IGNORE_OUTPUT\nprint(f\"each took ~{results[0].execution_time:.1f}s; together \"\n"
+         "      f\"~{max(r.execution_time for r in results):.1f}s, not the sum\")"),
+    md("## `--bg`: each run gets its own panel and the notebook stays usable"),
+    code("r_agent, w_agent = researcher(), writer()"),
+    code("h1 = %agent_run -a r_agent --bg research tides"),
+    code("h2 = %agent_run -a w_agent --bg write about tides"),
+    code("first, second = await h1, await h2\nfirst.final_output, second.final_output"),
+    md("## Cancelling one\n\nThe handle's `cancel()` (or the panel's Stop button) cancels the run; its history "
+       "stays valid."),
+    code("slow = ChatAgent(name=\"slow\", mode=\"auto\", tools=[search],\n"
+         "                 model=ScriptedModel([calls(call(\"search\", {\"query\": \"everything\"}))] * 2))"),
+    code("h3 = %agent_run -a slow --bg search everything"),
+    code("await asyncio.sleep(0.3)\nh3.cancel()\nresult = await h3\nresult.stop_reason, len(slow.messages)"),
+]
+
+NOTEBOOKS = {
+    "quickstart.ipynb": QUICKSTART,
+    "tools_and_concurrency.ipynb": TOOLS_AND_CONCURRENCY,
+    "batches_and_workflows.ipynb": BATCHES_AND_WORKFLOWS,
+    "multi_agent.ipynb": MULTI_AGENT,
+}
 
 
 def main() -> None:
