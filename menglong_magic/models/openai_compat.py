@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib
 import os
 import random
 import re
 import time
+import urllib.parse
+import uuid
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +23,30 @@ from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 _KEY_PATTERN = re.compile(r"\b(sk-|sk_|key-)[A-Za-z0-9_\-*]{4,}")
+_MAX_DETAIL = 500  # server error bodies can be huge (llama.cpp sends whole validation reports)
+
+
+def _transport_errors(names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
+    """httpx's exception types ``names`` (and httpx2's, which newer openai releases use).
+
+    Recent SDKs wrap errors raised while a stream is read into APIConnectionError; older ones let the
+    raw httpx exception escape, so both are classified, by type.
+    """
+    found: list[type[BaseException]] = []
+    for module_name in ("httpx", "httpx2"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for attr in names:
+            exc_type = getattr(module, attr, None)
+            if isinstance(exc_type, type) and issubclass(exc_type, BaseException):
+                found.append(exc_type)
+    return tuple(found)
+
+
+_TIMEOUT_ERRORS = _transport_errors(("TimeoutException",))
+_TRANSPORT_ERRORS = _transport_errors(("TimeoutException", "NetworkError", "RemoteProtocolError"))
 
 
 class ModelError(Exception):
@@ -33,26 +60,41 @@ class ModelError(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries for transient failures: 408/409/429/5xx, connection errors and timeouts."""
+    """Retries for transient failures: 408/409/429/5xx, connection errors and timeouts.
+
+    ``max_attempts`` counts the first try. Delays grow exponentially from ``base_delay`` (capped at
+    ``max_delay``) with up to ``jitter`` × the delay added at random, so parallel clients do not retry in
+    lockstep. A server's ``Retry-After`` is honoured exactly; one longer than ``max_retry_after`` fails at
+    once rather than silently stalling the run.
+    """
 
     max_attempts: int = 4
     base_delay: float = 0.5
     max_delay: float = 20.0
-    jitter: float = 0.25  # up to +25% random delay, so parallel clients do not retry in lockstep
+    jitter: float = 0.25
+    max_retry_after: float = 60.0
 
-    def delay(self, attempt: int, retry_after: float | None) -> float:
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_delay)
+            return max(retry_after, 0.0)
         base = min(self.base_delay * (2 ** (attempt - 1)), self.max_delay)
-        return base * (1 + random.uniform(0, self.jitter))
+        return min(base * (1 + random.uniform(0, self.jitter)), self.max_delay)
 
 
 def is_retryable(exc: BaseException) -> bool:
+    """Transient by type/status: connection errors, timeouts, 408/409/429/5xx (not an exhausted quota)."""
+    if isinstance(exc, openai.APIStatusError):
+        if exc.code == "insufficient_quota":  # a 429 that no amount of waiting fixes
+            return False
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    return False
+    return isinstance(exc, _TRANSPORT_ERRORS)
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:
@@ -73,8 +115,11 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     try:
         return float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(parsed.timestamp() - time.time(), 0.0)
 
 
 def redact(text: str, secret: str | None = None) -> str:
@@ -84,12 +129,42 @@ def redact(text: str, secret: str | None = None) -> str:
     return _KEY_PATTERN.sub(lambda m: m.group(1) + "***", text)
 
 
+def safe_url(url: str | None) -> str | None:
+    """``url`` without any ``user:password@`` part (shown in reprs and errors)."""
+    if not url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _is_loopback(url: str | None) -> bool:
+    host = urllib.parse.urlsplit(url).hostname if url else None
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _forced(tool_choice: Any) -> bool:
+    return tool_choice == "required" or isinstance(tool_choice, dict)
+
+
+def after_tool_round(messages: list[dict[str, Any]]) -> bool:
+    """True when the request follows a tool round (its last message is a tool result)."""
+    return bool(messages) and messages[-1].get("role") == "tool"
+
+
 class OpenAIModel(Model):
     """Any OpenAI-compatible chat completions endpoint (OpenAI, Ollama, vLLM, DeepSeek, llama.cpp).
 
     ``api_key``/``base_url`` default to ``OPENAI_API_KEY``/``OPENAI_BASE_URL``. One ``AsyncOpenAI``
     client is created per running event loop (httpx clients are loop-bound). The SDK's own retries are
-    off: this class retries, once, in one place.
+    off: this class retries, once, in one place (see :class:`RetryPolicy`).
+
+    ``reset_tool_choice``: a forced ``tool_choice`` (a named tool, or ``"required"``) applies to the first
+    request of a turn; after a tool round it becomes ``"auto"``, as in the OpenAI Agents SDK, so a forced
+    call cannot repeat until ``max_iterations``.
     """
 
     def __init__(
@@ -102,22 +177,27 @@ class OpenAIModel(Model):
         timeout: float | None = 120.0,
         stream_usage: bool = True,
         settings: dict[str, Any] | None = None,
+        reset_tool_choice: bool = True,
     ):
         self.name = name or os.environ.get("MENGLONG_OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
+        #: The model id sent to the server (``name`` is what panels and results show).
+        self.request_model = self.name
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         # Keyless local servers still need some key for the SDK; it is never shown anywhere.
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "sk-no-key-required"
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.settings = dict(settings or {})
+        self.reset_tool_choice = reset_tool_choice
         self._stream_usage = stream_usage
+        self._stream_usage_accepted = False
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
             weakref.WeakKeyDictionary()
         )
 
     def __repr__(self) -> str:  # never the key
-        where = f", base_url={self.base_url!r}" if self.base_url else ""
-        return f"OpenAIModel({self.name!r}{where})"
+        where = f", base_url={safe_url(self.base_url)!r}" if self.base_url else ""
+        return f"{type(self).__name__}({self.name!r}{where})"
 
     @property
     def client(self) -> openai.AsyncOpenAI:
@@ -125,11 +205,22 @@ class OpenAIModel(Model):
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
+            options: dict[str, Any] = {}
+            http_client_type = getattr(openai, "DefaultAsyncHttpxClient", None)
+            if http_client_type is not None and _is_loopback(self.base_url):
+                # httpx honours HTTP(S)_PROXY even for 127.0.0.1: a proxy must not capture local servers.
+                options["http_client"] = http_client_type(trust_env=False)
             client = openai.AsyncOpenAI(
-                api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout
+                api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout, **options
             )
             self._clients[loop] = client
         return client
+
+    async def aclose(self) -> None:
+        """Close the running loop's client (optional: clients are also dropped with their loop)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
 
     async def request(self, request: ModelRequest, emit: Emit) -> ModelResponse:
         attempt = 1
@@ -138,57 +229,78 @@ class OpenAIModel(Model):
                 if request.stream:
                     return await self._stream(request, emit)
                 return await self._complete(request)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except (openai.OpenAIError, *_TRANSPORT_ERRORS) as exc:
                 if not is_retryable(exc) or attempt >= self.retry.max_attempts:
+                    # `from None`: the SDK's exception text may quote the key; don't chain it.
                     raise self._error(exc, attempt) from None
-                delay = self.retry.delay(attempt, retry_after_seconds(exc))
+                retry_after = retry_after_seconds(exc)
+                if retry_after is not None and retry_after > self.retry.max_retry_after:
+                    raise self._error(exc, attempt, note=f"the server asked to wait {retry_after:g}s") from None
+                delay = self.retry.delay(attempt, retry_after)
+                # A Retry also tells views that this iteration's streamed deltas so far are void.
                 emit(Retry(request.run_id, attempt=attempt, delay=delay, error=self._describe(exc)))
                 await asyncio.sleep(delay)
                 attempt += 1
 
     def _kwargs(self, request: ModelRequest) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"model": self.name, "messages": request.messages, **self.settings}
+        kwargs: dict[str, Any] = {"model": self.request_model, "messages": request.messages, **self.settings}
         if request.tools:
             kwargs["tools"] = request.tools
         kwargs.update(request.settings)
+        # Streaming is decided by request.stream alone.
+        kwargs.pop("stream", None)
+        kwargs.pop("stream_options", None)
+        if not request.tools:
+            # OpenAI rejects tool_choice without tools (400): drop it rather than fail a plain chat.
+            kwargs.pop("tool_choice", None)
+            kwargs.pop("parallel_tool_calls", None)
+        elif self.reset_tool_choice and _forced(kwargs.get("tool_choice")) and after_tool_round(request.messages):
+            kwargs["tool_choice"] = "auto"
         return kwargs
 
     async def _complete(self, request: ModelRequest) -> ModelResponse:
         completion = await self.client.chat.completions.create(**self._kwargs(request))
+        if not completion.choices:
+            raise ModelError(f"model {self.name!r} returned no choices", status=None)
         choice = completion.choices[0]
         message = choice.message
         tool_calls = [
-            ToolCall(id=tc.id, name=tc.function.name, arguments=tc.function.arguments or "")
+            ToolCall(id=tc.id or _call_id(), name=tc.function.name, arguments=tc.function.arguments or "")
             for tc in (message.tool_calls or ())
             if getattr(tc, "function", None) is not None
         ]
         return ModelResponse(
-            text=message.content,
+            text=message.content or None,  # "" and None both mean "no text", as in the streamed form
             tool_calls=tool_calls,
             usage=_usage(completion.usage),
             model=completion.model or self.name,
             finish_reason=choice.finish_reason,
         )
 
-    async def _stream(self, request: ModelRequest, emit: Emit) -> ModelResponse:
+    async def _open_stream(self, request: ModelRequest) -> Any:
         kwargs = self._kwargs(request)
         kwargs["stream"] = True
-        if self._stream_usage:
-            kwargs["stream_options"] = {"include_usage": True}
+        if not self._stream_usage:
+            return await self.client.chat.completions.create(**kwargs)
+        kwargs["stream_options"] = {"include_usage": True}
         try:
             stream = await self.client.chat.completions.create(**kwargs)
-        except openai.BadRequestError as first:
-            if "stream_options" not in kwargs:
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as first:
+            if self._stream_usage_accepted:  # this server took stream_options before: the 400 is about else
                 raise
-            # Some servers reject stream_options: try once without; if that works, stop sending it.
+            # Some servers reject stream_options: try once without; only if that works, stop sending it.
             kwargs.pop("stream_options")
             try:
                 stream = await self.client.chat.completions.create(**kwargs)
-            except openai.BadRequestError:
+            except (openai.BadRequestError, openai.UnprocessableEntityError):
                 raise first from None
             self._stream_usage = False
+            return stream
+        self._stream_usage_accepted = True
+        return stream
+
+    async def _stream(self, request: ModelRequest, emit: Emit) -> ModelResponse:
+        stream = await self._open_stream(request)
         text_parts: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
         usage = None
@@ -199,36 +311,42 @@ class OpenAIModel(Model):
                 model_name = chunk.model or model_name
                 if chunk.usage is not None:
                     usage = _usage(chunk.usage)
-                for choice in chunk.choices:
-                    delta = choice.delta
+                for choice in chunk.choices or ():
+                    if (getattr(choice, "index", 0) or 0) != 0:  # n > 1: only the first choice is used
+                        continue
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
+                    delta = choice.delta
                     if delta is None:
                         continue
                     if delta.content:
                         text_parts.append(delta.content)
                         emit(TextDelta(request.run_id, iteration=request.iteration, delta=delta.content))
                     for tc in delta.tool_calls or ():
-                        entry = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
-                        name_part = tc.function.name if tc.function else None
+                        index = _delta_index(tc, calls)
+                        entry = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+                        name_part = (tc.function.name if tc.function else None) or ""
                         args_part = (tc.function.arguments if tc.function else None) or ""
                         entry["id"] = tc.id or entry["id"]
-                        entry["name"] += name_part or ""
+                        # OpenAI sends the name once; llama.cpp repeats it in every chunk: don't append a repeat.
+                        if name_part and name_part != entry["name"]:
+                            entry["name"] += name_part
                         entry["arguments"] += args_part
                         emit(
                             ToolCallDelta(
                                 request.run_id,
                                 iteration=request.iteration,
-                                index=tc.index,
+                                index=index,
                                 name=entry["name"] or None,
                                 arguments_delta=args_part,
                             )
                         )
         tool_calls = [
-            ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"])
-            for i, c in sorted(calls.items())
+            ToolCall(id=c["id"] or _call_id(), name=c["name"], arguments=c["arguments"])
+            for _, c in sorted(calls.items())
+            if c["name"]
         ]
-        text = "".join(text_parts) if text_parts else None
+        text = "".join(text_parts) or None
         return ModelResponse(
             text=text, tool_calls=tool_calls, usage=usage, model=model_name, finish_reason=finish_reason
         )
@@ -241,22 +359,45 @@ class OpenAIModel(Model):
                 inner = body.get("error", body)
                 if isinstance(inner, dict) and inner.get("message"):
                     detail = str(inner["message"])
+            detail = " ".join(str(detail).split())
+            if len(detail) > _MAX_DETAIL:
+                detail = detail[:_MAX_DETAIL] + "…"
             return redact(f"HTTP {exc.status_code} {type(exc).__name__}: {detail}", self._api_key)
-        if isinstance(exc, openai.APITimeoutError):
-            return "request timed out"
-        if isinstance(exc, openai.APIConnectionError):
-            where = self.base_url or "the OpenAI API"
-            return redact(f"could not connect to {where}", self._api_key)
+        where = safe_url(self.base_url) or "the OpenAI API"
+        if isinstance(exc, (openai.APITimeoutError, *_TIMEOUT_ERRORS)):
+            after = f" after {self.timeout:g}s" if self.timeout else ""
+            return redact(f"request to {where} timed out{after}", self._api_key)
+        if isinstance(exc, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):  # refused, reset, dropped mid-stream
+            return redact(f"connection to {where} failed", self._api_key)
         return redact(f"{type(exc).__name__}: {exc}", self._api_key)
 
-    def _error(self, exc: BaseException, attempts: int) -> ModelError:
+    def _error(self, exc: BaseException, attempts: int, note: str | None = None) -> ModelError:
         status = getattr(exc, "status_code", None)
         message = f"model {self.name!r} failed: {self._describe(exc)}"
+        if note:
+            message += f"; {note}"
         if attempts > 1:
             message += f" (after {attempts} attempts)"
         if status == 401:
             message += " — check OPENAI_API_KEY (or the api_key you passed)"
+        elif status == 404:
+            message += " — check the model name and base_url"
         return ModelError(message, status=status, retryable=is_retryable(exc))
+
+
+def _delta_index(tc: Any, calls: dict[int, dict[str, Any]]) -> int:
+    """The tool call a streamed fragment belongs to (some servers omit ``index``)."""
+    if getattr(tc, "index", None) is not None:
+        return int(tc.index)
+    if not calls:
+        return 0
+    last = max(calls)
+    # A fragment with a new id starts a new call; otherwise it continues the last one.
+    return last + 1 if tc.id and calls[last]["id"] and tc.id != calls[last]["id"] else last
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def _usage(usage: Any) -> Usage | None:

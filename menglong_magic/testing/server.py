@@ -339,7 +339,9 @@ class ScriptedOpenAIServer:
         if self._server is None:
             self._server = _HTTPServer((self._host, self._port), _Handler)
             self._server.owner = self
-            self._thread = threading.Thread(target=self._server.serve_forever, name="scripted-openai", daemon=True)
+            # poll_interval: stop() waits up to one interval; the default 0.5 s adds up over the suite.
+            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="scripted-openai",
+                                            daemon=True)
             self._thread.start()
         return self
 
