@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from .agent.result import RunResult, Usage
+    from .agent.result import RunResult
+    from .usage import Usage
 
 log = logging.getLogger("menglong_magic")
 
@@ -106,6 +107,56 @@ class ToolCallFinished(Event):
     result: str | None
     error: str | None
     duration: float
+    status: str = ""  # "ok" | "error" | "cancelled" | "denied" ("" from older producers: see ``ok``)
+
+
+@dataclass(frozen=True)
+class ToolProgress(Event):
+    """A running tool reported progress through ``RunContext.progress(done, total, note)``."""
+
+    iteration: int
+    call_id: str
+    name: str
+    done: float
+    total: float | None
+    note: str
+
+
+@dataclass(frozen=True)
+class TurnWaiting(Event):
+    """The run waits for earlier turns of the same conversation to commit (``ahead`` of them)."""
+
+    ahead: int
+
+
+@dataclass(frozen=True)
+class TurnResumed(Event):
+    """The run got its turn after waiting ``waited`` seconds."""
+
+    waited: float
+
+
+@dataclass(frozen=True)
+class ApprovalRequested(Event):
+    """A tool call waits for a person's (or a callback's) yes before it runs."""
+
+    iteration: int
+    call_id: str
+    name: str
+    arguments: Any
+    agent: str
+
+
+@dataclass(frozen=True)
+class ApprovalDecided(Event):
+    """``approved`` or denied (``reason``) by ``by``: "callback" | "panel" | "prompt" | "timeout" | "policy"."""
+
+    iteration: int
+    call_id: str
+    name: str
+    approved: bool
+    reason: str | None
+    by: str
 
 
 @dataclass(frozen=True)
@@ -251,6 +302,8 @@ def dispatch(callback: EventCallback, event: Event) -> None:
 
 
 __all__ = [
+    "ApprovalDecided",
+    "ApprovalRequested",
     "BatchFinished",
     "BatchItemFinished",
     "BatchItemStarted",
@@ -271,6 +324,9 @@ __all__ = [
     "ToolCallDelta",
     "ToolCallFinished",
     "ToolCallStarted",
+    "ToolProgress",
+    "TurnResumed",
+    "TurnWaiting",
     "WorkflowFinished",
     "WorkflowStepFinished",
     "WorkflowStepStarted",

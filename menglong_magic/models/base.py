@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..agent.result import Usage
+from ..usage import Usage
 from ..events import Event
 
 
@@ -33,6 +33,9 @@ class ModelRequest:
     stream: bool = False
     run_id: str = ""
     iteration: int = 0
+    #: Per-request timeout in seconds and retry count for transient errors (None: the model's own).
+    timeout: float | None = None
+    max_retries: int | None = None
 
 
 @dataclass

@@ -32,7 +32,7 @@ import urllib.request
 import weakref
 from typing import Any
 
-from ..agent.result import Usage
+from ..usage import Usage
 from .base import Emit, ModelRequest, ModelResponse
 from .openai_compat import OpenAIModel, RetryPolicy, after_tool_round
 

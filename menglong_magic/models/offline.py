@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from ..agent.result import Usage
+from ..usage import Usage
 from ..events import TextDelta
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import openai
 
-from ..agent.result import Usage
+from ..usage import Usage
 from ..events import Retry, TextDelta, ToolCallDelta
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..agent.result import Usage
+from ..usage import Usage
 from ..events import TextDelta
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
 
