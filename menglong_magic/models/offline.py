@@ -7,8 +7,8 @@ import json
 import re
 from typing import Any
 
-from ..usage import Usage
 from ..events import TextDelta
+from ..usage import Usage
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
 
 
@@ -29,7 +29,7 @@ class OfflineModel(Model):
         user_text = next((_content(m) for m in turn if m.get("role") == "user"), "")
         tool_results = [m for m in turn if m.get("role") == "tool"]
         if request.tools and not tool_results:
-            words = _candidate_strings(user_text)
+            words = _Phrases(_candidate_strings(user_text))  # shared: tools take the phrases in turn
             tool_calls = [
                 ToolCall(
                     id=f"offline_{i + 1}",
@@ -89,26 +89,84 @@ def _summary(user_text: str, turn: list[dict[str, Any]], tool_results: list[dict
     return "Offline demo model: I called every tool once. " + "; ".join(parts) + "."
 
 
+# Quote pairs: ASCII single and double quotes, and typographic ones. A quote opens only at the start of a word
+# (not after a letter or digit, so the apostrophe in "What's" or "don't" never opens a phrase) and is followed by a
+# non-space; it closes only after a non-space and when no letter or digit follows (so "Bob's" does not close, while
+# a closing quote before punctuation does: "in 'Paris'?").
+_QUOTES = (("'", "'"), ('"', '"'), ("\u2018", "\u2019"), ("\u201c", "\u201d"))
+_QUOTE_RES = [
+    re.compile(rf"(?<![\w{re.escape(o + c)}]){re.escape(o)}(?=[^\s{re.escape(c)}])(.+?)(?<=\S){re.escape(c)}(?!\w)")
+    for o, c in _QUOTES
+]
+# A name: a capitalised word of two letters or more, with inner apostrophe/hyphen parts that are capitalised too
+# (O'Brien, Jean-Luc; "Paris's" gives "Paris"), and following capitalised words (New York). Not at the start of the
+# text, of a line or of a sentence, where capitals are grammar, not names.
+_NAME_WORD = r"[A-Z](?:[A-Za-z]+(?:['\u2019-][A-Z][A-Za-z]+)*|['\u2019][A-Z][A-Za-z]+)"
+_NAME_RE = re.compile(
+    rf"(?<![.!?]\s)(?<![.!?]\s\s)(?<!^)(?<![\w'\u2019-])({_NAME_WORD}(?:[ \t]+{_NAME_WORD})*)",
+    re.MULTILINE,
+)
+
+
 def _candidate_strings(text: str) -> list[str]:
-    """Quoted phrases, then capitalised words (not sentence-initial) of the user's message."""
-    quoted = [a or b for a, b in re.findall(r"'([^']+)'|\"([^\"]+)\"", text)]
-    unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", " ", text)
-    names = [m.group(1) for m in re.finditer(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+)\b", unquoted)]
-    return quoted + [n for n in names if n not in quoted]
+    """Phrases of the user's message for string arguments: quoted phrases, then names, in order, without repeats.
+
+    Apostrophes inside or at the end of words (What's, don't, Paris') are not quotes. Names are capitalised words
+    that do not start a sentence (see ``_NAME_RE``).
+    """
+    text = text.strip()
+    spans: list[tuple[int, int, str]] = []
+    for pattern in _QUOTE_RES:
+        spans += [(m.start(), m.end(), m.group(1).strip()) for m in pattern.finditer(text)]
+    spans.sort()
+    quoted: list[str] = []
+    kept: list[tuple[int, int]] = []
+    for start, end, phrase in spans:
+        if kept and start < kept[-1][1]:
+            continue  # inside an earlier quote (a quote within a quote)
+        kept.append((start, end))
+        quoted.append(phrase)
+    unquoted = text
+    for start, end in reversed(kept):
+        unquoted = unquoted[:start] + " " * (end - start) + unquoted[end:]
+    names = [m.group(1) for m in _NAME_RE.finditer(unquoted)]
+    out: list[str] = []
+    for phrase in quoted + names:
+        if phrase and phrase not in out:
+            out.append(phrase)
+    return out
 
 
-def example_arguments(schema: dict[str, Any], strings: list[str] | None = None) -> dict[str, Any]:
+class _Phrases:
+    """Hands out the message's phrases in turn; once all are used, starts again from the first."""
+
+    def __init__(self, phrases: list[str]):
+        self.phrases = list(phrases)
+        self.used = 0
+
+    def take(self) -> str | None:
+        if not self.phrases:
+            return None
+        phrase = self.phrases[self.used % len(self.phrases)]
+        self.used += 1
+        return phrase
+
+
+def example_arguments(schema: dict[str, Any], strings: list[str] | _Phrases | None = None) -> dict[str, Any]:
     """Deterministic arguments that satisfy a tool's JSON schema (defaults, enums, then by type).
 
-    String parameters take (and consume) the next of ``strings`` (phrases from the user's message).
+    String parameters take the next of ``strings`` (phrases from the user's message) in turn; when every phrase
+    has been used they start again from the first (two tools about 'Paris' both get "Paris"). Only when the
+    message has no phrase at all does a string parameter get the schema's first ``examples`` entry, else its own
+    name (a visible placeholder).
     """
     defs = schema.get("$defs", {})
-    value = _example(schema, defs, "", strings if strings is not None else [])
+    phrases = strings if isinstance(strings, _Phrases) else _Phrases(strings or [])
+    value = _example(schema, defs, "", phrases)
     return value if isinstance(value, dict) else {}
 
 
-def _example(schema: dict[str, Any], defs: dict[str, Any], name: str, strings: list[str] | None = None) -> Any:
-    strings = strings if strings is not None else []
+def _example(schema: dict[str, Any], defs: dict[str, Any], name: str, strings: _Phrases) -> Any:
     if "$ref" in schema:
         return _example(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs, name, strings)
     if "default" in schema:
@@ -138,4 +196,10 @@ def _example(schema: dict[str, Any], defs: dict[str, Any], name: str, strings: l
         return True
     if kind == "null":
         return None
-    return strings.pop(0) if strings else (name or "example")
+    phrase = strings.take()
+    if phrase is not None:
+        return phrase
+    examples = schema.get("examples")
+    if isinstance(examples, list) and examples and isinstance(examples[0], str):
+        return examples[0]
+    return name or "example"
