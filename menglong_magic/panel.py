@@ -1,8 +1,24 @@
-"""The live ipywidgets run panel, and ``make_view`` which picks the panel or the text view.
+"""The live run panel (one anywidget per run), its final view, and ``make_view``.
 
-Updates are folded into a :class:`~menglong_magic.viewmodel.RunViewModel` and pushed to the widgets
-at most every ``update_interval`` seconds (inside ``hold_sync``), then flushed once at the end. Widget
-output capture breaks after an ``await`` (ipywidgets#3993), so the panel only sets traits.
+Life of a view
+--------------
+``show()`` displays one widget (an ``anywidget`` with the ES module ``static/panel.js``) under a
+``display_id``. Events are folded into a :class:`~menglong_magic.viewmodel.RunViewModel` and pushed to
+the widget's traits at most every ``update_interval`` seconds (inside ``hold_sync``), then flushed once
+at the end. ``finish()`` turns the run into its final form and releases the widget:
+
+1. the live output is updated in place to an empty bundle (``update_display_data`` with ``{}``): it
+   vanishes in JupyterLab, Notebook 7 and VS Code, and nbclient saves it as an empty output;
+2. the final view is a *new* ``display_data`` (text/html + a short text/plain summary): the answer,
+   once, rendered as Markdown;
+3. the widget model (and its ``Layout``) is closed, so ``ipywidgets.Widget.widgets`` does not grow.
+
+Why not update the live output to the final view in place? nbval ignores ``update_display_data`` (and
+``clear_output``): it would compare the widget's initial output with the saved final one and fail. The
+widget's own output carries no text/plain (only the widget mime type, which nbval skips), so nbval sees
+exactly the final view, and so do nbclient's saved notebooks and JupyterLab.
+
+Widget output capture breaks after an ``await`` (ipywidgets#3993), so the panel only sets traits.
 """
 
 from __future__ import annotations
@@ -10,19 +26,25 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
-import ipywidgets as w
+import anywidget
+import traitlets
 
 from . import events as ev
 from .textview import TextView
 from .viewmodel import RunViewModel
 
+_STATIC = Path(__file__).parent / "static"
+_FINAL_EVENTS = (ev.RunFinished, ev.BatchFinished, ev.WorkflowFinished)
+
 
 class RunView(Protocol):
-    def handle(self, event: ev.Event) -> None: ...
     def show(self) -> None: ...
+    def handle(self, event: ev.Event) -> None: ...
     def finish(self) -> None: ...
+    def close(self) -> None: ...
 
 
 def make_view(
@@ -39,17 +61,32 @@ def make_view(
     return TextView(title=title, compact=compact)
 
 
-class PanelBox(w.VBox):
-    """The panel's top widget, with a short, stable text/plain repr (what nbval and terminals see)."""
+class PanelWidget(anywidget.AnyWidget):
+    """The one widget model of a run. The kernel renders all HTML (escaped); the front end places it."""
 
-    title = ""
+    _esm = _STATIC / "panel.js"
+    _css = _STATIC / "panel.css"
+    title = traitlets.Unicode("").tag(sync=True)
+    header = traitlets.Unicode("").tag(sync=True)
+    progress = traitlets.Dict().tag(sync=True)  # {"done", "total", "label", "status"}
+    blocks = traitlets.List().tag(sync=True)  # [[key, html], ...]: the view replaces changed blocks only
+    stop = traitlets.Unicode("disabled").tag(sync=True)  # "enabled" | "stopping" | "disabled" | "hidden"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        # The widget mime type only: no text/plain for nbval to compare or for a viewer to show as a stray repr.
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None:
+            return None
+        data, metadata = bundle
+        data = {k: v for k, v in data.items() if k != "text/plain"}
+        return data, metadata
 
     def __repr__(self) -> str:
         return f"RunPanel({self.title!r})"
 
 
 class RunPanel:
-    """A live panel: header (status badge, elapsed, tokens), progress + Stop, iterations or batch table."""
+    """A live panel: header (status, elapsed, tokens), progress + Stop, iterations or batch table."""
 
     def __init__(self, *, title: str, on_stop: Callable[[], None] | None = None, update_interval: float = 0.1):
         self.model = RunViewModel(title)
@@ -57,23 +94,17 @@ class RunPanel:
         self._on_stop = on_stop
         self._stop_lock = threading.Lock()
         self._stopped = False
-        self.header = w.HTML(self.model.header_html())
-        self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="240px"))
-        self.progress_label = w.HTML("")
-        self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger",
-                                    layout=w.Layout(width="90px"), disabled=on_stop is None)
-        self.stop_button.add_class("mm-stop")
-        self.stop_button.on_click(self._stop_clicked)
-        self.body = w.HTML(self.model.body_html())
-        self.widget = PanelBox([self.header, w.HBox([self.progress, self.progress_label, self.stop_button]),
-                                 self.body])
-        self.widget.title = title
-        self.widget.add_class("mm-panel")
+        self.widget: PanelWidget | None = PanelWidget(
+            title=title, header=self.model.header_html(), blocks=[list(b) for b in self.model.body_blocks()],
+            progress=self._progress_state(), stop="enabled" if on_stop is not None else "disabled")
+        self.widget.on_msg(self._on_msg)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._handle: Any = None  # the DisplayHandle of the live output
         self._flushed_version = -1
         self._finished = False
         self.flushes = 0
+        self.final_bundle: dict[str, str] | None = None
 
     # -------------------------------------------------------------- lifecycle
     def show(self) -> None:
@@ -83,39 +114,60 @@ class RunPanel:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None
-        display(self.widget)
+        if self.widget is not None and self._handle is None:
+            # Raw, so IPython adds no text/plain repr next to the widget mime type (see the module docstring).
+            bundle = self.widget._repr_mimebundle_()
+            if bundle is not None:
+                data, metadata = bundle
+                self._handle = display(data, metadata=metadata, raw=True, display_id=True)
 
     def handle(self, event: ev.Event) -> None:
+        """Fold an event in; schedule a throttled flush. Thread-safe (marshalled to the view's loop)."""
         loop = self._loop
         if loop is not None and not _on_loop(loop):
-            loop.call_soon_threadsafe(self.handle, event)
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self.handle, event)
             return
         self.model.apply(event)
         if self._finished:
             return
-        final = (ev.RunFinished, ev.BatchFinished, ev.WorkflowFinished)
-        if isinstance(event, final) and event.run_id == self.model.run_id:
+        if isinstance(event, _FINAL_EVENTS) and event.run_id == self.model.run_id:
             self.flush()
         elif self._timer is None:
             self._schedule()
 
     def finish(self) -> None:
-        """Final flush, disable Stop, and write the static record (kept in saved notebooks)."""
+        """The final form: one output with status, steps, usage and the answer once; widgets released."""
         from IPython.display import display
 
         if self._finished:
             return
         self._finished = True
+        self._cancel_timer()
+        self.model.mark_cancelled()
+        self.flush()  # a front end that keeps the widget (a second view of it) shows the final state
+        self.final_bundle = {"text/plain": self.model.summary_text(), "text/html": self.model.final_html()}
+        if self._handle is not None:
+            self._handle.update({}, raw=True)  # the live output vanishes (see the module docstring)
+            display(self.final_bundle, raw=True)
+        self.close()
+
+    def close(self) -> None:
+        """Release the widget model and its Layout (idempotent)."""
+        self._cancel_timer()
+        widget, self.widget = self.widget, None
+        if widget is not None:
+            layout = widget._trait_values.get("layout")
+            widget.close()
+            if layout is not None:
+                layout.close()
+
+    # -------------------------------------------------------------- rendering
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.model.mark_cancelled()
-        self.flush()
-        self.stop_button.disabled = True
-        # A new output rather than an update of a placeholder: nbval does not replay update_display_data.
-        display({"text/plain": self.model.summary_text(), "text/html": self.model.record_html()}, raw=True)
 
-    # -------------------------------------------------------------- rendering
     def _schedule(self) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -126,47 +178,60 @@ class RunPanel:
     def _tick(self) -> None:
         self._timer = None
         self.flush()
-        if not self._finished and self.model.finished_at is None:
+        if not self._finished and not self.model.finished and self._loop is not None:
             # Keep the elapsed time moving while nothing else happens.
-            self._timer = self._loop.call_later(max(self.update_interval, 1.0), self._tick) if self._loop else None
+            self._timer = self._loop.call_later(max(self.update_interval, 1.0), self._tick)
+
+    def _progress_state(self) -> dict[str, Any]:
+        done, total, label = self.model.progress()
+        return {"done": done, "total": total, "label": label, "status": self.model.status}
 
     def flush(self) -> None:
+        w = self.widget
+        if w is None:
+            return
         m = self.model
         header = m.header_html()
         changed = m.version != self._flushed_version
-        if not changed and header == self.header.value:
+        if not changed and header == w.header:
             return
         self.flushes += 1
-        with self.widget.hold_sync():
-            if header != self.header.value:
-                self.header.value = header
+        with w.hold_sync():
+            if header != w.header:
+                w.header = header
             if changed:
                 self._flushed_version = m.version
-                if m.batch is not None:
-                    total, done = len(m.batch), sum(r.status not in ("pending", "running") for r in m.batch)
-                    label = f"{done} / {total} items"
-                else:
-                    total, done = max(m.max_iterations, 1), m.iteration_count
-                    label = f"iteration {done} / {m.max_iterations}"
-                if self.progress.max != total:
-                    self.progress.max = total
-                if self.progress.value != min(done, total):
-                    self.progress.value = min(done, total)
-                if self.progress_label.value != label:
-                    self.progress_label.value = label
-                body = m.body_html()
-                if body != self.body.value:
-                    self.body.value = body
+                progress = self._progress_state()
+                if progress != w.progress:
+                    w.progress = progress
+                blocks = [list(b) for b in m.body_blocks()]
+                if blocks != w.blocks:
+                    w.blocks = blocks
+                if m.finished and w.stop != "hidden":
+                    w.stop = "hidden"
 
-    def _stop_clicked(self, _button: object = None) -> None:
-        # May run on a comm/subshell thread (JupyterLab ≥ 4.4, ipykernel 7): on_stop must be thread-safe.
+    # -------------------------------------------------------------- Stop
+    def _on_msg(self, _widget: Any, content: Any, _buffers: Any = None) -> None:
+        if isinstance(content, dict) and content.get("type") == "stop":
+            self.stop_clicked()
+
+    def stop_clicked(self) -> None:
+        """The Stop control. May run on a comm/subshell thread (JupyterLab ≥ 4.4, ipykernel 7): thread-safe."""
         with self._stop_lock:
-            if self._stopped or self._on_stop is None:
+            if self._stopped or self._on_stop is None or self._finished:
                 return
             self._stopped = True
-        self.stop_button.description = "Stopping…"
-        self.stop_button.disabled = True
+        self._set_stop_state("stopping")
         self._on_stop()
+
+    def _set_stop_state(self, state: str) -> None:
+        loop = self._loop
+        if loop is not None and not _on_loop(loop) and not loop.is_closed():
+            loop.call_soon_threadsafe(self._set_stop_state, state)
+            return
+        w = self.widget
+        if w is not None and w.stop not in ("hidden", state):
+            w.stop = state
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TextIO
 
 from . import events as ev
-from .viewmodel import RunViewModel, clip
+from .viewmodel import MAX_ANSWER, TOOL_ICONS, RunViewModel, clip
 
 
 class TextView:
-    """Prints one line per step (iteration, tool call, batch item) and a closing summary.
+    """Prints one line per step (iteration, tool call, batch item) as the run goes, then at the end the
+    summary line and the answer, once (streamed text that already was the answer is not repeated).
 
-    ``compact=True`` prints only the closing summary.
+    ``compact=True`` (``-q``) prints only the summary line and the answer.
     """
+
+    PROGRESS_INTERVAL = 1.0  # seconds between two progress lines of one tool call
 
     def __init__(self, title: str = "agent", compact: bool = False, stream: TextIO | None = None) -> None:
         self.model = RunViewModel(title)
@@ -21,6 +25,8 @@ class TextView:
         self._stream = stream
         self._in_text = False
         self._finished = False
+        self._streamed = ""  # the text streamed by the current iteration
+        self._progress_at: dict[str, float] = {}
 
     @property
     def out(self) -> TextIO:
@@ -52,31 +58,60 @@ class TextView:
                 self._line(f"[{title}] item {event.index + 1} {event.status} {event.duration:.2f}s: "
                            f"{clip(body or '', 200)}")
             return
+        if isinstance(event, ev.TurnWaiting) and mine:
+            self._line(f"[{title}] {model.waiting_text()}")
+        elif isinstance(event, ev.TurnResumed) and mine:
+            self._line(f"[{title}] resumed after {event.waited:.1f}s")
         if not mine:
             return
         if isinstance(event, ev.IterationStarted):
+            self._streamed = ""
             self._line(f"[{title}] iteration {event.iteration}/{event.max_iterations}")
+        elif isinstance(event, ev.Retry):
+            self._streamed = ""
+            self._line(f"  ↻ retry {event.attempt} in {event.delay:.1f}s: {event.error}")
         elif isinstance(event, ev.TextDelta):
             if not self._in_text:
                 self.out.write("  ")
                 self._in_text = True
+            self._streamed += event.delta
             self.out.write(event.delta.replace("\n", "\n  "))
             self.out.flush()
+        elif isinstance(event, ev.ToolProgress):
+            now = time.monotonic()
+            last = self._progress_at.get(event.call_id)
+            final = event.total is not None and event.done >= event.total
+            if last is None or final or now - last >= self.PROGRESS_INTERVAL:
+                self._progress_at[event.call_id] = now
+                card = model._card(event.call_id)
+                text = card.progress_text() if card is not None else f"{event.done}"
+                self._line(f"  … {event.name} {text}")
         elif isinstance(event, ev.ToolCallStarted):
             args = event.arguments if isinstance(event.arguments, str) else ", ".join(
                 f"{k}={v!r}" for k, v in (event.arguments or {}).items())
             self._line(f"  → {event.name}({clip(args, 200)})")
         elif isinstance(event, ev.ToolCallFinished):
-            mark, body = ("✓", event.result) if event.ok else ("✗", event.error)
+            status = event.status or ("ok" if event.ok else "error")
+            mark = TOOL_ICONS.get(status, "✗")
+            body = event.result if status == "ok" else (event.error or event.result or status)
             self._line(f"  {mark} {event.name} {event.duration:.2f}s: {clip(body or '', 200)}")
-        elif isinstance(event, ev.Retry):
-            self._line(f"  ↻ retry {event.attempt} in {event.delay:.1f}s: {event.error}")
 
     def finish(self) -> None:
         if self._finished:
             return
         self._finished = True
-        if self.model.finished_at is None:
-            self.model.mark_cancelled()
-        # The summary line only: the answer itself is the cell's value (the RunResult's repr).
-        self._line(self.model.summary_text().split("\n", 1)[0])
+        model = self.model
+        if model.finished_at is None:
+            model.mark_cancelled()
+        # The magic no longer shows the RunResult: this is the answer's one appearance.
+        lines = [model.summary_line()]
+        if model.batch is not None:
+            if self.compact:
+                lines = model.summary_text().split("\n")
+        else:
+            if model.error:
+                lines.append(f"error: {model.error}")
+            answer = model.final_output
+            if answer and (self.compact or self._streamed.strip() != answer.strip()):
+                lines.append(clip(answer, MAX_ANSWER))
+        self._line("\n".join(lines))

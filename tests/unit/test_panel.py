@@ -1,14 +1,17 @@
-"""The widget panel without a front end: bounded update messages, escaping, Stop, the static record."""
+"""The widget panel without a front end: bounded updates, escaping, Stop, the final view, released widgets."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import comm
 import pytest
+from ipywidgets.widgets import widget as widget_module
 
 from menglong_magic import ChatAgent
 from menglong_magic import events as ev
@@ -18,29 +21,65 @@ from menglong_magic.panel import RunPanel, make_view
 from menglong_magic.textview import TextView
 
 XSS = '<img src=x onerror="window.__pwned=1"><script>alert(1)</script>'
+MARKDOWN = "## Result\n\n- one\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n```python\nx = 1\n```\n"
 
 
 class RecordingComm(comm.DummyComm):
     sent: ClassVar[list[dict[str, Any]]] = []
+    closed: ClassVar[int] = 0
 
     def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None,
                     **keys: Any) -> None:
         if msg_type == "comm_msg" and isinstance(data, dict):
             RecordingComm.sent.append(data)
+        if msg_type == "comm_close":
+            RecordingComm.closed += 1
 
 
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     RecordingComm.sent = []
+    RecordingComm.closed = 0
     monkeypatch.setattr(comm, "create_comm", lambda *a, **k: RecordingComm(*a, **k))
     return RecordingComm.sent
+
+
+@pytest.fixture
+def outputs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """What the panel publishes as cell outputs (display_data / update_display_data), via a real shell."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    published: list[dict[str, Any]] = []
+
+    def publish(data: dict[str, Any], metadata: Any = None, *, transient: Any = None, update: bool = False,
+                **_: Any) -> None:
+        published.append({"data": data, "display_id": (transient or {}).get("display_id"), "update": update})
+
+    monkeypatch.setattr(shell.display_pub, "publish", publish)
+    yield published
+
+
+def live_widgets() -> int:
+    return len(widget_module._instances)
 
 
 def updates(sent: list[dict[str, Any]]) -> int:
     return sum(1 for d in sent if d.get("method") == "update")
 
 
-async def test_a_thousand_events_send_a_bounded_number_of_updates(recorded: list[dict[str, Any]]) -> None:
+def body(panel: RunPanel) -> str:
+    assert panel.widget is not None
+    return "".join(html for _key, html in panel.widget.blocks)
+
+
+def finished_result(output: str, stop_reason: str = "completed", error: str | None = None) -> RunResult:
+    return RunResult(task="x", final_output=output, stop_reason=stop_reason, iterations=[], usage=RunUsage(),
+                     execution_time=0.1, error=error)
+
+
+async def test_a_thousand_events_send_a_bounded_number_of_updates(recorded: list[dict[str, Any]],
+                                                                  outputs: list[dict[str, Any]]) -> None:
     panel = RunPanel(title="t", update_interval=0.05)
     panel.show()
     recorded.clear()
@@ -52,31 +91,53 @@ async def test_a_thousand_events_send_a_bounded_number_of_updates(recorded: list
         if i % 20 == 0:
             await asyncio.sleep(0.01)
     elapsed = time.monotonic() - started
-    panel.finish()
+    panel.flush()
+    assert "w999" in body(panel)  # the final flush is complete
     flush_bound = elapsed / 0.05 + 3
     assert panel.flushes <= flush_bound, (panel.flushes, elapsed)
-    # each flush touches at most the header, progress, label and body: a handful of messages
-    assert 0 < updates(recorded) <= 5 * flush_bound
-    assert updates(recorded) < 200
-    assert "w999" in panel.body.value  # the final flush is complete
-
-
-async def test_panel_follows_a_real_run_and_records_it(recorded: list[dict[str, Any]],
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    agent = ChatAgent(model=ScriptedModel([calls(call("echo", {"text": XSS})), reply(f"answer {XSS}")]),
-                      mode="auto", tools=[lambda_echo])
-    panel = RunPanel(title="agent", update_interval=0.01)
-    panel.show()
-    result = await agent.arun("go", on_event=panel.handle)
+    # one widget model: each flush is one update message (hold_sync batches the traits)
+    assert 0 < updates(recorded) <= flush_bound
     panel.finish()
+
+
+async def test_panel_follows_a_real_run_then_leaves_one_final_view(recorded: list[dict[str, Any]],
+                                                                   outputs: list[dict[str, Any]]) -> None:
+    agent = ChatAgent(model=ScriptedModel([calls(call("echo", {"text": XSS})), reply(f"answer {XSS}\n\n{MARKDOWN}")]),
+                      mode="auto", tools=[lambda_echo])
+    before = live_widgets()
+    panel = RunPanel(title="agent", update_interval=0.01, on_stop=lambda: None)
+    panel.show()
+    widget = panel.widget
+    assert widget is not None and live_widgets() >= before + 1
+    result = await agent.arun("go", on_event=panel.handle)
     assert result.stop_reason == "completed"
-    assert "mm-status-completed" in panel.header.value
-    html = panel.body.value + panel.header.value
-    assert "<img" not in html and "<script" not in html
-    assert "&lt;img src=x onerror=" in html
-    assert panel.progress_label.value == "iteration 2 / 10"
-    assert panel.stop_button.disabled
-    assert "[agent] completed" in capsys.readouterr().out  # the static record's text/plain
+    live_html = widget.header + body(panel)
+    assert "mm-status-completed" in live_html
+    assert "<img" not in live_html and "<script" not in live_html and "&lt;img src=x onerror=" in live_html
+    panel.finish()
+
+    # Outputs: the live widget (widget mime only), then it is emptied in place, then ONE final view.
+    assert [o["update"] for o in outputs] == [False, True, False]
+    live, emptied, final = outputs
+    assert set(live["data"]) == {"application/vnd.jupyter.widget-view+json"}  # no stray text/plain repr
+    assert emptied["display_id"] == live["display_id"] and emptied["data"] == {}
+    assert final["display_id"] is None
+    text, html = final["data"]["text/plain"], final["data"]["text/html"]
+    assert text.splitlines()[0].startswith("[agent] completed · 2 iteration(s) · 1 tool call(s) · ")
+    assert text.count("answer ") == 1
+    assert html.count("answer ") == 1  # the answer once, not again inside its step
+    assert "<img" not in html and "<script" not in html and "&lt;script&gt;" in html
+    for tag in ("<h2>Result</h2>", "<li>one</li>", "<table>", "<td>1</td>", '<code class="language-python">'):
+        assert tag in html
+    assert 'class="mm-progress-fill" style="height:10px;width:100%' in html
+    assert "mm-stop" not in html
+    assert '<details class="mm-steps">' in html  # steps collapsed
+    # Final state pushed to the widget before it closed: progress complete, Stop hidden.
+    assert widget.progress["done"] == widget.progress["total"]
+    assert widget.stop == "hidden"
+    # Every model released (the widget and its Layout).
+    assert panel.widget is None and live_widgets() == before
+    assert RecordingComm.closed >= 2
 
 
 def lambda_echo(text: str) -> str:
@@ -84,19 +145,63 @@ def lambda_echo(text: str) -> str:
     return text
 
 
-def test_stop_is_called_once_even_from_other_threads() -> None:
+def test_finished_panels_hold_no_widget_models(recorded: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+    before = live_widgets()
+    for i in range(30):
+        panel = RunPanel(title=f"p{i}")
+        panel.show()
+        panel.handle(ev.RunStarted(f"r{i}", agent="a", model="m", mode="auto", task="x", max_iterations=2))
+        panel.finish()
+    assert live_widgets() == before
+    assert len([o for o in outputs if not o["update"]]) == 60  # 30 live + 30 final
+
+
+def test_stop_is_called_once_even_from_other_threads(recorded: list[dict[str, Any]]) -> None:
     calls_: list[int] = []
     panel = RunPanel(title="t", on_stop=lambda: calls_.append(1))
-    threads = [threading.Thread(target=panel.stop_button.click) for _ in range(5)]
+    widget = panel.widget
+    assert widget is not None and widget.stop == "enabled"
+    threads = [threading.Thread(target=widget._handle_custom_msg, args=({"type": "stop"}, [])) for _ in range(5)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert calls_ == [1]
-    assert panel.stop_button.disabled
+    assert widget.stop == "stopping"
+    widget._handle_custom_msg({"type": "something else"}, [])
+    panel.handle(ev.RunStarted("r", agent="a", model="m", mode="auto", task="x", max_iterations=2))
+    panel.finish()
+    assert widget.stop == "hidden"
+    panel.stop_clicked()
+    assert calls_ == [1]  # no Stop after finish
 
 
-def test_batch_rows_and_long_results_are_truncated_and_escaped() -> None:
+def test_interrupted_run_says_cancelled(recorded: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+    panel = RunPanel(title="t", on_stop=lambda: None)
+    panel.show()
+    panel.handle(ev.RunStarted("r", agent="a", model="m", mode="auto", task="x", max_iterations=10))
+    panel.handle(ev.IterationStarted("r", iteration=1, max_iterations=10))
+    panel.handle(ev.ToolCallStarted("r", iteration=1, call_id="c", name="slow", arguments={}))
+    panel.finish()  # no RunFinished: a kernel interrupt
+    final = outputs[-1]["data"]
+    assert final["text/plain"].startswith("[t] cancelled · 1 iteration(s) · 1 tool call(s)")
+    assert "mm-status-cancelled" in final["text/html"] and "the run was cancelled" in final["text/html"]
+    assert "cancelled · 1 iteration(s) of 10" in final["text/html"]
+    assert "mm-tool-cancelled" in final["text/html"]  # the call that was running
+
+
+def test_error_run_shows_the_error(recorded: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+    panel = RunPanel(title="t")
+    panel.show()
+    panel.handle(ev.RunStarted("r", agent="a", model="m", mode="auto", task="x", max_iterations=10))
+    panel.handle(ev.RunFinished("r", result=finished_result("", "error", f"model failed {XSS}")))
+    panel.finish()
+    final = outputs[-1]["data"]
+    assert final["text/plain"].splitlines()[1] == f"error: model failed {XSS}"
+    assert "mm-status-error" in final["text/html"] and "<img" not in final["text/html"]
+
+
+def test_batch_rows_and_long_results_are_truncated_and_escaped(recorded: list[dict[str, Any]]) -> None:
     panel = RunPanel(title="b")
     panel.handle(ev.BatchStarted("b1", messages=(XSS, "two"), mode="parallel"))
     panel.handle(ev.BatchItemStarted("b1", index=0, message=XSS, item_run_id="b1-0"))
@@ -104,11 +209,55 @@ def test_batch_rows_and_long_results_are_truncated_and_escaped() -> None:
     panel.handle(ev.BatchItemFinished("b1", index=1, status="error", duration=0.1, result=None, error=XSS))
     panel.handle(ev.BatchFinished("b1", ok=1, failed=1, duration=0.2))
     panel.flush()
-    body = panel.body.value
-    assert "<img" not in body and "&lt;img" in body
-    assert "1 done · 1 failed" in body
-    assert len(body) < 5000  # 10 000 characters of answer are clipped in the view
-    assert "mm-status-error" in panel.header.value
+    html = body(panel)
+    assert "<img" not in html and "&lt;img" in html
+    assert "1 done · 1 failed" in html
+    assert len(html) < 5000  # 10 000 characters of answer are clipped in the view
+    assert panel.widget is not None and "mm-status-error" in panel.widget.header
+    panel.close()
+
+
+def test_tool_progress_waiting_and_new_statuses_render() -> None:
+    panel = RunPanel(title="t")
+    h = panel.handle
+    h(ev.TurnWaiting("r", ahead=2))
+    h(ev.RunStarted("r", agent="a", model="m", mode="auto", task="x", max_iterations=5))
+    panel.flush()
+    assert panel.widget is not None
+    assert "waiting for 2 earlier turns of this conversation" in body(panel)
+    assert "mm-status-waiting" in panel.widget.header
+    h(ev.TurnResumed("r", waited=1.5))
+    h(ev.IterationStarted("r", iteration=1, max_iterations=5))
+    for call_id, name in (("c1", "crawl"), ("c2", "rm"), ("c3", "sleepy")):
+        h(ev.ToolCallStarted("r", iteration=1, call_id=call_id, name=name, arguments={}))
+    h(ev.ToolProgress("r", iteration=1, call_id="c1", name="crawl", done=3, total=10, note=f"pages {XSS}"))
+    panel.flush()
+    html = body(panel)
+    assert "waiting for" not in html and "mm-status-running" in panel.widget.header
+    assert "3/10 pages &lt;img" in html and "width:30%" in html
+    h(ev.ToolCallFinished("r", iteration=1, call_id="c1", name="crawl", ok=True, result="done", error=None,
+                          duration=0.1))  # "" status from an older producer: ok
+    h(ev.ToolCallFinished("r", iteration=1, call_id="c2", name="rm", ok=False, result=None, error="denied: no",
+                          duration=0.0, status="denied"))
+    h(ev.ToolCallFinished("r", iteration=1, call_id="c3", name="sleepy", ok=False, result=None, error=None,
+                          duration=0.2, status="cancelled"))
+    panel.flush()
+    html = body(panel)
+    assert "mm-tool-ok" in html and "mm-tool-denied" in html and "mm-tool-cancelled" in html
+    assert "3/10" not in html  # progress is shown while the call runs
+    assert "denied: no" in html
+    panel.close()
+
+
+def test_markdown_refuses_script_links_and_does_not_fetch_images() -> None:
+    from menglong_magic.viewmodel import render_markdown
+
+    html = render_markdown("[a](javascript:alert(1)) [b](vbscript:x) [c](data:text/html,x) <a href='javascript:y'>d</a>"
+                           " ![e](https://evil.example/?q=secret) [ok](https://example.com)")
+    assert 'href="javascript' not in html.lower() and "vbscript:x\"" not in html and "<img" not in html
+    assert "&lt;a href=" in html
+    assert '<a href="https://example.com" target="_blank" rel="noopener noreferrer nofollow">ok</a>' in html
+    assert '<a href="https://evil.example/?q=secret"' in html  # a link, never a fetched image
 
 
 def test_make_view_picks_text_without_widgets(capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,12 +268,54 @@ def test_make_view_picks_text_without_widgets(capsys: pytest.CaptureFixture[str]
     view.handle(ev.ToolCallStarted("r", iteration=1, call_id="c", name="add", arguments={"a": 1}))
     view.handle(ev.ToolCallFinished("r", iteration=1, call_id="c", name="add", ok=True, result="2", error=None,
                                     duration=0.01))
-    result = RunResult(task="x", final_output="two", stop_reason="completed", iterations=[], usage=RunUsage(),
-                       execution_time=0.1)
-    view.handle(ev.RunFinished("r", result=result))
+    view.handle(ev.RunFinished("r", result=finished_result("two")))
     view.finish()
     out = capsys.readouterr().out.splitlines()
     assert out == ["[t] iteration 1/2", "  → add(a=1)", "  ✓ add 0.01s: 2",
-                   "[t] completed · 1 iteration(s) · 1 tool call(s) · 0.0s · tokens unknown"]
+                   "[t] completed · 1 iteration(s) · 1 tool call(s) · 0.0s · tokens unknown", "two"]
     compact = make_view(title="t", widgets=True, compact=True)
     assert isinstance(compact, TextView) and compact.compact
+
+
+def test_text_view_prints_a_streamed_answer_once() -> None:
+    stream = io.StringIO()
+    view = TextView(title="t", stream=stream)
+    view.handle(ev.RunStarted("r", agent="a", model="m", mode="auto", task="x", max_iterations=2))
+    view.handle(ev.IterationStarted("r", iteration=1, max_iterations=2))
+    for part in ("The answer", " is 42."):
+        view.handle(ev.TextDelta("r", iteration=1, delta=part))
+    view.handle(ev.RunFinished("r", result=finished_result("The answer is 42.")))
+    view.finish()
+    assert stream.getvalue().count("The answer is 42.") == 1
+    assert stream.getvalue().rstrip().endswith("tokens unknown")
+
+    quiet = io.StringIO()
+    compact = TextView(title="t", compact=True, stream=quiet)
+    for e in (ev.RunStarted("r", agent="a", model="m", mode="auto", task="x", max_iterations=2),
+              ev.IterationStarted("r", iteration=1, max_iterations=2),
+              ev.TextDelta("r", iteration=1, delta="The answer is 42."),
+              ev.RunFinished("r", result=finished_result("The answer is 42."))):
+        compact.handle(e)
+    compact.finish()
+    lines = quiet.getvalue().splitlines()
+    assert lines[0].startswith("[t] completed · 1 iteration(s)") and lines[1:] == ["The answer is 42."]
+
+
+def test_text_view_waiting_progress_and_interrupt() -> None:
+    stream = io.StringIO()
+    view = TextView(title="t", stream=stream)
+    view.handle(ev.TurnWaiting("r", ahead=1))
+    view.handle(ev.RunStarted("r", agent="a", model="m", mode="auto", task="x", max_iterations=2))
+    view.handle(ev.TurnResumed("r", waited=0.5))
+    view.handle(ev.IterationStarted("r", iteration=1, max_iterations=2))
+    view.handle(ev.ToolCallStarted("r", iteration=1, call_id="c", name="crawl", arguments={}))
+    for done in range(1, 11):
+        view.handle(ev.ToolProgress("r", iteration=1, call_id="c", name="crawl", done=done, total=10, note="pages"))
+    view.finish()  # interrupted: no RunFinished
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[t] waiting for 1 earlier turn of this conversation"
+    assert lines[1] == "[t] resumed after 0.5s"
+    progress = [line for line in lines if line.startswith("  … crawl")]
+    assert progress[0] == "  … crawl 1/10 pages" and progress[-1] == "  … crawl 10/10 pages"
+    assert len(progress) < 10  # throttled
+    assert lines[-1].startswith("[t] cancelled · 1 iteration(s) · 1 tool call(s)")
