@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import importlib
+import json
 import os
 import random
-import re
 import time
 import urllib.parse
 import uuid
@@ -17,12 +17,14 @@ from typing import Any
 
 import openai
 
-from ..usage import Usage
 from ..events import Retry, TextDelta, ToolCallDelta
+from ..secrets import install_log_redaction, redact, register_secret
+from ..usage import Usage
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
-_KEY_PATTERN = re.compile(r"\b(sk-|sk_|key-)[A-Za-z0-9_\-*]{4,}")
+_OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_NO_KEY = "sk-no-key-required"
 _MAX_DETAIL = 500  # server error bodies can be huge (llama.cpp sends whole validation reports)
 
 
@@ -50,12 +52,24 @@ _TRANSPORT_ERRORS = _transport_errors(("TimeoutException", "NetworkError", "Remo
 
 
 class ModelError(Exception):
-    """A model request failed for good (not retryable, or retries exhausted). Never contains a key."""
+    """A model request failed for good (not retryable, or retries exhausted).
+
+    Never contains a credential, and chains no exception (``__cause__`` and ``__context__`` are None):
+    the SDK's exceptions keep the request (with its ``Authorization`` header) and the server's response.
+    """
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+
+
+class MalformedResponseError(Exception):
+    """The server answered 200 but its body (or a streamed chunk) is not a valid chat completion.
+
+    Transient (a proxy cut the body, a server hiccup): retried like a 5xx. Raised inside the model layer
+    only; callers see a :class:`ModelError` naming the model and the endpoint.
+    """
 
 
 @dataclass(frozen=True)
@@ -94,7 +108,7 @@ def is_retryable(exc: BaseException) -> bool:
         return exc.status_code in (408, 409, 429) or exc.status_code >= 500
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return True
-    return isinstance(exc, _TRANSPORT_ERRORS)
+    return isinstance(exc, (MalformedResponseError, *_TRANSPORT_ERRORS))
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:
@@ -122,13 +136,6 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         return max(parsed.timestamp() - time.time(), 0.0)
 
 
-def redact(text: str, secret: str | None = None) -> str:
-    """Remove an API key (exact, and anything key-shaped) from a message."""
-    if secret:
-        text = text.replace(secret, "***")
-    return _KEY_PATTERN.sub(lambda m: m.group(1) + "***", text)
-
-
 def safe_url(url: str | None) -> str | None:
     """``url`` without any ``user:password@`` part (shown in reprs and errors)."""
     if not url:
@@ -139,6 +146,22 @@ def safe_url(url: str | None) -> str | None:
     host = parts.hostname or ""
     netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_base_url(url: str | None, source: str = "base_url") -> None:
+    """Refuse a URL with ``user:password@``: the HTTP client would send it as ``Authorization: Basic``
+    (dropping the Bearer key) and log it with every request. The error never quotes the URL."""
+    if not url:
+        return
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None and "@" not in parts.netloc:
+        return
+    register_secret(parts.password)  # in case the caller prints the URL next to our output
+    register_secret(urllib.parse.unquote(parts.password or ""))
+    raise ValueError(
+        f"{source} must not contain credentials (user:password@host); pass the key as api_key=... "
+        "(sent as 'Authorization: Bearer <key>') or any other header as default_headers={'Authorization': ...}"
+    )
 
 
 def _is_loopback(url: str | None) -> bool:
@@ -160,7 +183,16 @@ class OpenAIModel(Model):
 
     ``api_key``/``base_url`` default to ``OPENAI_API_KEY``/``OPENAI_BASE_URL``. One ``AsyncOpenAI``
     client is created per running event loop (httpx clients are loop-bound). The SDK's own retries are
-    off: this class retries, once, in one place (see :class:`RetryPolicy`).
+    off: this class retries, once, in one place (see :class:`RetryPolicy`); a request's own
+    ``max_retries`` (``ModelRequest.max_retries``: 0 = one attempt) overrides the policy's count. The
+    timeout (``timeout``, or ``ModelRequest.timeout``) is sent with every request, so changing
+    ``model.timeout`` takes effect at the next request.
+
+    Credentials: ``api_key`` (sent as ``Authorization: Bearer``) and the values of ``default_headers``
+    (sent with every request) are secrets: they are redacted from every error, event, repr and from the
+    log lines of the SDK and its HTTP client (see :mod:`menglong_magic.secrets`). A ``base_url`` with
+    ``user:password@`` is refused with a ValueError (pass the key or header explicitly instead).
+    Malformed or truncated responses (invalid JSON, a broken streamed chunk) are retried like a 5xx.
 
     ``reset_tool_choice``: a forced ``tool_choice`` (a named tool, or ``"required"``) applies to the first
     request of a turn; after a tool round it becomes ``"auto"``, as in the OpenAI Agents SDK, so a forced
@@ -178,13 +210,23 @@ class OpenAIModel(Model):
         stream_usage: bool = True,
         settings: dict[str, Any] | None = None,
         reset_tool_choice: bool = True,
+        default_headers: dict[str, str] | None = None,
     ):
         self.name = name or os.environ.get("MENGLONG_OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
         #: The model id sent to the server (``name`` is what panels and results show).
         self.request_model = self.name
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         # Keyless local servers still need some key for the SDK; it is never shown anywhere.
-        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "sk-no-key-required"
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _NO_KEY
+        if self._api_key != _NO_KEY:
+            register_secret(self._api_key)
+        self._default_headers = {str(k): str(v) for k, v in (default_headers or {}).items()}
+        for value in self._default_headers.values():
+            register_secret(value)
+        if base_url:
+            check_base_url(base_url)
+        else:
+            check_base_url(os.environ.get("OPENAI_BASE_URL"), "OPENAI_BASE_URL")
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.settings = dict(settings or {})
@@ -200,12 +242,37 @@ class OpenAIModel(Model):
         return f"{type(self).__name__}({self.name!r}{where})"
 
     @property
+    def base_url(self) -> str | None:
+        return self._base_url
+
+    @base_url.setter
+    def base_url(self, url: str | None) -> None:
+        check_base_url(url)
+        self._base_url = url
+
+    @property
+    def default_headers(self) -> dict[str, str]:
+        """Header names sent with every request (values are secrets: never shown)."""
+        return {name: "***" for name in self._default_headers}
+
+    @property
+    def endpoint(self) -> str:
+        """The chat completions URL, as shown in errors (never with credentials)."""
+        return (safe_url(self.base_url) or _OPENAI_DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+
+    def _timeout_for(self, request: ModelRequest) -> float | None:
+        return self.timeout if request.timeout is None else request.timeout
+
+    @property
     def client(self) -> openai.AsyncOpenAI:
         """The client for the running loop."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
+            install_log_redaction()  # the SDK's and httpx's loggers exist once openai is imported
             options: dict[str, Any] = {}
+            if self._default_headers:
+                options["default_headers"] = dict(self._default_headers)
             http_client_type = getattr(openai, "DefaultAsyncHttpxClient", None)
             if http_client_type is not None and _is_loopback(self.base_url):
                 # httpx honours HTTP(S)_PROXY even for 127.0.0.1: a proxy must not capture local servers.
@@ -223,24 +290,39 @@ class OpenAIModel(Model):
             await client.close()
 
     async def request(self, request: ModelRequest, emit: Emit) -> ModelResponse:
+        max_attempts = self.retry.max_attempts if request.max_retries is None else max(request.max_retries, 0) + 1
+        install_log_redaction()  # cheap when no logger was added since the last call
+        for settings in (self.settings, request.settings):  # per-request headers are secrets too
+            for value in (settings.get("extra_headers") or {}).values():
+                register_secret(str(value))
+        timeout = self._timeout_for(request)
         attempt = 1
         while True:
+            failure: BaseException | None = None
             try:
                 if request.stream:
                     return await self._stream(request, emit)
                 return await self._complete(request)
-            except (openai.OpenAIError, *_TRANSPORT_ERRORS) as exc:
-                if not is_retryable(exc) or attempt >= self.retry.max_attempts:
-                    # `from None`: the SDK's exception text may quote the key; don't chain it.
-                    raise self._error(exc, attempt) from None
-                retry_after = retry_after_seconds(exc)
-                if retry_after is not None and retry_after > self.retry.max_retry_after:
-                    raise self._error(exc, attempt, note=f"the server asked to wait {retry_after:g}s") from None
-                delay = self.retry.delay(attempt, retry_after)
-                # A Retry also tells views that this iteration's streamed deltas so far are void.
-                emit(Retry(request.run_id, attempt=attempt, delay=delay, error=self._describe(exc)))
-                await asyncio.sleep(delay)
-                attempt += 1
+            except (openai.OpenAIError, MalformedResponseError, *_TRANSPORT_ERRORS) as exc:
+                failure = exc
+            # Decided outside the `except` block: an exception raised there would chain the SDK's one
+            # (`raise ... from None` only hides it; `__context__` still holds it, with the request headers).
+            retry_after = retry_after_seconds(failure)
+            error: ModelError | None = None
+            if not is_retryable(failure) or attempt >= max_attempts:
+                error = self._error(failure, attempt, timeout=timeout)
+            elif retry_after is not None and retry_after > self.retry.max_retry_after:
+                note = f"the server asked to wait {retry_after:g}s"
+                error = self._error(failure, attempt, note=note, timeout=timeout)
+            description = self._describe(failure, timeout=timeout)
+            failure = None  # no frame local keeps the SDK exception alive either
+            if error is not None:
+                raise error
+            delay = self.retry.delay(attempt, retry_after)
+            # A Retry also tells views that this iteration's streamed deltas so far are void.
+            emit(Retry(request.run_id, attempt=attempt, delay=delay, error=description))
+            await asyncio.sleep(delay)
+            attempt += 1
 
     def _kwargs(self, request: ModelRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.request_model, "messages": request.messages, **self.settings}
@@ -259,11 +341,21 @@ class OpenAIModel(Model):
         return kwargs
 
     async def _complete(self, request: ModelRequest) -> ModelResponse:
-        completion = await self.client.chat.completions.create(**self._kwargs(request))
-        if not completion.choices:
-            raise ModelError(f"model {self.name!r} returned no choices", status=None)
-        choice = completion.choices[0]
-        message = choice.message
+        try:
+            completion = await self.client.chat.completions.create(
+                **self._kwargs(request), timeout=self._timeout_for(request)
+            )
+        except json.JSONDecodeError as exc:
+            raise MalformedResponseError(_json_problem("the response body", exc)) from None
+        choices = getattr(completion, "choices", None)
+        if not isinstance(choices, list):
+            raise MalformedResponseError(f"the response body is not a chat completion ({_shape(completion)})")
+        if not choices:
+            raise MalformedResponseError("the response has no choices")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        if message is None:
+            raise MalformedResponseError("the response's first choice has no message")
         tool_calls = [
             ToolCall(id=tc.id or _call_id(), name=tc.function.name, arguments=tc.function.arguments or "")
             for tc in (message.tool_calls or ())
@@ -280,6 +372,7 @@ class OpenAIModel(Model):
     async def _open_stream(self, request: ModelRequest) -> Any:
         kwargs = self._kwargs(request)
         kwargs["stream"] = True
+        kwargs["timeout"] = self._timeout_for(request)
         if not self._stream_usage:
             return await self.client.chat.completions.create(**kwargs)
         kwargs["stream_options"] = {"include_usage": True}
@@ -307,8 +400,19 @@ class OpenAIModel(Model):
         finish_reason = None
         model_name = self.name
         async with stream:
-            async for chunk in stream:
-                model_name = chunk.model or model_name
+            chunks = stream.__aiter__()
+            received = 0
+            while True:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except json.JSONDecodeError as exc:
+                    raise MalformedResponseError(_json_problem(f"streamed chunk {received + 1}", exc)) from None
+                received += 1
+                if not isinstance(getattr(chunk, "choices", None), (list, type(None))):
+                    raise MalformedResponseError(f"streamed chunk {received} is not a chat completion chunk")
+                model_name = getattr(chunk, "model", None) or model_name
                 if chunk.usage is not None:
                     usage = _usage(chunk.usage)
                 for choice in chunk.choices or ():
@@ -351,7 +455,7 @@ class OpenAIModel(Model):
             text=text, tool_calls=tool_calls, usage=usage, model=model_name, finish_reason=finish_reason
         )
 
-    def _describe(self, exc: BaseException) -> str:
+    def _describe(self, exc: BaseException, timeout: float | None = None) -> str:
         if isinstance(exc, openai.APIStatusError):
             detail = exc.message
             body = exc.body
@@ -364,16 +468,21 @@ class OpenAIModel(Model):
                 detail = detail[:_MAX_DETAIL] + "…"
             return redact(f"HTTP {exc.status_code} {type(exc).__name__}: {detail}", self._api_key)
         where = safe_url(self.base_url) or "the OpenAI API"
+        if isinstance(exc, MalformedResponseError):
+            return redact(f"malformed response from {self.endpoint}: {exc}", self._api_key)
         if isinstance(exc, (openai.APITimeoutError, *_TIMEOUT_ERRORS)):
-            after = f" after {self.timeout:g}s" if self.timeout else ""
+            seconds = self.timeout if timeout is None else timeout
+            after = f" after {seconds:g}s" if seconds else ""
             return redact(f"request to {where} timed out{after}", self._api_key)
         if isinstance(exc, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):  # refused, reset, dropped mid-stream
             return redact(f"connection to {where} failed", self._api_key)
         return redact(f"{type(exc).__name__}: {exc}", self._api_key)
 
-    def _error(self, exc: BaseException, attempts: int, note: str | None = None) -> ModelError:
+    def _error(
+        self, exc: BaseException, attempts: int, note: str | None = None, timeout: float | None = None
+    ) -> ModelError:
         status = getattr(exc, "status_code", None)
-        message = f"model {self.name!r} failed: {self._describe(exc)}"
+        message = f"model {self.name!r} failed: {self._describe(exc, timeout=timeout)}"
         if note:
             message += f"; {note}"
         if attempts > 1:
@@ -382,7 +491,21 @@ class OpenAIModel(Model):
             message += " — check OPENAI_API_KEY (or the api_key you passed)"
         elif status == 404:
             message += " — check the model name and base_url"
-        return ModelError(message, status=status, retryable=is_retryable(exc))
+        error = ModelError(redact(message, self._api_key), status=status, retryable=is_retryable(exc))
+        error.__cause__ = error.__context__ = None
+        error.__suppress_context__ = True
+        return error
+
+
+def _json_problem(what: str, exc: json.JSONDecodeError) -> str:
+    """What is wrong with a JSON text, without quoting it (it may echo anything the server was sent)."""
+    return f"{what} is not valid JSON ({exc.msg} at character {exc.pos} of {len(exc.doc)})"
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, str):
+        return f"got {len(value)} characters of non-JSON text"
+    return f"got {type(value).__name__}"
 
 
 def _delta_index(tc: Any, calls: dict[int, dict[str, Any]]) -> int:

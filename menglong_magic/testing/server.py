@@ -40,6 +40,7 @@ class Fault:
     retry_after: float | None = None
     message: str = "injected fault"
     delay: float = 0.0
+    echo_headers: bool = False
 
 
 @dataclass
@@ -47,7 +48,17 @@ class Disconnect:
     delay: float = 0.0
 
 
-Step = Reply | Fault | Disconnect | Callable[[dict[str, Any]], Any]
+@dataclass
+class Malformed:
+    """HTTP 200 whose JSON body (or, for a streamed request, one SSE chunk) is cut off or not JSON."""
+
+    body: str | None = None
+    chunks_before: int = 2
+    delay: float = 0.0
+
+
+Step = Reply | Fault | Disconnect | Malformed | Callable[[dict[str, Any]], Any]
+_STEP_TYPES = (Reply, Fault, Disconnect, Malformed)
 
 
 def reply(
@@ -89,10 +100,31 @@ def call_tools(
 
 
 def fault(
-    status: int, *, retry_after: float | None = None, message: str = "injected fault", delay: float = 0.0
+    status: int,
+    *,
+    retry_after: float | None = None,
+    message: str = "injected fault",
+    delay: float = 0.0,
+    echo_headers: bool = False,
 ) -> Fault:
-    """An HTTP error with an OpenAI-style error body (and optional Retry-After)."""
-    return Fault(status, retry_after, message, delay)
+    """An HTTP error with an OpenAI-style error body (and optional Retry-After).
+
+    ``echo_headers=True`` plays a careless server: the error message quotes every request header verbatim
+    (``Authorization`` included), and the response repeats the ``Authorization`` header as
+    ``X-Echo-Authorization`` (which the SDK logs at DEBUG).
+    """
+    return Fault(status, retry_after, message, delay, echo_headers)
+
+
+def malformed(body: str | None = None, *, chunks_before: int = 2, delay: float = 0.0) -> Malformed:
+    """HTTP 200 with a broken body: by default a chat completion's JSON cut off mid-string.
+
+    For a streamed request, ``chunks_before`` valid text chunks are sent, then one ``data:`` line with
+    ``body`` (default: a chunk cut off mid-string), then ``[DONE]``. ``body`` replaces the broken text
+    (e.g. ``"<html>bad gateway</html>"``); the response keeps a correct Content-Length, so only the JSON
+    is wrong, not the HTTP framing.
+    """
+    return Malformed(body, chunks_before, delay)
 
 
 def disconnect(delay: float = 0.0) -> Disconnect:
@@ -160,11 +192,16 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             self._send_json(400, {"error": {"message": "invalid JSON", "type": "invalid_request_error"}})
             return
+        authorization = self.headers.get("Authorization")
         headers = {k: ("<redacted>" if k.lower() == "authorization" else v) for k, v in self.headers.items()}
-        owner._enter(body, headers)
+        owner._enter(body, headers, authorization)
         try:
+            if owner.require_authorization is not None and authorization != owner.require_authorization:
+                self._send_json(401, {"error": {"message": "wrong or missing Authorization header",
+                                                "type": "invalid_request_error", "code": "invalid_api_key"}})
+                return
             step = owner._next_step(body)
-            while callable(step) and not isinstance(step, (Reply, Fault, Disconnect)):
+            while callable(step) and not isinstance(step, _STEP_TYPES):
                 step = step(body)
             self._answer(body, step)
         finally:
@@ -179,6 +216,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if isinstance(step, Fault):
             headers = {"Retry-After": f"{step.retry_after:g}"} if step.retry_after is not None else {}
+            message = step.message
+            if step.echo_headers:  # a careless server: quotes what it was sent, credentials included
+                sent = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
+                message = f"{message} (request headers: {sent})"
+                if self.headers.get("Authorization"):
+                    headers["X-Echo-Authorization"] = self.headers["Authorization"]
             kind = (
                 "rate_limit_error"
                 if step.status == 429
@@ -187,8 +230,11 @@ class _Handler(BaseHTTPRequestHandler):
                 else "invalid_request_error"
             )
             self._send_json(
-                step.status, {"error": {"message": step.message, "type": kind, "code": str(step.status)}}, headers
+                step.status, {"error": {"message": message, "type": kind, "code": str(step.status)}}, headers
             )
+            return
+        if isinstance(step, Malformed):
+            self._malformed(body, step)
             return
         if not isinstance(step, Reply):
             self._send_json(500, {"error": {"message": f"bad scripted step {step!r}", "type": "server_error"}})
@@ -239,6 +285,37 @@ class _Handler(BaseHTTPRequestHandler):
         if usage_obj is not None:
             payload["usage"] = usage_obj
         self._send_json(200, payload)
+
+    def _malformed(self, body: dict[str, Any], step: Malformed) -> None:
+        owner = self.server.owner
+        base = {"id": f"chatcmpl-{owner._new_call_id()}", "created": int(time.time()),
+                "model": body.get("model", "scripted")}
+        if not body.get("stream"):
+            whole = json.dumps({**base, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "finish_reason": "stop"}]})
+            data = (step.body if step.body is not None else whole[: whole.index("Hello") + 3]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for i in range(step.chunks_before):
+            payload = {**base, "object": "chat.completion.chunk",
+                       "choices": [{"index": 0, "delta": {"content": f"part{i} "}, "finish_reason": None}]}
+            self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+        whole = json.dumps({**base, "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]})
+        broken = step.body if step.body is not None else whole[: whole.index("Hello") + 3]
+        self.wfile.write(f"data: {broken}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
 
     def _stream(
         self, base: dict[str, Any], step: Reply, calls: list[dict[str, Any]], finish: str, usage: dict[str, int] | None
@@ -314,15 +391,23 @@ class ScriptedOpenAIServer:
     """Scripted OpenAI-compatible server: ``enqueue`` steps, point a client at ``base_url``.
 
     When the FIFO is empty, ``responder(body)`` answers if set, else HTTP 500 (counted in
-    ``exhausted_calls``). ``requests``, ``request_headers`` (Authorization redacted), ``in_flight`` and
-    ``max_in_flight`` let tests observe what the client did.
+    ``exhausted_calls``). ``requests``, ``request_headers`` (Authorization redacted),
+    ``authorization_schemes`` (``"Bearer"``, ``"Basic"`` or None per request), ``in_flight`` and
+    ``max_in_flight`` let tests observe what the client did. With ``require_authorization`` set, a request
+    whose ``Authorization`` header is not exactly that value gets a 401 (which does not quote it).
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, responder: Callable[[dict[str, Any]], Any] | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        responder: Callable[[dict[str, Any]], Any] | None = None,
+        require_authorization: str | None = None,
     ):
         self._host, self._port = host, port
         self.responder = responder
+        self.require_authorization = require_authorization
+        self.authorization_schemes: list[str | None] = []
         self._steps: deque[Any] = deque()
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -388,14 +473,16 @@ class ScriptedOpenAIServer:
         with self._lock:
             self.requests.clear()
             self.request_headers.clear()
+            self.authorization_schemes.clear()
             self.max_in_flight = self.in_flight
             self.exhausted_calls = 0
 
     # used by the handler
-    def _enter(self, body: dict[str, Any], headers: dict[str, str]) -> None:
+    def _enter(self, body: dict[str, Any], headers: dict[str, str], authorization: str | None = None) -> None:
         with self._lock:
             self.requests.append(body)
             self.request_headers.append(headers)
+            self.authorization_schemes.append(authorization.partition(" ")[0] if authorization else None)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 

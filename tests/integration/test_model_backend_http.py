@@ -410,8 +410,12 @@ def test_two_sync_runs_use_one_client_and_two_loops_get_their_own(openai_server:
 
 
 def test_repr_hides_key_and_url_credentials() -> None:
-    model = OpenAIModel("m", base_url="http://user:pw-SECRET123456@127.0.0.1:9/v1", api_key=SECRET)
-    assert "user" not in repr(model) and "pw-" not in repr(model)
+    # URL user info is refused (issue #12): the error says how to pass it and quotes neither part.
+    with pytest.raises(ValueError, match="must not contain credentials") as info:
+        OpenAIModel("m", base_url="http://user:pw-SECRET123456@127.0.0.1:9/v1", api_key=SECRET)
+    assert "pw-" not in str(info.value)
+    assert_no_secret(str(info.value))
+    model = OpenAIModel("m", base_url="http://127.0.0.1:9/v1", api_key=SECRET)
     assert_no_secret(repr(model))
 
 
