@@ -10,6 +10,7 @@ from typing import Any
 from .base import Model, ModelRequest, ModelResponse, ToolCall
 from .offline import OfflineModel
 from .openai_compat import ModelError, OpenAIModel, RetryPolicy
+from .record import Recorder, Replay, ReplayError, ReplayExhausted, ReplayMismatch
 from .scripted import ScriptedModel, ScriptExhausted, Step, call, calls, reply
 
 _announced_offline = False
@@ -38,9 +39,10 @@ def resolve_model(model: Model | str | None = None, **options: Any) -> Model:
 
     Order when ``model`` is None: explicit ``base_url``/``api_key`` options → ``MENGLONG_MODEL`` →
     ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` (OpenAI or any compatible endpoint) → the embedded local model
-    if installed → the offline demo model. Strings: ``"offline"``, ``"local"``, or a model name for the
-    OpenAI-compatible endpoint. ``options`` (``base_url``, ``api_key``, ...) go to the OpenAI-compatible
-    backend (for ``"local"``: an already running llama-cpp-python server instead of the embedded one).
+    if installed → the offline demo model. Strings: ``"offline"``, ``"local"``, ``"replay:PATH"`` (a cassette
+    recorded by :class:`Recorder`), or a model name for the OpenAI-compatible endpoint. ``options``
+    (``base_url``, ``api_key``, ...) go to the OpenAI-compatible backend (for ``"local"``: an already
+    running llama-cpp-python server instead of the embedded one).
     """
     if isinstance(model, Model):
         return model
@@ -62,6 +64,8 @@ def resolve_model(model: Model | str | None = None, **options: Any) -> Model:
         raise TypeError(f"model must be a Model, a model name or None, not {type(model).__name__}")
     if model == "offline":
         return OfflineModel()
+    if model.startswith("replay:"):  # a cassette written by Recorder / --record: answers without a server
+        return Replay(model[len("replay:") :])
     if model == "local":
         from .local import LocalModel
 
@@ -87,6 +91,11 @@ __all__ = [
     "ModelResponse",
     "OfflineModel",
     "OpenAIModel",
+    "Recorder",
+    "Replay",
+    "ReplayError",
+    "ReplayExhausted",
+    "ReplayMismatch",
     "RetryPolicy",
     "ScriptExhausted",
     "ScriptedModel",
