@@ -14,12 +14,13 @@ from .agent import (
     IterationLog,
     RunningLoopError,
     RunResult,
+    RunSettings,
     RunUsage,
     ToolCallRecord,
     Usage,
 )
 from .models import Model, ModelError, OfflineModel, OpenAIModel, ScriptedModel
-from .tools import Tool, tool
+from .tools import RunContext, Tool, tool
 
 __version__ = "0.1.0"
 
@@ -46,7 +47,9 @@ __all__ = [
     "ModelError",
     "OfflineModel",
     "OpenAIModel",
+    "RunContext",
     "RunResult",
+    "RunSettings",
     "RunUsage",
     "RunningLoopError",
     "ScriptedModel",

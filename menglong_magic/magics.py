@@ -13,12 +13,20 @@ code), the magic function itself runs: with no running loop (terminal IPython) i
 per-thread loop; inside a running kernel loop it makes that loop re-entrant with ``nest_asyncio2``,
 applied lazily on this path only, so the agent still runs on the kernel's loop and its loop-bound
 HTTP client stays valid. Ctrl-C there cancels the run task and drains it before re-raising.
+
+Terminal IPython (no kernel) gets the blocking form even at top level: its top-level ``await`` runs
+``loop.run_until_complete``, which Ctrl-C leaves with the cell's task still pending on the loop.
+
+A cell behaves like a Python cell: an interrupt ends it as an interrupted cell (an error reply, so Run
+All stops) after the run was cancelled and its partial result saved; the cell shows the run's view and
+no ``Out[n]`` repeating the answer (the value is in ``_agent_last`` or ``-o VAR``, or ``x = %agent_run``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import shlex
 import string
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
@@ -28,13 +36,16 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 
+from . import events as ev
 from .agent import ChatAgent, ChatMode, RunResult
 from .agent.sync import drive, run_sync
 from .models import resolve_model
 from .panel import make_view
 from .tools import as_tool, is_tool
 
-_RUNNER = "__import__('menglong_magic.magics', fromlist=['run_magic']).run_magic"
+_MODULE = "__import__('menglong_magic.magics', fromlist=['run_magic'])"
+_RUNNER = f"{_MODULE}.run_magic"
+_BLOCKING_RUNNER = f"{_MODULE}.run_magic_blocking"
 _LINE_RE = re.compile(r"^(?P<assign>[A-Za-z_][\w.]*\s*=\s*)?%agent_run(?=\s|$)(?P<rest>.*?)(?P<semi>;?)\s*$")
 _CELL_RE = re.compile(r"^%%agent(?=\s|$)(?P<rest>.*)$")
 
@@ -52,6 +63,22 @@ class AgentRunFailed(Exception):
         lines.append(f"the partial result is in `{self.where}`" if self.where else
                      "the partial result is in `_agent_last` (or use -o VAR)")
         return lines
+
+
+class AgentInterrupted(KeyboardInterrupt):
+    """A kernel interrupt (or Ctrl-C) stopped a blocking run: the cell ends as an interrupted cell.
+
+    Being a KeyboardInterrupt, it makes the kernel reply with an error, so Run All / nbclient stop there.
+    """
+
+    def __init__(self, message: str, result: Any = None, where: str = "_agent_last"):
+        super().__init__(message)
+        self.result = result
+        self.where = where
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[31mAgentInterrupted\x1b[0m: {self}",
+                f"the partial result is in `{self.where}`; the history is valid"]
 
 
 class AgentTask:
@@ -80,37 +107,64 @@ class AgentTask:
         return f"<AgentTask {self.title}: done>"
 
 
-def run_magic(kind: str, line: str, cell: str | None = None) -> Awaitable[Any]:
-    """What rewritten cells await. Finds the extension's magics on the current shell."""
+def _magics() -> tuple[Any, AgentMagics]:
     from IPython import get_ipython
 
     shell = get_ipython()
     magics = shell.magics_manager.registry.get("AgentMagics") if shell else None
     if magics is None:
         raise UsageError("menglong_magic is not loaded: run %load_ext menglong_magic")
+    return shell, magics
+
+
+def run_magic(kind: str, line: str, cell: str | None = None) -> Awaitable[Any]:
+    """What rewritten cells await. Finds the extension's magics on the current shell."""
+    shell, magics = _magics()
     return magics.execute(kind, shell.var_expand(line), cell)
 
 
+def run_magic_blocking(kind: str, line: str, cell: str | None = None) -> Any:
+    """What rewritten cells call where top-level await cannot serve (terminal IPython, %autoawait off)."""
+    shell, magics = _magics()
+    return magics._blocking(magics.execute(kind, shell.var_expand(line), cell))
+
+
 class _AwaitRewriter:
-    """Cleanup input transformer: our magics become ``await run_magic(...)`` (top-level await)."""
+    """Cleanup input transformer: our magics become ``await run_magic(...)`` (top-level await) in a kernel,
+    ``run_magic_blocking(...)`` elsewhere. A bare magic statement gets a ``;``: the cell shows the run's
+    view, not an ``Out[n]`` repeating the answer.
+    """
+
+    # check_complete() skips transformers with side effects: `%%agent` + Enter then continues the cell
+    # like any cell magic instead of submitting a one-line rewrite.
+    has_side_effects = True
 
     def __init__(self, shell: Any):
         self.shell = shell
 
+    def _call(self) -> str:
+        # A kernel transforms cells inside its running loop; terminal IPython does not (see the module doc).
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return _BLOCKING_RUNNER
+        return f"await {_RUNNER}" if getattr(self.shell, "autoawait", False) else _BLOCKING_RUNNER
+
     def __call__(self, lines: list[str]) -> list[str]:
-        if not getattr(self.shell, "autoawait", False) or not lines:
+        if not lines:
             return lines
         match = _CELL_RE.match(lines[0].rstrip("\n"))
         if match:
             body = "".join(lines[1:])
             body = body[:-1] if body.endswith("\n") else body  # as IPython passes a cell body
-            return [f"await {_RUNNER}('cell', {match['rest'].strip()!r}, {body!r})\n"]
+            return [f"{self._call()}('cell', {match['rest'].strip()!r}, {body!r});\n"]
         out = []
         for text in lines:
             m = _LINE_RE.match(text.rstrip("\n"))
             if m:
                 assign = m["assign"] or ""
-                text = f"{assign}await {_RUNNER}('line', {m['rest'].strip()!r}){m['semi']}\n"
+                semi = m["semi"] or ("" if assign else ";")
+                text = f"{assign}{self._call()}('line', {m['rest'].strip()!r}){semi}\n"
             out.append(text)
         return out
 
@@ -150,6 +204,57 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def split_options(parser: Any, line: str) -> tuple[str, str]:
+    """``line`` as (leading options, the rest exactly as typed): the task text keeps its quotes and spacing.
+
+    The options end at the first word that does not start with ``-`` (and is not an option's value), or
+    at ``--``. Only the options are shell-parsed, so an apostrophe in the task ("What's") is just text.
+    """
+    takes_value = {opt for action in parser._actions for opt in action.option_strings if action.nargs != 0}
+    flags = {opt for action in parser._actions for opt in action.option_strings}
+    index = 0
+    expect_value = False
+    while True:
+        index = _skip_space(line, index)
+        if index >= len(line):
+            return line, ""
+        if not expect_value and not (line[index] == "-" and line[index + 1:index + 2] not in ("", " ")):
+            return line[:index].rstrip(), line[index:].strip()
+        token, end = _shell_word(line, index)
+        if expect_value:
+            expect_value = False
+        elif token == "--":
+            return line[:index].rstrip(), line[end:].strip()
+        else:
+            name = token.split("=", 1)[0]
+            short = token[:2]
+            if name not in flags and short not in flags:
+                raise UsageError(f"unrecognized option {name} (to start the task with '-', write -- before it)")
+            if name in flags:
+                expect_value = name in takes_value and "=" not in token
+            else:  # "-ovalue": a short option with its value attached
+                expect_value = short in takes_value and len(token) == 2
+        index = end
+
+
+def _shell_word(line: str, index: int) -> tuple[str, int]:
+    """One shell word of ``line`` starting at ``index``, and the index after it."""
+    lexer = shlex.shlex(line[index:], posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    try:
+        token = lexer.get_token()
+    except ValueError as exc:  # unbalanced quotes in an option's value
+        raise UsageError(f"cannot parse the options: {exc}") from None
+    return token or "", index + lexer.instream.tell()  # type: ignore[attr-defined]
+
+
+def _skip_space(line: str, index: int) -> int:
+    while index < len(line) and line[index].isspace():
+        index += 1
+    return index
+
+
 @magics_class
 class AgentMagics(Magics):
     """Chat with and run agents from cells. Defaults are configurable: ``%config AgentMagics.model = ...``."""
@@ -162,7 +267,16 @@ class AgentMagics(Magics):
     max_iterations = Int(10, help="Iteration cap for runs started by the magics.").tag(config=True)
     timeout = Float(None, allow_none=True, help="Default timeout in seconds for runs (None: no timeout).").tag(
         config=True)
+    request_timeout = Float(None, allow_none=True,
+                            help="Timeout in seconds of each model request (None: MENGLONG_REQUEST_TIMEOUT, "
+                                 "else the model's own).").tag(config=True)
+    max_retries = Int(None, allow_none=True,
+                      help="Retries of a transient model error (None: MENGLONG_MAX_RETRIES, else the model's "
+                           "own).").tag(config=True)
     show_panel = Bool(True, help="Show the live widget panel (False: a text view).").tag(config=True)
+    frontend = CaselessStrEnum(["auto", "widgets", "text"], default_value="auto",
+                               help="View for runs: 'widgets' (live panel), 'text' (progress lines), or 'auto' "
+                                    "(the panel when the front end shows widgets).").tag(config=True)
     panel_update_interval = Float(0.1, help="Seconds between panel updates (they are coalesced).").tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any):
@@ -186,7 +300,7 @@ class AgentMagics(Magics):
 
     @magic_arguments()
     @_run_options
-    @argument("task", nargs="*", help="the task")
+    @argument("task", nargs="*", help="the task (the rest of the line, as typed)")
     @line_magic
     def agent_run(self, line: str) -> Any:
         """Run an autonomous task: the agent calls tools until it answers."""
@@ -217,21 +331,27 @@ class AgentMagics(Magics):
             print(f"{name} ({kind}): {t.description.splitlines()[0] if t.description else ''}")
 
     # ------------------------------------------------------------------ execution
-    async def execute(self, kind: str, line: str, cell: str | None) -> Any:
-        """Parse, pick the agent, run with a view; shared by the await path and the fallback."""
+    def _parse(self, kind: str, line: str) -> tuple[Any, str]:
         func = self.agent if kind == "cell" else self.agent_run
-        args = parse_argstring(func, line)
+        if kind == "cell":
+            return parse_argstring(func, line), ""
+        options, task = split_options(func.parser, line)
+        return parse_argstring(func, options), task
+
+    async def execute(self, kind: str, line: str, cell: str | None) -> Any:
+        """Parse, pick the agent and this run's settings, run with a view; shared by every path.
+
+        Nothing here writes to the agent: ``-m/-s/-t/--mode`` and the config are this run's overrides.
+        """
+        args, task_text = self._parse(kind, line)
         loop = asyncio.get_running_loop()
-        agent, restore = self._prepare_agent(args, kind)
-        try:
-            if args.reset:
-                agent.clear_context()
-            starter, title = self._starter(args, kind, cell, agent)
-            single_run = kind == "line" or not (args.batch or args.sequential or agent.mode is ChatMode.WORKFLOW)
-        except BaseException:
-            restore()
-            raise
+        agent = self._named_agent(args.agent) if args.agent else self.default_agent()
+        overrides = self._overrides(args, agent)
+        if args.reset:
+            agent.clear_context()
+        starter, title, single_run = self._starter(args, kind, cell, task_text, agent, overrides)
         holder: dict[str, asyncio.Task[Any]] = {}
+        outcome_of_run: dict[str, Any] = {}
 
         def stop() -> None:  # thread-safe: the Stop click may arrive on a comm thread
             task = holder.get("task")
@@ -245,30 +365,38 @@ class AgentMagics(Magics):
             update_interval=self.panel_update_interval,
             compact=args.quiet,
         )
+
+        def on_event(event: ev.Event) -> None:
+            # The result of this cell's own run, even if it ends by cancellation (then arun raises).
+            if isinstance(event, ev.RunStarted) and "run_id" not in outcome_of_run:
+                outcome_of_run["run_id"] = event.run_id
+            elif isinstance(event, ev.RunFinished) and event.run_id == outcome_of_run.get("run_id"):
+                outcome_of_run["result"] = event.result
+            view.handle(event)
+
         view.show()
-        task = loop.create_task(starter(view.handle))
+        task = loop.create_task(starter(on_event))
         holder["task"] = task
 
         async def finish() -> Any:
-            cancelled = False
+            interrupted = False
             heartbeat = None if args.bg else loop.create_task(_heartbeat())
             try:
                 outcome = await task
             except asyncio.CancelledError:
-                cancelled = True
                 if not task.done():  # our own cell was cancelled (kernel interrupt): stop the run too
+                    interrupted = True
                     task.cancel()
                     current = asyncio.current_task()
                     if current is not None and hasattr(current, "uncancel"):
                         current.uncancel()
                     await asyncio.wait([task])
-                outcome = agent.last_result if single_run else None
+                outcome = outcome_of_run.get("result") if single_run else None
             finally:
                 if heartbeat is not None:
                     heartbeat.cancel()
-                restore()
                 view.finish()
-            return self._deliver(args, outcome, cancelled, agent)
+            return self._deliver(args, outcome, interrupted)
 
         if args.bg:
             bg = loop.create_task(finish())
@@ -280,46 +408,80 @@ class AgentMagics(Magics):
             return handle
         return await finish()
 
-    def _deliver(self, args: Any, outcome: Any, cancelled: bool, agent: ChatAgent) -> Any:
+    def _deliver(self, args: Any, outcome: Any, interrupted: bool) -> Any:
         self.last_result = outcome
         self.shell.user_ns["_agent_last"] = outcome
         if args.out:
             self.shell.user_ns[args.out] = outcome
-        if cancelled:
-            print(f"⏹ {agent.name}: run cancelled; the history is kept ({len(agent.messages)} messages)")
+        if interrupted:
+            raise AgentInterrupted("the run was interrupted and cancelled", outcome, args.out or "_agent_last")
         if isinstance(outcome, RunResult) and outcome.stop_reason == "error":
             raise AgentRunFailed(outcome.error or "the model failed", outcome, args.out)
         return outcome
 
-    def _starter(self, args: Any, kind: str, cell: str | None,
-                 agent: ChatAgent) -> tuple[Callable[[Callable[[Any], None]], Awaitable[Any]], str]:
+    def _overrides(self, args: Any, agent: ChatAgent) -> dict[str, Any]:
+        """This run's settings on top of the agent's defaults (the default agent takes the config's)."""
+        overrides: dict[str, Any] = {}
+        if agent is self._default_agent:
+            overrides.update(system=self.system or "", mode=self.mode, tools=self._namespace_tools())
+        if args.model:
+            try:
+                overrides["model"] = resolve_model(args.model)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"-m {args.model}: {exc}") from None
+        if args.system:
+            overrides["system"] = args.system
+        if getattr(args, "mode", None):
+            overrides["mode"] = args.mode
+        if args.tools:
+            tools = {}
+            for name in (n.strip() for n in args.tools.split(",") if n.strip()):
+                func = self.shell.user_ns.get(name)
+                if func is None or not callable(func):
+                    raise UsageError(f"-t: {name!r} is not a function in the namespace")
+                t = as_tool(func)
+                tools[t.name] = t
+            overrides["tools"] = tools
+        if self.request_timeout is not None:
+            overrides["request_timeout"] = self.request_timeout
+        if self.max_retries is not None:
+            overrides["max_retries"] = self.max_retries
+        return overrides
+
+    def _starter(self, args: Any, kind: str, cell: str | None, task_text: str, agent: ChatAgent,
+                 overrides: dict[str, Any]) -> tuple[Callable[[Callable[[Any], None]], Awaitable[Any]], str, bool]:
         max_iterations = args.max_iterations or self.max_iterations
         timeout = args.timeout if args.timeout is not None else self.timeout
+        mode = ChatMode(overrides.get("mode") or agent.mode)
         if kind == "line":
-            task = " ".join(args.task).strip()
-            if not task:
+            if not task_text:
                 raise UsageError("%agent_run needs a task, e.g. %agent_run summarise the data")
-            return (lambda on_event: agent.arun(task, max_iterations, timeout, on_event=on_event)), agent.name
+            run_overrides = {**overrides, "mode": ChatMode.AUTO if mode is not ChatMode.NORMAL else mode}
+            return (lambda on_event: agent.arun(task_text, max_iterations, timeout, on_event=on_event,
+                                                **run_overrides)), agent.name, True
         body = cell or ""
         if args.interpolate:
             body = string.Formatter().vformat(body, (), _Namespace(self.shell.user_ns))
         if args.batch and args.sequential:
             raise UsageError("choose one of --batch and --sequential")
+        batch_overrides = {k: v for k, v in overrides.items() if k in ("model", "system", "tools", "mode")}
         if args.batch or args.sequential:
             messages = [m.strip() for m in body.splitlines() if m.strip()]
             if not messages:
                 raise UsageError("--batch/--sequential need one message per line in the cell")
             if args.batch:
-                return (lambda on_event: agent.batch_run_async(messages, on_event=on_event)), agent.name
-            return (lambda on_event: agent.sequential_run_async(messages, on_event=on_event)), agent.name
+                return (lambda on_event: agent.batch_run_async(messages, on_event=on_event,
+                                                               **batch_overrides)), agent.name, False
+            return (lambda on_event: agent.sequential_run_async(messages, on_event=on_event,
+                                                                **batch_overrides)), agent.name, False
         if not body.strip():
             raise UsageError("%%agent needs a message in the cell body")
-        if agent.mode is ChatMode.WORKFLOW:
+        if mode is ChatMode.WORKFLOW:
             if not agent.workflow:
                 raise UsageError("workflow mode: the agent has no steps (agent.add_workflow_step(name, action))")
-            return (lambda on_event: agent.execute_workflow_async(body, on_event=on_event)), agent.name
+            return (lambda on_event: agent.execute_workflow_async(body, on_event=on_event)), agent.name, False
         return (lambda on_event: agent.chat_result_async(body, on_event=on_event, max_iterations=max_iterations,
-                                                         timeout=timeout)), agent.name
+                                                         timeout=timeout, **overrides)), agent.name, True
 
     def _blocking(self, coro: Awaitable[Any]) -> Any:
         """Fallback path: the magic was called where the await rewrite could not apply."""
@@ -334,7 +496,13 @@ class AgentMagics(Magics):
 
     # ------------------------------------------------------------------ agents and tools
     def _widgets_available(self) -> bool:
-        return getattr(self.shell, "kernel", None) is not None
+        if self.frontend != "auto":
+            return self.frontend == "widgets"
+        try:
+            from .frontend import widget_frontend
+        except ImportError:
+            return getattr(self.shell, "kernel", None) is not None
+        return bool(widget_frontend(self.shell))
 
     def _named_agent(self, name: str) -> ChatAgent:
         obj = self.shell.user_ns.get(name)
@@ -353,46 +521,17 @@ class AgentMagics(Magics):
         return found
 
     def default_agent(self) -> ChatAgent:
+        """The per-kernel agent. Its model is the config's (resolved on first use: an explicit ``-m`` run
+        never resolves it, so the "no model configured" notice only shows when the default is used)."""
         spec = self.model or None
         if self._default_agent is None:
             self._default_agent = ChatAgent(model=spec, name="agent", mode=self.mode,
                                             max_iterations=self.max_iterations)
             self._default_model_spec = spec
         elif spec != self._default_model_spec:
-            self._default_agent.model = resolve_model(spec)
+            self._default_agent.model = spec
             self._default_model_spec = spec
         return self._default_agent
-
-    def _prepare_agent(self, args: Any, kind: str) -> tuple[ChatAgent, Callable[[], None]]:
-        """The agent for this run, with this run's overrides; ``restore()`` undoes them."""
-        if args.agent:
-            agent = self._named_agent(args.agent)
-        else:
-            agent = self.default_agent()
-            agent.system = self.system or None
-            agent.mode = ChatMode(self.mode)
-            agent.tools = self._namespace_tools()
-        saved = (agent.model, agent.system, agent.mode, agent.tools)
-        if args.model:
-            agent.model = resolve_model(args.model)
-        if args.system:
-            agent.system = args.system
-        if getattr(args, "mode", None):
-            agent.mode = ChatMode(args.mode)
-        if args.tools:
-            tools = {}
-            for name in (n.strip() for n in args.tools.split(",") if n.strip()):
-                func = self.shell.user_ns.get(name)
-                if func is None or not callable(func):
-                    raise UsageError(f"-t: {name!r} is not a function in the namespace")
-                t = as_tool(func)
-                tools[t.name] = t
-            agent.tools = tools
-
-        def restore() -> None:
-            agent.model, agent.system, agent.mode, agent.tools = saved
-
-        return agent, restore
 
 
 def load_ipython_extension(ipython: Any) -> None:

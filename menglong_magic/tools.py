@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import threading
 import time
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, overload
 
 import docstring_parser
@@ -16,6 +17,52 @@ import pydantic
 import pydantic_core
 
 TOOL_ATTRIBUTE = "__menglong_tool__"
+
+
+@dataclass
+class RunContext:
+    """What a tool may know about the run calling it. Declare a parameter annotated ``RunContext`` to get it.
+
+    The parameter is injected, never part of the tool's JSON schema. ``cancelled`` is set when the run is
+    cancelled or times out: a sync tool (running in a worker thread, which Python cannot interrupt) should
+    poll it (``if ctx.cancelled.is_set(): return``, or ``ctx.cancelled.wait(0.1)`` instead of ``sleep``).
+    ``progress(done, total=None, note="")`` shows live progress on the tool call's card; it is thread-safe.
+    """
+
+    run_id: str
+    agent: Any
+    tool_name: str = ""
+    call_id: str = ""
+    iteration: int = 0
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    _emit: Callable[[Any], None] | None = field(default=None, repr=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+
+    def progress(self, done: float, total: float | None = None, note: str = "") -> None:
+        """Report progress (e.g. ``ctx.progress(3, 10, "pages")``); safe from sync tools' threads."""
+        from .events import ToolProgress
+
+        if self._emit is None:
+            return
+        event = ToolProgress(self.run_id, iteration=self.iteration, call_id=self.call_id, name=self.tool_name,
+                             done=done, total=total, note=note)
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is not None and running is not loop:
+            try:
+                loop.call_soon_threadsafe(self._emit, event)
+            except RuntimeError:  # the loop closed meanwhile: nobody is listening any more
+                pass
+            return
+        self._emit(event)
+
+    def for_call(self, tool_name: str, call_id: str, iteration: int) -> RunContext:
+        """A copy naming one tool call; shares the run's ``cancelled`` event."""
+        return RunContext(self.run_id, self.agent, tool_name, call_id, iteration, self.cancelled, self._emit,
+                          self._loop)
 
 
 @dataclass
@@ -41,7 +88,8 @@ class Tool:
         self.is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
             getattr(function, "__call__", None)  # noqa: B004 - async callable objects
         )
-        self.arguments_model = _arguments_model(function, self.name, doc)
+        self.context_parameter = _context_parameter(function)
+        self.arguments_model = _arguments_model(function, self.name, doc, skip=self.context_parameter)
         self.parameters = _clean_schema(self.arguments_model.model_json_schema())
 
     def schema(self) -> dict[str, Any]:
@@ -56,9 +104,11 @@ class Tool:
         model = self.arguments_model.model_validate(arguments)
         return {name: getattr(model, name) for name in type(model).model_fields}
 
-    async def call(self, arguments: dict[str, Any]) -> Any:
+    async def call(self, arguments: dict[str, Any], context: RunContext | None = None) -> Any:
         """Validate, then run: async tools are awaited, sync tools run in a worker thread."""
         kwargs = self.validate(arguments)
+        if self.context_parameter is not None:
+            kwargs[self.context_parameter] = context
         if self.is_async:
             return await self.function(**kwargs)
         # to_thread keeps the event loop (and the live panel) responsive while a sync tool works.
@@ -113,9 +163,18 @@ def is_tool(obj: Any) -> bool:
     return isinstance(getattr(obj, TOOL_ATTRIBUTE, None), Tool)
 
 
+def flatten_tools(items: Iterable[Any] | Any) -> list[Any]:
+    """Functions, ``@tool`` functions and Tools, in any nesting of lists/tuples (as the seed's examples pass them)."""
+    if isinstance(items, (list, tuple, set, frozenset)):
+        return [leaf for item in items for leaf in flatten_tools(item)]
+    if isinstance(items, dict):  # {name: tool}
+        return flatten_tools(list(items.values()))
+    return [items]
+
+
 def collect_tools(items: Iterable[Any] | None) -> dict[str, Tool]:
     tools: dict[str, Tool] = {}
-    for item in items or ():
+    for item in flatten_tools(list(items) if items is not None and not callable(items) else items or []):
         t = as_tool(item)
         tools[t.name] = t
     return tools
@@ -128,7 +187,9 @@ def serialize_result(value: Any) -> str:
     return pydantic_core.to_json(value, fallback=repr).decode()
 
 
-async def execute_tool_call(tools: dict[str, Tool], name: str, raw_arguments: str | None) -> ToolOutcome:
+async def execute_tool_call(
+    tools: dict[str, Tool], name: str, raw_arguments: str | None, context: RunContext | None = None
+) -> ToolOutcome:
     """Run one tool call. Every failure becomes an error text for the model, never an exception.
 
     Cancellation (``CancelledError``) is the one thing that propagates.
@@ -151,7 +212,7 @@ async def execute_tool_call(tools: dict[str, Tool], name: str, raw_arguments: st
         available = ", ".join(sorted(tools)) or "none"
         return failed(f"unknown tool {name!r}; available tools: {available}")
     try:
-        value = await tool_.call(parsed)
+        value = await tool_.call(parsed, context)
     except pydantic.ValidationError as exc:
         details = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()
@@ -162,21 +223,44 @@ async def execute_tool_call(tools: dict[str, Tool], name: str, raw_arguments: st
     return ToolOutcome(True, serialize_result(value), None, time.perf_counter() - start, arguments)
 
 
-def _arguments_model(
-    function: Callable[..., Any], name: str, doc: docstring_parser.Docstring
-) -> type[pydantic.BaseModel]:
-    target = function if inspect.isfunction(function) or inspect.ismethod(function) else function.__call__
-    signature = inspect.signature(target)
+def _target(function: Callable[..., Any]) -> Callable[..., Any]:
+    return function if inspect.isfunction(function) or inspect.ismethod(function) else function.__call__
+
+
+def _hints(target: Callable[..., Any]) -> dict[str, Any]:
     try:
-        hints = typing.get_type_hints(target, include_extras=True)
+        return typing.get_type_hints(target, include_extras=True)
     except Exception:  # unresolved forward references: fall back to raw annotations
-        hints = {}
+        return {}
+
+
+def _context_parameter(function: Callable[..., Any]) -> str | None:
+    """The name of the parameter annotated ``RunContext``, if any (injected, not in the schema)."""
+    target = _target(function)
+    hints = _hints(target)
+    for pname, param in inspect.signature(target).parameters.items():
+        annotation = hints.get(pname, param.annotation)
+        if annotation is RunContext or annotation in ("RunContext", "menglong_magic.RunContext"):
+            return pname
+        if RunContext in typing.get_args(annotation):  # Optional[RunContext], RunContext | None
+            return pname
+    return None
+
+
+def _arguments_model(
+    function: Callable[..., Any], name: str, doc: docstring_parser.Docstring, skip: str | None = None
+) -> type[pydantic.BaseModel]:
+    target = _target(function)
+    signature = inspect.signature(target)
+    hints = _hints(target)
     descriptions = {p.arg_name: p.description for p in doc.params if p.description}
     fields: dict[str, Any] = {}
     for pname, param in signature.parameters.items():
         if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             continue
         if pname in ("self", "cls") and param.annotation is inspect.Parameter.empty:
+            continue
+        if pname == skip:
             continue
         annotation = hints.get(pname, param.annotation)
         if annotation is inspect.Parameter.empty:

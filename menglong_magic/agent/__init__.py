@@ -1,7 +1,8 @@
 """The agent core. Nothing in this package imports IPython or ipywidgets."""
 
-from .core import ChatAgent, ChatMode
+from .core import ChatAgent
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord, Usage
+from .settings import ChatMode, RunSettings
 from .sync import RunningLoopError
 from .workflow import StepResult, WorkflowResult, WorkflowStep
 
@@ -10,6 +11,7 @@ __all__ = [
     "ChatMode",
     "IterationLog",
     "RunResult",
+    "RunSettings",
     "RunUsage",
     "RunningLoopError",
     "StepResult",

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import itertools
 import json
+import threading
 import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from ..events import (
@@ -32,25 +32,21 @@ from ..events import (
     RunStarted,
     ToolCallFinished,
     ToolCallStarted,
+    TurnResumed,
+    TurnWaiting,
     dispatch,
 )
 from ..models import Model, ModelRequest, ModelResponse, resolve_model
 from ..models.openai_compat import redact
-from ..tools import Tool, as_tool, collect_tools, execute_tool_call
+from ..tools import RunContext, Tool, as_tool, collect_tools, execute_tool_call, flatten_tools
 from .context import ContextSummary
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord
+from .settings import ChatMode, RunSettings, env_max_retries, env_request_timeout
 from .sync import run_sync
 from .workflow import WorkflowResult, WorkflowStep, run_workflow
 
 _CANCELLED_TOOL_RESULT = "Error: the run was stopped before this tool call finished."
-
-
-class ChatMode(str, Enum):
-    """NORMAL: plain chat, no tools sent. AUTO: the tool loop. WORKFLOW: run the workflow steps."""
-
-    NORMAL = "normal"
-    AUTO = "auto"
-    WORKFLOW = "workflow"
+_SYNC_STILL_RUNNING = "cancelled while still running (a sync tool's thread cannot be stopped; see RunContext.cancelled)"
 
 
 @dataclass
@@ -60,6 +56,7 @@ class _RunState:
     run_id: str
     task: str
     started: float
+    settings: RunSettings
     iterations: list[IterationLog] = field(default_factory=list)
     usage: RunUsage = field(default_factory=RunUsage)
     pending: list[dict[str, Any]] = field(default_factory=list)  # not yet committed to the history
@@ -69,15 +66,47 @@ class _RunState:
     error: str | None = None
     exception: BaseException | None = None
     stop_requested: bool = False
+    cancelled: threading.Event = field(default_factory=threading.Event)  # RunContext.cancelled
+
+
+class _Conversation:
+    """One ordered line of turns: a FIFO lock per event loop around read-history → commit."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+        self.in_line = 0  # turns holding or waiting for the lock
+
+    def lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
+        return lock
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
 
 
 class ChatAgent:
     """An async chat agent with tools.
 
     ``model`` is a :class:`~menglong_magic.models.Model`, a model name, ``"local"``, ``"offline"``, or
-    None (see :func:`~menglong_magic.models.resolve_model`). ``system`` is the system prompt.
-    ``max_concurrency`` bounds the model requests in flight for everything this agent does.
-    ``stream=None`` streams whenever someone listens to the events (a panel, a text view).
+    None (see :func:`~menglong_magic.models.resolve_model`; resolved on first use). ``system`` is the
+    system prompt. ``max_concurrency`` bounds the model requests in flight for everything this agent
+    does. ``stream=None`` streams whenever someone listens to the events (a panel, a text view).
+    ``request_timeout`` (seconds per model request) and ``max_retries`` (of transient errors) default to
+    ``MENGLONG_REQUEST_TIMEOUT`` / ``MENGLONG_MAX_RETRIES``, else the model's own; changes apply from the
+    next request.
+
+    These attributes are the agent's *defaults*. A run's own settings are arguments of that run
+    (``arun(task, model=..., system=..., tools=..., mode=...)``); runs never write them back.
+    Turns that commit to this agent's history run one at a time, in the order they started; use
+    :meth:`fork` (or a batch) for independent parallel work.
     """
 
     _names = itertools.count(1)
@@ -97,9 +126,17 @@ class ChatAgent:
         model_settings: dict[str, Any] | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
+        default_headers: dict[str, str] | None = None,
+        request_timeout: float | None = None,
+        max_retries: int | None = None,
     ):
-        options = {k: v for k, v in (("base_url", base_url), ("api_key", api_key)) if v}
-        self.model: Model = resolve_model(model, **options)
+        options = {k: v for k, v in (("base_url", base_url), ("api_key", api_key),
+                                     ("default_headers", default_headers)) if v}
+        self._model_spec: Model | str | None = model
+        self._model_options = options
+        self._model: Model | None = model if isinstance(model, Model) else None
+        if model is not None or options:
+            self._model = resolve_model(model, **options)  # fail early on a bad spec or endpoint
         self.system = system
         self.mode = ChatMode(mode)
         self.tools: dict[str, Tool] = collect_tools(tools)
@@ -113,6 +150,8 @@ class ChatAgent:
         self.stream = stream
         self.timeout = timeout
         self.model_settings = dict(model_settings or {})
+        self.request_timeout = request_timeout
+        self.max_retries = max_retries
         self.messages: list[dict[str, Any]] = []  # the conversation, without the system prompt
         self.events = EventBus()
         self.last_result: RunResult | None = None
@@ -121,12 +160,80 @@ class ChatAgent:
             weakref.WeakKeyDictionary()
         )
         self._active: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Task[Any], _RunState]] = {}
+        self._conversation = _Conversation()
+
+    @property
+    def model(self) -> Model:
+        """The default model (resolved from the spec given to the constructor on first use)."""
+        if self._model is None:
+            self._model = resolve_model(self._model_spec, **self._model_options)
+        return self._model
+
+    @model.setter
+    def model(self, value: Model | str | None) -> None:
+        self._model_spec = value
+        self._model = value if isinstance(value, Model) else resolve_model(value, **self._model_options)
 
     def __repr__(self) -> str:
         return (
             f"ChatAgent(name={self.name!r}, model={self.model.name!r}, mode={self.mode.value!r}, "
             f"tools={sorted(self.tools)!r}, messages={len(self.messages)})"
         )
+
+    # ----------------------------------------------------------------- settings and forks
+    def settings(
+        self,
+        *,
+        model: Model | str | None = None,
+        system: str | None = None,
+        tools: Iterable[Any] | Mapping[str, Tool] | None = None,
+        mode: ChatMode | str | None = None,
+        max_iterations: int | None = None,
+        timeout: float | _Unset | None = UNSET,
+        model_settings: Mapping[str, Any] | None = None,
+        request_timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> RunSettings:
+        """This agent's defaults with a run's overrides (None: the default). ``system=""`` means none."""
+        if isinstance(tools, Mapping):
+            run_tools = {t.name: t for t in (as_tool(v) for v in tools.values())}
+        elif tools is not None:
+            run_tools = collect_tools(tools)
+        else:
+            run_tools = dict(self.tools)
+        request_timeout = request_timeout if request_timeout is not None else self.request_timeout
+        max_retries = max_retries if max_retries is not None else self.max_retries
+        return RunSettings(
+            model=self.model if model is None else resolve_model(model),
+            system=self.system if system is None else (system or None),
+            mode=self.mode if mode is None else ChatMode(mode),
+            tools=run_tools,
+            max_iterations=max_iterations or self.max_iterations,
+            timeout=self.timeout if timeout is UNSET else timeout,  # type: ignore[arg-type]
+            model_settings={**self.model_settings, **(model_settings or {})},
+            stream=self.stream,
+            request_timeout=request_timeout if request_timeout is not None else env_request_timeout(),
+            max_retries=max_retries if max_retries is not None else env_max_retries(),
+        )
+
+    def fork(self, name: str | None = None) -> ChatAgent:
+        """A new agent with a copy of this history and the same model, tools and defaults.
+
+        For independent parallel work (a web request, a what-if branch): its turns do not wait for this
+        agent's, and nothing it does changes this agent. It shares this agent's concurrency limit.
+        """
+        twin = ChatAgent.__new__(ChatAgent)
+        twin.__dict__.update(self.__dict__)
+        twin.name = name or f"{self.name}-fork-{next(self._names)}"
+        twin.tools = dict(self.tools)
+        twin.model_settings = dict(self.model_settings)
+        twin.messages = [dict(m) for m in self.messages]
+        twin.workflow = list(self.workflow)
+        twin.events = EventBus()
+        twin.last_result = None
+        twin._active = {}
+        twin._conversation = _Conversation()
+        return twin  # _limiters is shared on purpose: one bound for the agent and its forks
 
     # ----------------------------------------------------------------- history and events
     @property
@@ -157,24 +264,29 @@ class ChatAgent:
         return t
 
     # ----------------------------------------------------------------- public async API
-    async def chat_async(self, message: str, **model_kwargs: Any) -> str:
+    async def chat_async(
+        self,
+        message: str,
+        *,
+        model: Model | str | None = None,
+        system: str | None = None,
+        tools: Iterable[Any] | None = None,
+        mode: ChatMode | str | None = None,
+        **model_kwargs: Any,
+    ) -> str:
         """One user turn; returns the answer text. In AUTO mode tools run until the model answers.
 
         In WORKFLOW mode the message is the workflow's input and the last step's output is returned.
+        ``model``/``system``/``tools``/``mode`` apply to this turn only.
         """
-        if self.mode is ChatMode.WORKFLOW:
+        settings = self.settings(model=model, system=system, tools=tools, mode=mode, model_settings=model_kwargs)
+        if settings.mode is ChatMode.WORKFLOW:
             workflow = await self.execute_workflow_async(message)
             failed = next((s for s in workflow.steps if s.status == "error"), None)
             if failed is not None:
                 raise RuntimeError(f"workflow step {failed.name!r} failed: {failed.error}")
             return str(workflow.output)
-        result = await self._turn(
-            message,
-            use_tools=self.mode is ChatMode.AUTO,
-            kind="chat",
-            max_iterations=self.max_iterations if self.mode is ChatMode.AUTO else 1,
-            model_kwargs=model_kwargs,
-        )
+        result = await self._turn(message, settings, kind="chat")
         if result.stop_reason == "error":
             raise self._raised(result)
         return result.final_output
@@ -185,23 +297,25 @@ class ChatAgent:
         max_iterations: int | None = None,
         timeout: float | None = None,
         *,
+        model: Model | str | None = None,
+        system: str | None = None,
+        tools: Iterable[Any] | None = None,
+        mode: ChatMode | str | None = None,
         on_event: EventCallback | None = None,
         **model_kwargs: Any,
     ) -> RunResult:
-        """An autonomous task in AUTO mode; always returns a RunResult (see ``stop_reason``).
+        """An autonomous task (AUTO mode unless ``mode`` says otherwise); always returns a RunResult.
 
-        Cancelling the awaiting task cancels the run (the history stays valid) and raises
-        CancelledError as usual; :meth:`cancel` instead makes the run return a "cancelled" result.
+        ``model``/``system``/``tools``/``mode`` apply to this run only. Cancelling the awaiting task
+        cancels the run (the history stays valid) and raises CancelledError as usual; :meth:`cancel`
+        instead makes the run return a "cancelled" result.
         """
-        return await self._turn(
-            task,
-            use_tools=True,
-            kind="run",
-            max_iterations=max_iterations or self.max_iterations,
-            timeout=timeout if timeout is not None else self.timeout,
-            on_event=on_event,
-            model_kwargs=model_kwargs,
-        )
+        settings = self.settings(model=model, system=system, tools=tools, mode=mode or ChatMode.AUTO,
+                                 max_iterations=max_iterations,
+                                 timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs)
+        if settings.mode is ChatMode.WORKFLOW:
+            raise ValueError("arun runs a task; for workflows use execute_workflow_async(input)")
+        return await self._turn(task, settings, kind="run", on_event=on_event)
 
     async def chat_result_async(
         self,
@@ -210,19 +324,18 @@ class ChatAgent:
         on_event: EventCallback | None = None,
         max_iterations: int | None = None,
         timeout: float | None = None,
+        model: Model | str | None = None,
+        system: str | None = None,
+        tools: Iterable[Any] | None = None,
+        mode: ChatMode | str | None = None,
         **model_kwargs: Any,
     ) -> RunResult:
         """Like :meth:`chat_async` but returns the full RunResult (used by the magics)."""
-        auto = self.mode is ChatMode.AUTO
-        return await self._turn(
-            message,
-            use_tools=auto,
-            kind="chat",
-            max_iterations=(max_iterations or self.max_iterations) if auto else 1,
-            timeout=timeout if timeout is not None else self.timeout,
-            on_event=on_event,
-            model_kwargs=model_kwargs,
-        )
+        settings = self.settings(model=model, system=system, tools=tools, mode=mode, max_iterations=max_iterations,
+                                 timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs)
+        if settings.mode is ChatMode.WORKFLOW:
+            raise ValueError("workflow mode: use execute_workflow_async(input) (or chat_async)")
+        return await self._turn(message, settings, kind="chat", on_event=on_event)
 
     def cancel(self, run_id: str | None = None) -> int:
         """Stop a run (or every active run) of this agent. Thread-safe; the run returns "cancelled".
@@ -271,12 +384,18 @@ class ChatAgent:
         return_exceptions: bool = True,
         *,
         on_event: EventCallback | None = None,
+        model: Model | str | None = None,
+        system: str | None = None,
+        tools: Iterable[Any] | None = None,
+        mode: ChatMode | str | None = None,
     ) -> list[RunResult | BaseException]:
         """Parallel chat turns, each on its own copy of the current history; full results, input order.
 
         The agent's own history is unchanged. ``max_concurrency`` can only lower the agent's own bound.
+        ``model``/``system``/``tools``/``mode`` apply to this batch only.
         """
         items = list(messages)
+        settings = self._batch_settings(model, system, tools, mode)
         emit = self._emitter(on_event)
         batch_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
@@ -287,7 +406,7 @@ class ChatAgent:
 
         async def one(index: int) -> None:
             async with gate if gate is not None else contextlib.nullcontext():
-                results[index] = await self._batch_item(batch_id, index, items[index], list(snapshot),
+                results[index] = await self._batch_item(batch_id, index, items[index], settings, list(snapshot),
                                                         emit, on_event)
             outcome = results[index]
             if not return_exceptions and isinstance(outcome, BaseException):
@@ -317,13 +436,23 @@ class ChatAgent:
         return_exceptions: bool = True,
         *,
         on_event: EventCallback | None = None,
+        **overrides: Any,
     ) -> list[str | BaseException]:
         """Parallel chat turns (see :meth:`batch_run_async`); answers (or exceptions) in input order."""
-        results = await self.batch_run_async(messages, max_concurrency, return_exceptions, on_event=on_event)
+        results = await self.batch_run_async(messages, max_concurrency, return_exceptions, on_event=on_event,
+                                             **overrides)
         return [r if isinstance(r, BaseException) else r.final_output for r in results]
 
     async def sequential_run_async(
-        self, messages: Iterable[str], stop_on_error: bool = True, *, on_event: EventCallback | None = None
+        self,
+        messages: Iterable[str],
+        stop_on_error: bool = True,
+        *,
+        on_event: EventCallback | None = None,
+        model: Model | str | None = None,
+        system: str | None = None,
+        tools: Iterable[Any] | None = None,
+        mode: ChatMode | str | None = None,
     ) -> list[RunResult | BaseException]:
         """Chat turns one after another on the shared history: later messages see earlier answers.
 
@@ -331,6 +460,7 @@ class ChatAgent:
         (and not in the returned list).
         """
         items = list(messages)
+        settings = self._batch_settings(model, system, tools, mode)
         emit = self._emitter(on_event)
         batch_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
@@ -338,7 +468,7 @@ class ChatAgent:
         results: list[RunResult | BaseException] = []
         try:
             for index, message in enumerate(items):
-                outcome = await self._batch_item(batch_id, index, message, None, emit, on_event)
+                outcome = await self._batch_item(batch_id, index, message, settings, None, emit, on_event)
                 results.append(outcome)
                 if isinstance(outcome, BaseException) and stop_on_error:
                     for skipped in range(index + 1, len(items)):
@@ -352,17 +482,26 @@ class ChatAgent:
         return results
 
     async def sequential_chat_async(
-        self, messages: Iterable[str], stop_on_error: bool = True, *, on_event: EventCallback | None = None
+        self, messages: Iterable[str], stop_on_error: bool = True, *, on_event: EventCallback | None = None,
+        **overrides: Any,
     ) -> list[str | BaseException]:
         """Sequential chat turns (see :meth:`sequential_run_async`); answers or exceptions."""
-        results = await self.sequential_run_async(messages, stop_on_error, on_event=on_event)
+        results = await self.sequential_run_async(messages, stop_on_error, on_event=on_event, **overrides)
         return [r if isinstance(r, BaseException) else r.final_output for r in results]
+
+    def _batch_settings(self, model: Any, system: Any, tools: Any, mode: Any) -> RunSettings:
+        settings = self.settings(model=model, system=system, tools=tools, mode=mode)
+        if settings.mode is ChatMode.WORKFLOW:  # a batch of workflow inputs is not a thing yet: chat them
+            settings = self.settings(model=model, system=system, tools=tools,
+                                     mode=ChatMode.AUTO if settings.tools else ChatMode.NORMAL)
+        return settings
 
     async def _batch_item(
         self,
         batch_id: str,
         index: int,
         message: str,
+        settings: RunSettings,
         history: list[dict[str, Any]] | None,
         emit: Callable[[Event], None],
         on_event: EventCallback | None,
@@ -370,11 +509,9 @@ class ChatAgent:
         item_id = f"{batch_id}-{index}"
         emit(BatchItemStarted(batch_id, index=index, message=message, item_run_id=item_id))
         started = time.perf_counter()
-        auto = self.mode is ChatMode.AUTO
         try:
-            result = await self._turn(message, use_tools=auto, kind="batch_item",
-                                      max_iterations=self.max_iterations if auto else 1, timeout=self.timeout,
-                                      on_event=on_event, messages=history, run_id=item_id)
+            result = await self._turn(message, settings, kind="batch_item", on_event=on_event, messages=history,
+                                      run_id=item_id)
         except asyncio.CancelledError:
             emit(BatchItemFinished(batch_id, index=index, status="cancelled",
                                    duration=time.perf_counter() - started, result=None, error="cancelled"))
@@ -412,14 +549,14 @@ class ChatAgent:
         self.tools[t.name] = t
         return t
 
-    def register_tools_from_functions(self, *functions: Callable[..., Any]) -> list[Tool]:
-        """Register decorated or plain functions under their tool names."""
-        return [self.register_tool(as_tool(f).name, f) for f in functions]
+    def register_tools_from_functions(self, *functions: Any) -> list[Tool]:
+        """Register functions, ``@tool`` functions and Tools, or lists/tuples of them (mixed)."""
+        return [self.register_tool(as_tool(f).name, f) for f in flatten_tools(list(functions))]
 
     async def register_tool_async(self, name: str, func: Callable[..., Any], description: str | None = None) -> Tool:
         return self.register_tool(name, func, description)
 
-    async def register_tools_from_functions_async(self, *functions: Callable[..., Any]) -> list[Tool]:
+    async def register_tools_from_functions_async(self, *functions: Any) -> list[Tool]:
         return self.register_tools_from_functions(*functions)
 
     def remove_tool(self, name: str) -> None:
@@ -428,40 +565,44 @@ class ChatAgent:
 
     # ----------------------------------------------------------------- sync twins
     def batch_chat(self, messages: Iterable[str], max_concurrency: int | None = None,
-                   return_exceptions: bool = True) -> list[str | BaseException]:
-        return run_sync(self.batch_chat_async(messages, max_concurrency, return_exceptions),
+                   return_exceptions: bool = True, **overrides: Any) -> list[str | BaseException]:
+        return run_sync(self.batch_chat_async(messages, max_concurrency, return_exceptions, **overrides),
                         "await agent.batch_chat_async(...)")
 
-    def sequential_chat(self, messages: Iterable[str], stop_on_error: bool = True) -> list[str | BaseException]:
-        return run_sync(self.sequential_chat_async(messages, stop_on_error), "await agent.sequential_chat_async(...)")
+    def sequential_chat(self, messages: Iterable[str], stop_on_error: bool = True,
+                        **overrides: Any) -> list[str | BaseException]:
+        return run_sync(self.sequential_chat_async(messages, stop_on_error, **overrides),
+                        "await agent.sequential_chat_async(...)")
 
-    def chat(self, message: str, **model_kwargs: Any) -> str:
+    def chat(self, message: str, **kwargs: Any) -> str:
         """Blocking :meth:`chat_async` (not inside a running loop: use ``await agent.chat_async``)."""
-        return run_sync(self.chat_async(message, **model_kwargs), "await agent.chat_async(...)")
+        return run_sync(self.chat_async(message, **kwargs), "await agent.chat_async(...)")
 
-    def run(self, task: str, max_iterations: int | None = None, timeout: float | None = None) -> RunResult:
+    def run(self, task: str, max_iterations: int | None = None, timeout: float | None = None,
+            **kwargs: Any) -> RunResult:
         """Blocking :meth:`arun` (not inside a running loop: use ``await agent.arun``)."""
-        return run_sync(self.arun(task, max_iterations, timeout), "await agent.arun(...)")
+        return run_sync(self.arun(task, max_iterations, timeout, **kwargs), "await agent.arun(...)")
 
     # ----------------------------------------------------------------- the run loop
     async def _turn(
         self,
         message: str,
+        settings: RunSettings,
         *,
-        use_tools: bool,
         kind: str,
-        max_iterations: int,
-        timeout: float | None = None,
         on_event: EventCallback | None = None,
-        model_kwargs: dict[str, Any] | None = None,
         messages: list[dict[str, Any]] | None = None,
         run_id: str | None = None,
     ) -> RunResult:
-        """One user message through the loop, committed to ``messages`` (default: the agent's own)."""
+        """One user message through the loop, committed to ``messages`` (default: the agent's own history,
+        in which case the turn waits for earlier turns of this conversation first)."""
         target = self.messages if messages is None else messages
-        state = _RunState(run_id=run_id or uuid.uuid4().hex[:12], task=message, started=time.perf_counter())
+        state = _RunState(run_id=run_id or uuid.uuid4().hex[:12], task=message, started=time.perf_counter(),
+                          settings=settings)
         emit = self._emitter(on_event)
-        stream = self.stream if self.stream is not None else (on_event is not None or self.events.has_subscribers)
+        stream = settings.stream if settings.stream is not None else (
+            on_event is not None or self.events.has_subscribers)
+        max_iterations = settings.max_iterations if settings.uses_tools else 1
         task = asyncio.current_task()
         assert task is not None
         self._active[state.run_id] = (asyncio.get_running_loop(), task, state)
@@ -469,24 +610,28 @@ class ChatAgent:
             RunStarted(
                 state.run_id,
                 agent=self.name,
-                model=self.model.name,
-                mode=(ChatMode.AUTO if use_tools else self.mode).value,
+                model=settings.model.name,
+                mode=settings.mode.value,
                 task=message,
                 max_iterations=max_iterations,
                 kind=kind,
             )
         )
         state.pending.append({"role": "user", "content": message})
-        body = self._loop(state, target, emit, use_tools, max_iterations, stream, model_kwargs or {})
         cancelled: BaseException | None = None
+        conversation = self._conversation if messages is None else None
+        lock: asyncio.Lock | None = None
         try:
-            if timeout is not None:
-                await asyncio.wait_for(body, timeout)
+            if conversation is not None:
+                lock = await self._enter_turn(conversation, state, emit)
+            body = self._loop(state, target, emit, max_iterations, stream)
+            if settings.timeout is not None:
+                await asyncio.wait_for(body, settings.timeout)
             else:
                 await body
         except asyncio.TimeoutError:
             state.stop_reason = "timeout"
-            state.error = f"timed out after {timeout:g}s"
+            state.error = f"timed out after {settings.timeout:g}s"
         except asyncio.CancelledError as exc:
             state.stop_reason = "cancelled"
             if state.stop_requested:
@@ -500,10 +645,16 @@ class ChatAgent:
             state.error = redact(str(exc) or type(exc).__name__)
         finally:
             self._active.pop(state.run_id, None)
-        if state.stop_reason != "completed":
-            self._settle(state, target)
-            if not state.final_output:
-                state.final_output = next((it.text for it in reversed(state.iterations) if it.text), "")
+            if state.stop_reason != "completed":
+                state.cancelled.set()  # tell sync tools still running in threads
+                self._settle(state, target)
+            if lock is not None and conversation is not None:
+                conversation.in_line -= 1
+                lock.release()
+            elif conversation is not None and state.stop_reason != "completed":
+                conversation.in_line -= 1  # cancelled while waiting for its turn
+        if state.stop_reason != "completed" and not state.final_output:
+            state.final_output = next((it.text for it in reversed(state.iterations) if it.text), "")
         result = RunResult(
             task=message,
             final_output=state.final_output,
@@ -511,32 +662,47 @@ class ChatAgent:
             iterations=state.iterations,
             usage=state.usage,
             execution_time=time.perf_counter() - state.started,
-            model=self.model.name,
+            model=settings.model.name,
             error=state.error,
             run_id=state.run_id,
             messages=state.added,
+            exception=state.exception,
         )
-        result._exception = state.exception  # type: ignore[attr-defined]
         self.last_result = result
         emit(RunFinished(state.run_id, result=result))
         if cancelled is not None:
             raise cancelled
         return result
 
+    @staticmethod
+    async def _enter_turn(conversation: _Conversation, state: _RunState,
+                          emit: Callable[[Event], None]) -> asyncio.Lock:
+        """Wait (FIFO) until earlier turns of this conversation have committed; returns the held lock."""
+        lock = conversation.lock()
+        ahead = conversation.in_line
+        conversation.in_line += 1
+        if not lock.locked() and ahead == 0:
+            await lock.acquire()
+            return lock
+        emit(TurnWaiting(state.run_id, ahead=max(ahead, 1)))
+        waited = time.perf_counter()
+        await lock.acquire()  # a CancelledError here is handled by _turn (in_line is given back there)
+        emit(TurnResumed(state.run_id, waited=time.perf_counter() - waited))
+        return lock
+
     async def _loop(
         self,
         state: _RunState,
         target: list[dict[str, Any]],
         emit: Callable[[Event], None],
-        use_tools: bool,
         max_iterations: int,
         stream: bool,
-        model_kwargs: dict[str, Any],
     ) -> None:
-        tools = dict(self.tools) if use_tools else {}
+        settings = state.settings
+        tools = dict(settings.tools) if settings.uses_tools else {}
         schemas = [t.schema() for t in tools.values()]
-        settings = {**self.model_settings, **model_kwargs}
-        system = [{"role": "system", "content": self.system}] if self.system else []
+        model = settings.model
+        system = settings.system_messages()
         for iteration in range(1, max_iterations + 1):
             started = time.perf_counter()
             emit(IterationStarted(state.run_id, iteration=iteration, max_iterations=max_iterations))
@@ -545,16 +711,18 @@ class ChatAgent:
             request = ModelRequest(
                 messages=system + target + state.pending,
                 tools=schemas,
-                settings=settings,
+                settings=dict(settings.model_settings),
                 stream=stream,
                 run_id=state.run_id,
                 iteration=iteration,
+                timeout=settings.request_timeout,
+                max_retries=settings.max_retries,
             )
             emit(ModelRequestStarted(state.run_id, iteration=iteration, messages=len(request.messages),
                                      tools=len(schemas)))
             try:
                 async with self.limiter():
-                    response = await self.model.request(request, emit)
+                    response = await model.request(request, emit)
             except Exception as exc:
                 log.error = redact(str(exc) or type(exc).__name__)
                 log.duration = time.perf_counter() - started
@@ -603,25 +771,42 @@ class ChatAgent:
                 shown = call.arguments
             records.append(ToolCallRecord(id=call.id, name=call.name, arguments=shown))
         log.tool_calls = records
+        context = RunContext(state.run_id, self, cancelled=state.cancelled, _emit=emit,
+                             _loop=asyncio.get_running_loop())
+        started: dict[int, float] = {}
 
         async def one(index: int) -> None:
             call, record = response.tool_calls[index], records[index]
             emit(ToolCallStarted(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
                                  arguments=record.arguments))
-            outcome = await execute_tool_call(tools, call.name, call.arguments)
+            started[index] = time.perf_counter()
+            outcome = await execute_tool_call(tools, call.name, call.arguments,
+                                              context.for_call(call.name, call.id, iteration))
             record.result, record.error, record.duration = outcome.content, outcome.error, outcome.duration
             emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
                                   ok=outcome.ok, result=outcome.content if outcome.ok else None,
-                                  error=outcome.error, duration=outcome.duration))
+                                  error=outcome.error, duration=outcome.duration,
+                                  status="ok" if outcome.ok else "error"))
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(len(records))]
         try:
             await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            state.cancelled.set()  # before anything else: sync tools polling it stop now
+            raise
         finally:
             # On cancellation gather has cancelled the siblings; wait until they have really stopped.
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for index, record in enumerate(records):
+                if record.result is None and index in started:
+                    tool = tools.get(record.name)
+                    record.error = _SYNC_STILL_RUNNING if tool is not None and not tool.is_async else "cancelled"
+                    record.duration = time.perf_counter() - started[index]
+                    emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=record.id, name=record.name,
+                                          ok=False, result=None, error=record.error, duration=record.duration,
+                                          status="cancelled"))
         for call, record in zip(response.tool_calls, records, strict=True):
             state.pending.append({"role": "tool", "tool_call_id": call.id, "content": record.result or ""})
 
@@ -674,6 +859,5 @@ class ChatAgent:
 
     @staticmethod
     def _raised(result: RunResult) -> BaseException:
-        exc = getattr(result, "_exception", None)
-        return exc if exc is not None else RuntimeError(result.error or "the run failed")
+        return result.exception if result.exception is not None else RuntimeError(result.error or "the run failed")
 

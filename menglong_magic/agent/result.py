@@ -68,6 +68,8 @@ class RunResult(Mapping[str, Any]):
     error: str | None = None
     run_id: str = ""
     messages: list[dict[str, Any]] = field(default_factory=list)  # the messages this run added
+    #: The exception that ended the run with ``stop_reason == "error"`` (secrets already removed).
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
     def task_completed(self) -> bool:
@@ -76,6 +78,11 @@ class RunResult(Mapping[str, Any]):
     @property
     def iterations_used(self) -> int:
         return len(self.iterations)
+
+    def raise_for_error(self) -> None:
+        """Raise the run's exception if it ended with ``stop_reason == "error"``."""
+        if self.stop_reason == "error":
+            raise self.exception if self.exception is not None else RuntimeError(self.error or "the run failed")
 
     @property
     def tool_calls(self) -> list[ToolCallRecord]:

@@ -65,6 +65,10 @@ def drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
         return loop.run_until_complete(task)
     except KeyboardInterrupt:
         task.cancel()
-        with contextlib.suppress(BaseException):
+        try:
             loop.run_until_complete(task)
+        except KeyboardInterrupt as reported:  # the task's own account of the interrupt (e.g. a magic's)
+            raise reported from None
+        except BaseException:
+            pass
         raise

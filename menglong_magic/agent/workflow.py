@@ -107,11 +107,9 @@ async def run_workflow(agent: ChatAgent, steps: list[WorkflowStep], value: Any, 
                 continue
             if isinstance(step.action, str):
                 prompt = step.action.format_map(_Strict({**state, "input": previous}))
-                result = await agent._turn(prompt, use_tools=bool(agent.tools), kind="workflow_step",
-                                           max_iterations=agent.max_iterations, timeout=agent.timeout,
-                                           on_event=on_event)
-                if result.stop_reason == "error":
-                    raise agent._raised(result)
+                result = await agent.chat_result_async(prompt, on_event=on_event,
+                                                       mode="auto" if agent.tools else "normal")
+                result.raise_for_error()
                 output: Any = result.final_output
             else:
                 output = await _call(step.action, previous, state)

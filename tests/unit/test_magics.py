@@ -33,9 +33,12 @@ async def test_cell_chat_returns_a_result_and_uses_the_kernel_loop(shell: Intera
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     res = await run(shell, "%%agent\nhello there")
     assert res.error_in_exec is None
-    assert res.result.final_output.startswith("Offline demo model here. You said: \"hello there\"")
-    assert "[agent] completed" in capsys.readouterr().out  # the text view in a terminal shell
-    assert shell.user_ns["_agent_last"] is res.result
+    assert res.result is None  # no Out[n] repeating the answer: the view shows it once
+    last = shell.user_ns["_agent_last"]
+    assert last.final_output.startswith("Offline demo model here. You said: \"hello there\"")
+    out = capsys.readouterr().out
+    assert "[agent] completed" in out  # the text view in a terminal shell
+    assert out.count("You said") == 1  # the answer, once
 
 
 async def test_line_magic_assignment_out_and_trailing_semicolon(shell: InteractiveShell) -> None:
@@ -51,10 +54,10 @@ async def test_default_agent_gets_namespace_tools_and_t_selects(shell: Interacti
     await run(shell, "@tool\ndef alpha(x: str) -> str:\n    return 'A' + x\n\n"
                      "@tool\nasync def beta(x: str) -> str:\n    return 'B' + x\n\ndef plain(x: str) -> str:\n"
                      "    return 'P' + x")
-    res = await run(shell, "%agent_run -q use tools")
-    assert sorted(c.name for c in res.result.tool_calls) == ["alpha", "beta"]
-    res = await run(shell, "%agent_run -q -t plain,beta only some")
-    assert sorted(c.name for c in res.result.tool_calls) == ["beta", "plain"]
+    await run(shell, "%agent_run -q use tools")
+    assert sorted(c.name for c in shell.user_ns['_agent_last'].tool_calls) == ["alpha", "beta"]
+    await run(shell, "%agent_run -q -t plain,beta only some")
+    assert sorted(c.name for c in shell.user_ns['_agent_last'].tool_calls) == ["beta", "plain"]
 
 
 async def test_named_agent_reset_and_history(shell: InteractiveShell) -> None:
@@ -70,22 +73,22 @@ async def test_options_line_expands_and_body_interpolates_only_on_request(shell:
     await run(shell, "bot = ChatAgent(model=ScriptedModel([lambda r: r.messages[-1]['content']] * 3))\n"
                      "name = 'bot'\ncity = 'Oslo'")
     res = await run(shell, "%%agent -a $name -q\nweather in {city}")
-    assert res.result.final_output == "weather in {city}"  # verbatim by default
+    assert shell.user_ns['_agent_last'].final_output == "weather in {city}"  # verbatim by default
     res = await run(shell, "%%agent -a {name} -q -i\nweather in {city} {{literal}}")
-    assert res.result.final_output == "weather in Oslo {literal}"
+    assert shell.user_ns['_agent_last'].final_output == "weather in Oslo {literal}"
     res = await run(shell, "%%agent -a bot -q -i\n{missing}")
     assert "missing" in str(res.error_in_exec)
 
 
 @pytest.mark.parametrize(("code", "message"), [
-    ("%agent_run --bogus x", "unrecognized arguments"),
+    ("%agent_run --bogus x", "unrecognized option --bogus"),
     ("%agent_run -a nobody task", "no such variable"),
     ("x = 3\n%agent_run -a x task", "not a ChatAgent"),
     ("%agent_run -t nothere task", "not a function"),
     ("%agent_run -q", "needs a task"),
     ("%%agent --batch --sequential\na", "choose one"),
     ("%%agent\n   ", "needs a message"),
-    ("%agent_run --api-key sk-123 task", "unrecognized arguments"),
+    ("%agent_run --api-key sk-123 task", "unrecognized option --api-key"),
 ])
 async def test_usage_errors_are_short(shell: InteractiveShell, code: str, message: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,23 +100,28 @@ async def test_usage_errors_are_short(shell: InteractiveShell, code: str, messag
 
 async def test_batch_and_sequential(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     await run(shell, "bot = ChatAgent(model=ScriptedModel([lambda r: f\"{len(r.messages)}\"] * 5))")
-    res = await run(shell, "%%agent -a bot --batch\none\n\ntwo\nthree")
-    assert [r.final_output for r in res.result] == ["1", "1", "1"]  # own history copies
+    await run(shell, "%%agent -a bot --batch\none\n\ntwo\nthree")
+    assert [r.final_output for r in shell.user_ns['_agent_last']] == ["1", "1", "1"]  # own history copies
     assert shell.user_ns["bot"].messages == []
     assert "batch of 3: 3 done, 0 failed" in capsys.readouterr().out
-    res = await run(shell, "%%agent -a bot -q --sequential\nfirst\nsecond")
-    assert [r.final_output for r in res.result] == ["1", "3"]  # the second sees the first exchange
+    await run(shell, "%%agent -a bot -q --sequential\nfirst\nsecond")
+    assert [r.final_output for r in shell.user_ns['_agent_last']] == ["1", "3"]  # the second sees the first exchange
 
 
 async def test_config_traits_set_defaults(shell: InteractiveShell) -> None:
     shell.run_line_magic("config", "AgentMagics.max_iterations = 1")
     shell.run_line_magic("config", "AgentMagics.system = 'be brief'")
     await run(shell, "@tool\ndef alpha(x: str) -> str:\n    return x")
-    res = await run(shell, "%agent_run -q capped")
-    assert res.result.stop_reason == "max_iterations"
+    await run(shell, "%agent_run -q capped")
+    assert shell.user_ns['_agent_last'].stop_reason == "max_iterations"
     magics = shell.magics_manager.registry["AgentMagics"]
-    assert magics.default_agent().history[0] == {"role": "system", "content": "be brief"}
-    assert res.result.iterations_used == 1
+    assert magics.default_agent().system is None  # the config is this run's setting, not written to the agent
+    from menglong_magic.models import ScriptedModel
+
+    scripted = magics.default_agent().model = ScriptedModel(["ok"])
+    await run(shell, "%agent_run -q brief please")
+    assert scripted.requests[0].messages[0] == {"role": "system", "content": "be brief"}
+    assert shell.user_ns['_agent_last'].iterations_used == 1
     shell.run_line_magic("config", "AgentMagics.max_iterations = 10")
     shell.run_line_magic("config", "AgentMagics.system = None")
 
@@ -162,20 +170,56 @@ def test_help_lists_the_options(shell: InteractiveShell) -> None:
 
 def test_rewriter_only_touches_our_magics(shell: InteractiveShell) -> None:
     rw = _AwaitRewriter(shell)
+    # No running loop here (as in terminal IPython): the blocking form; bare statements get a ';'.
     assert rw(["%%agent -q\n", "hi\n"]) == [
-        "await __import__('menglong_magic.magics', fromlist=['run_magic']).run_magic('cell', '-q', 'hi')\n"]
+        "__import__('menglong_magic.magics', fromlist=['run_magic']).run_magic_blocking('cell', '-q', 'hi');\n"]
+    assert rw(["%agent_run x\n"])[0].endswith("run_magic_blocking('line', 'x');\n")
     assert rw(["  %agent_run x\n"]) == ["  %agent_run x\n"]  # indented: left to the fallback
     assert rw(["%agent_runner x\n"]) == ["%agent_runner x\n"]
     assert rw(["%%agentx\n"]) == ["%%agentx\n"]
     out = rw(["y = %agent_run -q a b;\n"])
-    assert out[0].startswith("y = await ") and out[0].rstrip().endswith(";")
+    assert out[0].startswith("y = __import__") and out[0].rstrip().endswith(";")
+    assert shell.check_complete("%%agent\n")[0] == "incomplete"  # Enter continues the cell
+    assert shell.check_complete("%%agent\nhello\n")[0] == "incomplete"
+    assert shell.check_complete("%%agent\nhello\n\n")[0] == "complete"
+
+
+async def test_rewriter_awaits_inside_a_running_loop(shell: InteractiveShell) -> None:
+    rw = _AwaitRewriter(shell)
+    assert rw(["%%agent -q\n", "hi\n"]) == [
+        "await __import__('menglong_magic.magics', fromlist=['run_magic']).run_magic('cell', '-q', 'hi');\n"]
+    out = rw(["y = %agent_run -q a b\n"])
+    assert out[0].startswith("y = await ") and not out[0].rstrip().endswith(";")
+
+
+async def test_task_text_reaches_the_model_as_typed(shell: InteractiveShell) -> None:
+    await run(shell, "bot = ChatAgent(model=ScriptedModel([lambda r: r.messages[-1]['content']] * 3))")
+    await run(shell, "%agent_run -a bot -q How many words are in 'to be or not to be'?")
+    assert shell.user_ns["_agent_last"].final_output == "How many words are in 'to be or not to be'?"
+    await run(shell, "%agent_run -q -a bot -- -x is   not an option")
+    assert shell.user_ns["_agent_last"].final_output == "-x is   not an option"
+    await run(shell, "%agent_run --max-iterations=2 -a bot What's \"this\"")
+    assert shell.user_ns["_agent_last"].final_output == "What's \"this\""
+
+
+async def test_overrides_never_change_the_agent(shell: InteractiveShell) -> None:
+    await run(shell, "bot = ChatAgent(model=ScriptedModel([lambda r: r.messages[0]['content']] * 3), "
+                     "system='original', name='bot')\n"
+                     "@tool\ndef alpha(x: str) -> str:\n    return x")
+    await run(shell, "%agent_run -a bot -q -s override -t alpha -m offline task")
+    assert shell.user_ns["_agent_last"].model == "offline"
+    await run(shell, "%%agent -a bot -q -s override -t alpha --mode auto\nhello")
+    assert shell.user_ns["_agent_last"].final_output == "override"
+    bot = shell.user_ns["bot"]
+    assert bot.system == "original" and bot.tools == {} and bot.mode.value == "normal"
+    assert type(bot.model).__name__ == "ScriptedModel"
 
 
 async def test_workflow_mode_cell_runs_the_steps(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     await run(shell, "wf = ChatAgent(model=ScriptedModel([]), mode='workflow')\n"
                      "_ = wf.add_workflow_step('up', str.upper)")
     res = await run(shell, "%%agent -a wf\nhello")
-    assert res.result.output == "HELLO"
+    assert shell.user_ns['_agent_last'].output == "HELLO"
     out = capsys.readouterr().out
     assert "step up ok" in out and "workflow of 1: 1 done" in out
     res = await run(shell, "%%agent --mode workflow\nhello")
