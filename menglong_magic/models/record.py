@@ -230,6 +230,8 @@ class Recorder(Model):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if mode == "w":
             self.path.write_text("", encoding="utf-8")
+        else:
+            self.path.touch()  # an existing cassette is kept, a new one exists (empty) from now on
 
     def __repr__(self) -> str:
         return f"Recorder({self.model!r}, {str(self.path)!r})"
