@@ -268,10 +268,13 @@ async def test_no_secret_reaches_the_cassette(openai_server: Any, tmp_path: path
         assert url_password not in str(exc)
         model = OpenAIModel("gpt-4o-mini", base_url=openai_server.base_url, **options)
     script_tool_run(openai_server)
+    # A hostile or buggy endpoint echoes credentials back in its answer: scrubbed from the cassette too.
+    openai_server.enqueue(reply(f"You sent {key} and {default_header}."))
     agent = ChatAgent(model=Recorder(model, cassette), tools=[population], stream=True,
                       model_settings={"extra_headers": {"X-Run-Secret": settings_header}, "temperature": 0})
     result = await agent.arun(TASK)
     assert result.stop_reason == "completed"
+    assert await agent.chat_async("echo") == f"You sent {key} and {default_header}."
     # The secrets were really in play: the server received the planted headers.
     sent = {k.lower(): v for k, v in openai_server.request_headers[0].items()}
     assert sent["x-run-secret"] == settings_header  # (the run's extra_headers replace the model's own)
@@ -279,7 +282,8 @@ async def test_no_secret_reaches_the_cassette(openai_server: Any, tmp_path: path
         assert sent["x-default-secret"] == default_header
 
     data = cassette.read_bytes()
-    assert data.count(b"\n") == 3
+    assert data.count(b"\n") == 4
+    assert lines(cassette)[3]["response"]["text"] == "You sent *** and ***."
     for secret in secrets:
         for form in _forms(secret):
             assert form.encode() not in data, f"{form!r} leaked into the cassette"
