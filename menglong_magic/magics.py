@@ -539,9 +539,15 @@ def load_ipython_extension(ipython: Any) -> None:
         return  # idempotent
     ipython.register_magics(AgentMagics(ipython))
     ipython.input_transformers_cleanup.append(_AwaitRewriter(ipython))
+    from .frontend import watch
+
+    watch(ipython)  # from now on, remember which front ends speak the widget protocol (frontend.py)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
+    from .frontend import unwatch
+
+    unwatch(ipython)
     magics = ipython.magics_manager.registry.pop("AgentMagics", None)
     if magics is not None:
         for kind, names in magics.magics.items():
