@@ -1,4 +1,5 @@
-"""The live panel in real JupyterLab: mid-run progress, completion, Stop on --bg, no script injection."""
+"""The run view in real JupyterLab: live progress and tool progress, Stop on --bg, the final view (one output,
+Markdown, progress complete, no Stop), and no script injection from model or tool text."""
 
 from __future__ import annotations
 
@@ -11,30 +12,60 @@ from lab_helpers import Lab, open_notebook, run_all
 
 pytestmark = pytest.mark.browser
 
-SETUP = """
+SETUP = r'''
 %load_ext menglong_magic
 import asyncio
-from menglong_magic import ChatAgent, tool
+from menglong_magic import ChatAgent, RunContext, tool
 from menglong_magic.models import ScriptedModel, reply, calls, call
 
 @tool
 async def slow_step(seconds: float) -> str:
-    \"\"\"A slow step.\"\"\"
+    """A slow step."""
     await asyncio.sleep(seconds)
     return f"waited {seconds}s"
 
 @tool
-def sneaky() -> str:
-    return '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+async def crawl(ctx: RunContext, pages: int) -> str:
+    """Crawl some pages, reporting progress."""
+    for i in range(pages):
+        ctx.progress(i + 1, pages, "pages")
+        await asyncio.sleep(0.25)
+    return f"crawled {pages} pages"
 
-agent = ChatAgent(model=ScriptedModel([calls(call('slow_step', {'seconds': 2.5})),
+@tool
+def sneaky() -> str:
+    return ('<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+            '[click](javascript:window.__pwned=4)')
+
+agent = ChatAgent(model=ScriptedModel([calls(call('crawl', {'pages': 12})),
                                        calls(call('slow_step', {'seconds': 2.5})), reply('all done')]),
-                  mode='auto', tools=[slow_step], name='slow-agent')
+                  mode='auto', tools=[slow_step, crawl], name='slow-agent')
 bg_agent = ChatAgent(model=ScriptedModel([calls(call('slow_step', {'seconds': 120}))]), mode='auto',
                      tools=[slow_step], name='bg-agent')
-xss_agent = ChatAgent(model=ScriptedModel([calls(call('sneaky')), reply('<img src=x onerror="window.__pwned=3">')]),
+XSS_ANSWER = ('<img src=x onerror="window.__pwned=3"> <script>window.__pwned=5</script> '
+              '[link](javascript:window.__pwned=6) <a href="javascript:window.__pwned=7">raw</a> '
+              '![pic](javascript:window.__pwned=8)')
+xss_agent = ChatAgent(model=ScriptedModel([calls(call('sneaky')), reply(XSS_ANSWER)]),
                       mode='auto', tools=[sneaky], name='xss-agent')
-"""
+ANSWER = """## Paris weather
+
+- **Sunny**, 24 °C
+- light wind
+
+| day | sky |
+|-----|-----|
+| Mon | sun |
+| Tue | rain |
+
+```python
+forecast("Paris")
+```
+
+Source: [example](https://example.com)"""
+md_agent = ChatAgent(model=ScriptedModel([calls(call('slow_step', {'seconds': 0.5}), call('crawl', {'pages': 2})),
+                                          reply(ANSWER)]),
+                     mode='auto', tools=[slow_step, crawl], name='weather-agent')
+'''
 
 
 def test_widgets_update_live_while_a_cell_awaits(page: Any, lab: Lab, tmp_path: Path) -> None:
@@ -59,24 +90,70 @@ def test_panel_live_then_completed_stop_and_escaping(page: Any, lab: Lab, tmp_pa
     first = page.locator(".mm-panel").nth(0)
     first.locator(".mm-status-running").wait_for(timeout=60_000)
     first.locator(".mm-tool").first.wait_for(timeout=30_000)
+    # The tool's own progress shows live on its card.
+    page.wait_for_function("() => { const p = document.querySelector('.mm-live .mm-tool-progress');"
+                           " return p && /\\b([2-9]|1[01])\\/12 pages/.test(p.textContent); }", timeout=30_000)
     page.screenshot(path=str(tmp_path / "panel-running.png"))
     assert "iteration" in first.inner_text()
+    assert first.locator("button.mm-stop").is_enabled()
     first.locator(".mm-status-completed").wait_for(timeout=60_000)
     assert "all done" in first.inner_text()
     first.screenshot(path=str(tmp_path / "panel-completed.png"))
-    if os.environ.get("MENGLONG_UPDATE_SCREENSHOT"):
-        first.screenshot(path=str(Path(__file__).resolve().parents[2] / "docs" / "panel.png"))
 
     bg = page.locator(".mm-panel").nth(1)
     bg.locator(".mm-status-running").wait_for(timeout=60_000)
     bg.locator(".mm-tool").first.wait_for(timeout=30_000)
     bg.locator("button.mm-stop").click()
     bg.locator(".mm-status-cancelled").wait_for(timeout=30_000)
+    assert bg.locator("button.mm-stop").count() == 0
     page.screenshot(path=str(tmp_path / "panel-cancelled.png"))
 
     sneaky = page.locator(".mm-panel").nth(2)
     sneaky.locator(".mm-status-completed").wait_for(timeout=60_000)
-    assert '<img src=x onerror="window.__pwned=1">' in sneaky.inner_text()
+    text = sneaky.text_content()
+    assert '<img src=x onerror="window.__pwned=1">' in text  # the tool result, as text (steps collapsed)
+    answer = sneaky.locator(".mm-answer").inner_text()
+    assert '<img src=x onerror="window.__pwned=3">' in answer and "<script>window.__pwned=5</script>" in answer
+    sneaky.locator("details.mm-steps > summary").click()  # open the steps: still nothing runs
+    page.wait_for_timeout(500)
     assert page.evaluate("() => window.__pwned") is None
-    assert sneaky.locator("img").count() == 0
+    assert sneaky.locator("img").count() == 0 and sneaky.locator("script").count() == 0
+    hrefs = sneaky.locator("a").evaluate_all("as => as.map(a => a.getAttribute('href') || '')")
+    assert not any(h.strip().lower().startswith("javascript") for h in hrefs), hrefs
     page.screenshot(path=str(tmp_path / "panel-escaped.png"))
+
+
+def test_final_view_is_one_output_with_markdown(page: Any, lab: Lab, tmp_path: Path) -> None:
+    count = "len(__import__('ipywidgets').widgets.widget._instances)"
+    open_notebook(page, lab, "final.ipynb", [SETUP, count, "%agent_run -a md_agent weather in Paris", count])
+    run_all(page)
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    cell = cells.nth(2)
+    cell.locator(".mm-live").wait_for(state="attached", timeout=60_000)  # the live widget first
+    final = cell.locator(".mm-final")
+    final.wait_for(state="attached", timeout=60_000)
+    cells.nth(3).locator(".jp-OutputArea-output").wait_for(state="attached", timeout=60_000)
+    final.scroll_into_view_if_needed()
+    outputs = cell.locator(".jp-OutputArea-child")
+    assert outputs.count() == 1, cell.locator(".jp-OutputArea").inner_html()[:3000]
+    assert cell.locator(".mm-live").count() == 0 and cell.locator(".jp-OutputArea-executeResult").count() == 0
+    assert final.locator(".mm-status-completed").count() == 1
+    assert final.locator("button.mm-stop").count() == 0
+    assert final.locator(".mm-progress-fill").evaluate("e => e.style.width") == "100%"
+    answer = final.locator(".mm-answer")
+    assert answer.locator("h2").inner_text() == "Paris weather"
+    assert answer.locator("li").count() == 2 and answer.locator("strong").inner_text() == "Sunny"
+    assert answer.locator("table td").all_inner_texts() == ["Mon", "sun", "Tue", "rain"]
+    assert 'forecast("Paris")' in answer.locator("pre code").inner_text()
+    assert answer.locator("a").get_attribute("href") == "https://example.com"
+    assert final.inner_text().count("Paris weather") == 1  # the answer once
+    assert not final.locator("details.mm-steps").evaluate("d => d.open")  # steps collapsed
+    # No widget model left in the kernel after the run.
+    before = cells.nth(1).locator(".jp-OutputArea-output").inner_text().strip()
+    after = cells.nth(3).locator(".jp-OutputArea-output").inner_text().strip()
+    assert before == after, (before, after)
+    final.screenshot(path=str(tmp_path / "final-view.png"))
+    if os.environ.get("MENGLONG_UPDATE_SCREENSHOT"):
+        final.locator("details.mm-steps > summary").click()
+        page.wait_for_timeout(300)
+        final.screenshot(path=str(Path(__file__).resolve().parents[2] / "docs" / "panel.png"))
