@@ -170,7 +170,14 @@ def test_real_jupyter_console_prints_progress_lines(tmp_path: Path) -> None:
     km.connection_file = str(tmp_path / "kernel.json")
     km.start_kernel(cwd=str(tmp_path), env={**__import__("os").environ, "MENGLONG_MODEL": "offline"})
     try:
-        script = SETUP.strip() + "\n\n" + RUN + "\n"
+        # --simple-prompt submits every line: one-line statements only
+        script = "\n".join([
+            "%load_ext menglong_magic",
+            "from menglong_magic import tool",
+            "exec(" + repr(SETUP.split("from menglong_magic import tool")[1].strip()) + ")",
+            RUN,
+            "",
+        ])
         console = Path(sys.executable).parent / "jupyter-console"
         proc = subprocess.run(
             [str(console), "--existing", km.connection_file, "--simple-prompt",
