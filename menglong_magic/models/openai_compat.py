@@ -12,8 +12,9 @@ import time
 import urllib.parse
 import uuid
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 
@@ -21,6 +22,8 @@ from ..events import Retry, TextDelta, ToolCallDelta
 from ..secrets import install_log_redaction, redact, register_secret
 from ..usage import Usage
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
+
+_T = TypeVar("_T")
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 _OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -290,39 +293,51 @@ class OpenAIModel(Model):
             await client.close()
 
     async def request(self, request: ModelRequest, emit: Emit) -> ModelResponse:
+        if request.stream:
+            return await self.with_retries(request, emit, lambda: self._stream(request, emit))
+        return await self.with_retries(request, emit, lambda: self._complete(request))
+
+    async def with_retries(
+        self, request: ModelRequest, emit: Emit | None, attempt: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        """Await ``attempt()`` until it succeeds, retrying transient failures; a clean ModelError if not.
+
+        Retries follow :attr:`retry` (``request.max_retries`` overrides its count: 0 = one attempt) and
+        emit a :class:`Retry` event before each wait. The ModelError raised at the end chains no exception
+        (the SDK's keep the request headers and the server's response) and quotes no credential.
+        """
         max_attempts = self.retry.max_attempts if request.max_retries is None else max(request.max_retries, 0) + 1
+        timeout = self._timeout_for(request)
         install_log_redaction()  # cheap when no logger was added since the last call
         for settings in (self.settings, request.settings):  # per-request headers are secrets too
             for value in (settings.get("extra_headers") or {}).values():
                 register_secret(str(value))
-        timeout = self._timeout_for(request)
-        attempt = 1
+        number = 1
         while True:
             failure: BaseException | None = None
             try:
-                if request.stream:
-                    return await self._stream(request, emit)
-                return await self._complete(request)
+                return await attempt()
             except (openai.OpenAIError, MalformedResponseError, *_TRANSPORT_ERRORS) as exc:
                 failure = exc
             # Decided outside the `except` block: an exception raised there would chain the SDK's one
             # (`raise ... from None` only hides it; `__context__` still holds it, with the request headers).
             retry_after = retry_after_seconds(failure)
             error: ModelError | None = None
-            if not is_retryable(failure) or attempt >= max_attempts:
-                error = self._error(failure, attempt, timeout=timeout)
+            if not is_retryable(failure) or number >= max_attempts:
+                error = self._error(failure, number, timeout=timeout)
             elif retry_after is not None and retry_after > self.retry.max_retry_after:
                 note = f"the server asked to wait {retry_after:g}s"
-                error = self._error(failure, attempt, note=note, timeout=timeout)
+                error = self._error(failure, number, note=note, timeout=timeout)
             description = self._describe(failure, timeout=timeout)
             failure = None  # no frame local keeps the SDK exception alive either
             if error is not None:
                 raise error
-            delay = self.retry.delay(attempt, retry_after)
+            delay = self.retry.delay(number, retry_after)
             # A Retry also tells views that this iteration's streamed deltas so far are void.
-            emit(Retry(request.run_id, attempt=attempt, delay=delay, error=description))
+            if emit is not None:
+                emit(Retry(request.run_id, attempt=number, delay=delay, error=description))
             await asyncio.sleep(delay)
-            attempt += 1
+            number += 1
 
     def _kwargs(self, request: ModelRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.request_model, "messages": request.messages, **self.settings}
@@ -410,7 +425,8 @@ class OpenAIModel(Model):
                 except json.JSONDecodeError as exc:
                     raise MalformedResponseError(_json_problem(f"streamed chunk {received + 1}", exc)) from None
                 received += 1
-                if not isinstance(getattr(chunk, "choices", None), (list, type(None))):
+                choices = getattr(chunk, "choices", None)
+                if not isinstance(choices, list) and (choices is not None or getattr(chunk, "usage", None) is None):
                     raise MalformedResponseError(f"streamed chunk {received} is not a chat completion chunk")
                 model_name = getattr(chunk, "model", None) or model_name
                 if chunk.usage is not None:
