@@ -51,6 +51,7 @@ async def run(attached: bool) -> tuple[float, int, int]:
     await agent.arun("go", on_event=handler)
     if panel is not None:
         panel.flush()
+        panel.close()  # release the widget model (no front end here, so no final display)
     return time.perf_counter() - t, events, panel.flushes if panel else 0
 
 
