@@ -78,7 +78,7 @@ class ReplayMismatch(ReplayError):
 
 
 class ReplayExhausted(ReplayError):
-    """The model was asked more often than the cassette recorded."""
+    """The model was asked more often than the cassette recorded (non-strict), or the cassette is empty."""
 
 
 # --------------------------------------------------------------------------- (de)serialisation
@@ -367,13 +367,14 @@ class Replay(Model):
 
     ``strict=True``: a request must equal a recorded one (messages and tools); it is answered by the
     first unused recorded pair with an equal request, so concurrent requests (batches) replay
-    deterministically. A request equal to none raises :class:`ReplayMismatch` naming the first
-    difference from the closest unused recorded request (e.g. ``messages[2].content``).
-    ``strict=False``: pairs answer in recorded order, whatever is asked.
+    deterministically; once all equal pairs are used, the first of them answers again (the same
+    question gets the same answer: a cell run twice). A request equal to none raises
+    :class:`ReplayMismatch` naming the first difference from the closest recorded request (e.g.
+    ``messages[2].content``). ``strict=False``: pairs answer in recorded order, whatever is asked.
 
     Streamed requests replay the recorded chunks one by one as ``TextDelta``/``ToolCallDelta`` events,
     ``chunk_delay`` seconds apart (0: just yield to the loop), so a live panel shows the stream again.
-    Asking more often than recorded raises :class:`ReplayExhausted`; ``unused`` and
+    In order (non-strict), asking more often than recorded raises :class:`ReplayExhausted`; ``unused`` and
     ``assert_all_used()`` tell whether the run used the whole cassette.
     """
 
@@ -423,13 +424,16 @@ class Replay(Model):
                 self._next += 1
                 self._used[index] = True
                 return self.pairs[index]
-            candidates = [i for i, used in enumerate(self._used) if not used]
-            if not candidates:
+            if not self.pairs:
                 raise ReplayExhausted(self._exhausted_message())
-            for i in candidates:
-                if _matched_part(self.pairs[i]["request"]) == actual:
-                    self._used[i] = True
-                    return self.pairs[i]
+            equal = [i for i, pair in enumerate(self.pairs) if _matched_part(pair["request"]) == actual]
+            unused = [i for i in equal if not self._used[i]]
+            if unused or equal:
+                # An identical request asked again (a notebook cell run twice) gets the same answer again.
+                index = (unused or equal)[0]
+                self._used[index] = True
+                return self.pairs[index]
+            candidates = [i for i, used in enumerate(self._used) if not used] or list(range(len(self.pairs)))
             raise self._mismatch(actual, candidates)
 
     def _exhausted_message(self) -> str:

@@ -11,7 +11,17 @@ import pytest
 
 from menglong_magic import ChatAgent
 from menglong_magic import events as ev
-from menglong_magic.models import Model, ModelRequest, ModelResponse, Recorder, Replay, ScriptedModel, ToolCall
+from menglong_magic.models import (
+    Model,
+    ModelRequest,
+    ModelResponse,
+    Recorder,
+    Replay,
+    ReplayExhausted,
+    ReplayMismatch,
+    ScriptedModel,
+    ToolCall,
+)
 from menglong_magic.models.record import CassetteFormatError, first_difference, load_cassette
 from menglong_magic.usage import Usage
 
@@ -178,6 +188,10 @@ async def test_strict_identical_requests_take_recorded_pairs_in_order(tmp_path: 
     answers = [(await replay.request(request(t), lambda e: None)).text for t in ("different", "same", "same")]
     assert answers == ["other", "first", "second"]
     replay.assert_all_used()
+    # Asked once more (a cell run again): the same question gets the first recorded answer again.
+    assert (await replay.request(request("same"), lambda e: None)).text == "first"
+    with pytest.raises(ReplayMismatch, match=r"messages\[0\]\.content: recorded 'same', got 'sane'"):
+        await replay.request(request("sane"), lambda e: None)
     replay.reset()
     assert len(replay.unused) == 3
 
@@ -197,6 +211,13 @@ def test_first_difference_paths() -> None:
     assert first_difference(a, b)[0] == "messages[0].name"  # type: ignore[index]
     assert first_difference({"n": 1}, {"n": "1"}) == ("n", 1, "1")
     assert first_difference({"n": 1}, {"n": True}) == ("n", 1, True)
+
+
+async def test_an_empty_cassette_answers_nothing(tmp_path: pathlib.Path) -> None:
+    recorder = Recorder(ScriptedModel(), tmp_path / "empty.jsonl")  # a run that never asked the model
+    for strict in (True, False):
+        with pytest.raises(ReplayExhausted, match="0 recorded request"):
+            await Replay(recorder.path, strict=strict).request(request(), lambda e: None)
 
 
 def test_cassette_format_errors(tmp_path: pathlib.Path) -> None:
