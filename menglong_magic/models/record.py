@@ -353,6 +353,11 @@ def _matched_part(data: dict[str, Any]) -> dict[str, Any]:
     return {"messages": data.get("messages", []), "tools": data.get("tools", [])}
 
 
+def _key(data: dict[str, Any]) -> str:
+    """A canonical text of the matched part of a request (equal requests, equal keys)."""
+    return json.dumps(_matched_part(data), sort_keys=True, ensure_ascii=False)
+
+
 def _leading_equal(recorded: list[Any], actual: list[Any]) -> int:
     n = 0
     for a, b in zip(recorded, actual, strict=False):
@@ -390,6 +395,9 @@ class Replay(Model):
         self._used = [False] * len(self.pairs)
         self._next = 0
         self._lock = threading.Lock()
+        self._by_request: dict[str, list[int]] = {}  # strict matching is a lookup, not a scan
+        for i, pair in enumerate(self.pairs):
+            self._by_request.setdefault(_key(pair["request"]), []).append(i)
 
     def __repr__(self) -> str:
         recorded = f", recorded from {self.recorded_model!r}" if self.recorded_model else ""
@@ -414,7 +422,8 @@ class Replay(Model):
             self.requests.clear()
 
     def _take(self, request: ModelRequest) -> dict[str, Any]:
-        actual = _matched_part(request_data(request))
+        data = request_data(request)
+        actual = _matched_part(data)
         with self._lock:
             self.requests.append(request)
             if not self.strict:
@@ -426,7 +435,7 @@ class Replay(Model):
                 return self.pairs[index]
             if not self.pairs:
                 raise ReplayExhausted(self._exhausted_message())
-            equal = [i for i, pair in enumerate(self.pairs) if _matched_part(pair["request"]) == actual]
+            equal = self._by_request.get(_key(data), [])
             unused = [i for i in equal if not self._used[i]]
             if unused or equal:
                 # An identical request asked again (a notebook cell run twice) gets the same answer again.
