@@ -1,8 +1,9 @@
 """A FastAPI service that runs agent tasks: ``uvicorn examples.fastapi_app:app``.
 
-Each request awaits ``agent.arun`` on the server's event loop; concurrent requests run concurrently,
-bounded by the agent's ``max_concurrency``. Model configuration comes from the environment
-(``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` / ``MENGLONG_MODEL``).
+One agent holds the configuration (model, tools, system prompt); each request runs on its own
+``agent.fork()``, so requests never see each other's messages and never wait for each other's turns,
+while all of them share the agent's ``max_concurrency`` bound. Model configuration comes from the
+environment (``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` / ``MENGLONG_MODEL``).
 """
 
 from __future__ import annotations
@@ -41,10 +42,8 @@ agent = ChatAgent(mode=ChatMode.AUTO, tools=[word_count],
 
 @app.post("/execute_task", response_model=TaskResponse)
 async def execute_task(request: TaskRequest) -> TaskResponse:
-    # A shared agent would mix conversations: each request runs on its own copy of the (empty) history.
-    result = (await agent.batch_run_async([request.task]))[0]
-    if isinstance(result, BaseException):
-        return TaskResponse(success=False, iterations=0, execution_time=0.0, output=str(result), stop_reason="error")
+    # One conversation per request: a fork has its own (here empty) history and its own line of turns.
+    result = await agent.fork().arun(request.task, request.max_iterations)
     return TaskResponse(success=result.task_completed, iterations=result.iterations_used,
                         execution_time=result.execution_time, output=result.final_output,
                         stop_reason=result.stop_reason)

@@ -334,9 +334,14 @@ class AgentMagics(Magics):
     def _parse(self, kind: str, line: str) -> tuple[Any, str]:
         func = self.agent if kind == "cell" else self.agent_run
         if kind == "cell":
-            return parse_argstring(func, line), ""
-        options, task = split_options(func.parser, line)
-        return parse_argstring(func, options), task
+            options, task = line, ""
+        else:
+            options, task = split_options(func.parser, line)
+        try:
+            words = shlex.split(options)  # POSIX quoting: -s 'be brief' gives be brief, without the quotes
+        except ValueError as exc:
+            raise UsageError(f"cannot parse the options: {exc}") from None
+        return func.parser.parse_args(words), task
 
     async def execute(self, kind: str, line: str, cell: str | None) -> Any:
         """Parse, pick the agent and this run's settings, run with a view; shared by every path.
@@ -382,7 +387,9 @@ class AgentMagics(Magics):
             interrupted = False
             heartbeat = None if args.bg else loop.create_task(_heartbeat())
             try:
-                outcome = await task
+                # shield: a kernel interrupt cancels this cell's task; awaiting the run directly would cancel
+                # the run first and look exactly like the Stop button. Here the two stay distinguishable.
+                outcome = await asyncio.shield(task)
             except asyncio.CancelledError:
                 if not task.done():  # our own cell was cancelled (kernel interrupt): stop the run too
                     interrupted = True

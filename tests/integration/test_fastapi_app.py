@@ -61,3 +61,22 @@ def test_twenty_concurrent_requests_run_concurrently(service: str, openai_server
     # each run makes two 200 ms model calls: 20 runs one after another would take 8 s
     assert elapsed < 4.0, f"{elapsed:.2f}s"
     assert openai_server.max_in_flight > 5
+
+
+def test_forked_requests_never_see_each_others_tasks(service: str, openai_server: Any) -> None:
+    """10 concurrent requests on per-request forks: every model request carries only its own task."""
+
+    async def go() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(client.post(service + "/execute_task", json={"task": f"task number {i}"})
+                                          for i in range(10)))
+
+    responses = asyncio.run(go())
+    assert all(r.json()["success"] for r in responses)
+    assert len(openai_server.requests) == 20  # two model calls per request
+    foreign = []
+    for body in openai_server.requests:
+        users = [m["content"] for m in body["messages"] if m["role"] == "user"]
+        foreign.append(len(users) - 1)
+    print(f"foreign tasks per model request: {foreign}")
+    assert foreign == [0] * 20

@@ -76,8 +76,17 @@ class Kernel:
             target.messages.append(msg)
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle" and target is execution:
                 break
-        execution.reply = self.client.get_shell_msg(timeout=10)
+        execution.reply = self.reply_to(execution.msg_id)
         return execution
+
+    def reply_to(self, msg_id: str, timeout: float = 10) -> dict[str, Any]:
+        """The shell reply to ``msg_id`` (replies to other requests are kept for their own callers)."""
+        replies = self.__dict__.setdefault("_replies", {})
+        deadline = time.monotonic() + timeout
+        while msg_id not in replies:
+            msg = self.client.get_shell_msg(timeout=max(deadline - time.monotonic(), 0.01))
+            replies[msg["parent_header"].get("msg_id")] = msg
+        return replies.pop(msg_id)
 
     def run(self, code: str, timeout: float = 60) -> Execution:
         return self.wait(self.submit(code), timeout)

@@ -69,25 +69,34 @@ def test_autoawait_off_still_works(kernel):
     assert out.stdout.strip() == "completed"
 
 
-def test_interrupt_cancels_the_run_and_the_next_cell_works(kernel):
+def test_interrupt_ends_the_cell_as_interrupted_and_aborts_queued_cells(kernel):
     kernel.ok(SETUP)
     kernel.ok("agent = ChatAgent(model=ScriptedModel([calls(call('slow', {'seconds': 30})), reply('never')]), "
               "mode='auto', tools=[slow])")
     running = kernel.submit("r = %agent_run -a agent -q long task")
+    queued = kernel.submit("print('queued cell ran')")
     time.sleep(2.0)
     started = time.monotonic()
     kernel.km.interrupt_kernel()
     kernel.wait(running, timeout=30)
     elapsed = time.monotonic() - started
-    assert elapsed < 5, f"interrupt took {elapsed:.1f}s"  # generous bound; the issue asks for ~1 s
-    assert "cancelled" in running.stdout
-    out = kernel.ok("print(cancelled, agent.last_result.stop_reason, len(agent.messages))")
+    assert elapsed < 5, f"interrupt took {elapsed:.1f}s"  # generous bound; measured ~0.2 s
+    # Like any interrupted cell: an error reply (so Run All / nbclient stop), a two-line message.
+    assert running.reply["content"]["status"] == "error"
+    assert running.errors and running.errors[0]["ename"] == "AgentInterrupted"
+    assert len(running.errors[0]["traceback"]) == 2
+    assert "_agent_last" in running.errors[0]["traceback"][1]
+    # The queued cell was aborted, not run.
+    kernel.wait(queued, timeout=30)
+    assert queued.reply["content"]["status"] == "aborted"
+    assert "queued cell ran" not in queued.stdout
+    out = kernel.ok("print(cancelled, _agent_last.stop_reason, len(agent.messages))")
     assert out.stdout.split()[0] == "[30.0]"  # the tool saw the cancellation
     assert "cancelled" in out.stdout
     # nothing half-done was kept: the cancelled tool call had no result, so the turn was rolled back
     assert out.stdout.split()[-1] == "0"
     nxt = kernel.ok("%%agent -a agent -q\nare you there?")
-    assert "never" in "".join(nxt.data())  # the model's next scripted answer
+    assert "never" in nxt.stdout  # the model's next scripted answer, shown once by the view
     out = kernel.ok("print([m['role'] for m in agent.messages])")
     assert out.stdout.strip() == "['user', 'assistant']"
 
@@ -139,6 +148,7 @@ def test_model_failure_is_short_and_partial_result_kept(kernel):
     kernel.ok("agent = ChatAgent(model=ScriptedModel([RuntimeError('backend down')]), mode='auto')")
     run = kernel.run("%agent_run -a agent -q -o partial doomed")
     assert run.errors and run.errors[0]["ename"] == "AgentRunFailed"
+    assert not run.of_type("execute_result")
     assert len(run.errors[0]["traceback"]) <= 3
     out = kernel.ok("print(partial.stop_reason, partial.error)")
     assert out.stdout.strip() == "error backend down"
