@@ -9,6 +9,8 @@ from typing import Any
 
 from . import events
 from .agent import (
+    ApprovalDecision,
+    ApprovalRequest,
     ChatAgent,
     ChatMode,
     IterationLog,
@@ -40,6 +42,8 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 __all__ = [
+    "ApprovalDecision",
+    "ApprovalRequest",
     "ChatAgent",
     "ChatMode",
     "IterationLog",

@@ -79,8 +79,11 @@ class ToolOutcome:
 class Tool:
     """A callable the model may call, with its JSON schema and a pydantic model for its arguments."""
 
-    def __init__(self, function: Callable[..., Any], name: str | None = None, description: str | None = None):
+    def __init__(self, function: Callable[..., Any], name: str | None = None, description: str | None = None,
+                 *, requires_approval: bool = False):
         self.function = function
+        #: A person (or the run's ``approve`` callback) must say yes before each call runs.
+        self.requires_approval = requires_approval
         self.name = name or function.__name__
         doc = docstring_parser.parse(inspect.getdoc(function) or "")
         summary = "\n\n".join(p for p in (doc.short_description, doc.long_description) if p)
@@ -123,20 +126,23 @@ class Tool:
 def tool(function: Callable[..., Any], /) -> Callable[..., Any]: ...
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None
+    *, name: str | None = None, description: str | None = None, requires_approval: bool = False
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
 
 
 def tool(
-    function: Callable[..., Any] | None = None, /, *, name: str | None = None, description: str | None = None
+    function: Callable[..., Any] | None = None, /, *, name: str | None = None, description: str | None = None,
+    requires_approval: bool = False,
 ) -> Any:
     """Mark a function (sync or async) as a tool. The function itself is returned unchanged.
 
     Use bare (``@tool``) or with options (``@tool(name="lookup", description="...")``).
+    ``requires_approval=True``: each call waits for a yes (the run's ``approve`` callback, the panel's
+    buttons, or a prompt) and is never executed when denied.
     """
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
-        setattr(fn, TOOL_ATTRIBUTE, Tool(fn, name=name, description=description))
+        setattr(fn, TOOL_ATTRIBUTE, Tool(fn, name=name, description=description, requires_approval=requires_approval))
         return fn
 
     return mark(function) if function is not None else mark
@@ -147,14 +153,16 @@ def as_tool(obj: Any, name: str | None = None, description: str | None = None) -
     if isinstance(obj, Tool):
         if name is None and description is None:
             return obj
-        return Tool(obj.function, name=name or obj.name, description=description or obj.description)
+        return Tool(obj.function, name=name or obj.name, description=description or obj.description,
+                    requires_approval=obj.requires_approval)
     marked = getattr(obj, TOOL_ATTRIBUTE, None)
     if isinstance(marked, Tool) and name is None and description is None:
         return marked
     if not callable(obj):
         raise TypeError(f"not a tool or function: {obj!r}")
     if isinstance(marked, Tool):
-        return Tool(obj, name=name or marked.name, description=description or marked.description)
+        return Tool(obj, name=name or marked.name, description=description or marked.description,
+                    requires_approval=marked.requires_approval)
     return Tool(obj, name=name, description=description)
 
 

@@ -1,5 +1,6 @@
 """The agent core. Nothing in this package imports IPython or ipywidgets."""
 
+from .approval import ApprovalDecision, ApprovalRequest
 from .core import ChatAgent
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord, Usage
 from .settings import ChatMode, RunSettings
@@ -7,6 +8,8 @@ from .sync import RunningLoopError
 from .workflow import StepResult, WorkflowResult, WorkflowStep
 
 __all__ = [
+    "ApprovalDecision",
+    "ApprovalRequest",
     "ChatAgent",
     "ChatMode",
     "IterationLog",

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import (
+    ApprovalDecided,
+    ApprovalRequested,
     BatchFinished,
     BatchItemFinished,
     BatchItemStarted,
@@ -39,6 +41,7 @@ from ..events import (
 from ..models import Model, ModelRequest, ModelResponse, resolve_model
 from ..models.openai_compat import redact
 from ..tools import RunContext, Tool, as_tool, collect_tools, execute_tool_call, flatten_tools
+from .approval import ApprovalDecision, ApprovalRequest, Approver, decide, denial_message
 from .context import ContextSummary
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord
 from .settings import ChatMode, RunSettings, env_max_retries, env_request_timeout
@@ -129,6 +132,8 @@ class ChatAgent:
         default_headers: dict[str, str] | None = None,
         request_timeout: float | None = None,
         max_retries: int | None = None,
+        approve: Approver | None = None,
+        approval_timeout: float | None = None,
     ):
         options = {k: v for k, v in (("base_url", base_url), ("api_key", api_key),
                                      ("default_headers", default_headers)) if v}
@@ -152,6 +157,9 @@ class ChatAgent:
         self.model_settings = dict(model_settings or {})
         self.request_timeout = request_timeout
         self.max_retries = max_retries
+        #: Decides tool calls that need approval (``@tool(requires_approval=True)``, or ``approve_all``).
+        self.approve = approve
+        self.approval_timeout = approval_timeout
         self.messages: list[dict[str, Any]] = []  # the conversation, without the system prompt
         self.events = EventBus()
         self.last_result: RunResult | None = None
@@ -193,6 +201,9 @@ class ChatAgent:
         model_settings: Mapping[str, Any] | None = None,
         request_timeout: float | None = None,
         max_retries: int | None = None,
+        approve: Approver | None = None,
+        approve_all: bool = False,
+        approval_timeout: float | None = None,
     ) -> RunSettings:
         """This agent's defaults with a run's overrides (None: the default). ``system=""`` means none."""
         if isinstance(tools, Mapping):
@@ -214,6 +225,9 @@ class ChatAgent:
             stream=self.stream,
             request_timeout=request_timeout if request_timeout is not None else env_request_timeout(),
             max_retries=max_retries if max_retries is not None else env_max_retries(),
+            approve=approve if approve is not None else self.approve,
+            approve_all=approve_all,
+            approval_timeout=approval_timeout if approval_timeout is not None else self.approval_timeout,
         )
 
     def fork(self, name: str | None = None) -> ChatAgent:
@@ -272,6 +286,8 @@ class ChatAgent:
         system: str | None = None,
         tools: Iterable[Any] | None = None,
         mode: ChatMode | str | None = None,
+        approve: Approver | None = None,
+        approve_all: bool = False,
         **model_kwargs: Any,
     ) -> str:
         """One user turn; returns the answer text. In AUTO mode tools run until the model answers.
@@ -279,7 +295,8 @@ class ChatAgent:
         In WORKFLOW mode the message is the workflow's input and the last step's output is returned.
         ``model``/``system``/``tools``/``mode`` apply to this turn only.
         """
-        settings = self.settings(model=model, system=system, tools=tools, mode=mode, model_settings=model_kwargs)
+        settings = self.settings(model=model, system=system, tools=tools, mode=mode, model_settings=model_kwargs,
+                                 approve=approve, approve_all=approve_all)
         if settings.mode is ChatMode.WORKFLOW:
             workflow = await self.execute_workflow_async(message)
             failed = next((s for s in workflow.steps if s.status == "error"), None)
@@ -302,6 +319,8 @@ class ChatAgent:
         tools: Iterable[Any] | None = None,
         mode: ChatMode | str | None = None,
         on_event: EventCallback | None = None,
+        approve: Approver | None = None,
+        approve_all: bool = False,
         **model_kwargs: Any,
     ) -> RunResult:
         """An autonomous task (AUTO mode unless ``mode`` says otherwise); always returns a RunResult.
@@ -312,7 +331,8 @@ class ChatAgent:
         """
         settings = self.settings(model=model, system=system, tools=tools, mode=mode or ChatMode.AUTO,
                                  max_iterations=max_iterations,
-                                 timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs)
+                                 timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs,
+                                 approve=approve, approve_all=approve_all)
         if settings.mode is ChatMode.WORKFLOW:
             raise ValueError("arun runs a task; for workflows use execute_workflow_async(input)")
         return await self._turn(task, settings, kind="run", on_event=on_event)
@@ -328,11 +348,14 @@ class ChatAgent:
         system: str | None = None,
         tools: Iterable[Any] | None = None,
         mode: ChatMode | str | None = None,
+        approve: Approver | None = None,
+        approve_all: bool = False,
         **model_kwargs: Any,
     ) -> RunResult:
         """Like :meth:`chat_async` but returns the full RunResult (used by the magics)."""
         settings = self.settings(model=model, system=system, tools=tools, mode=mode, max_iterations=max_iterations,
-                                 timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs)
+                                 timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs,
+                                 approve=approve, approve_all=approve_all)
         if settings.mode is ChatMode.WORKFLOW:
             raise ValueError("workflow mode: use execute_workflow_async(input) (or chat_async)")
         return await self._turn(message, settings, kind="chat", on_event=on_event)
@@ -775,11 +798,36 @@ class ChatAgent:
                              _loop=asyncio.get_running_loop())
         started: dict[int, float] = {}
 
+        settings = state.settings
+        awaiting: set[int] = set()  # calls waiting for a decision
+
         async def one(index: int) -> None:
             call, record = response.tool_calls[index], records[index]
             emit(ToolCallStarted(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
                                  arguments=record.arguments))
             started[index] = time.perf_counter()
+            if settings.needs_approval(tools.get(call.name)):
+                emit(ApprovalRequested(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
+                                       arguments=record.arguments, agent=self.name))
+                request = ApprovalRequest(call.name, record.arguments, call.id, state.run_id, self.name, iteration)
+                awaiting.add(index)
+                try:
+                    decision = await decide(settings.approve, request, settings.approval_timeout)
+                except Exception as exc:  # a broken approver denies; the run goes on
+                    decision = ApprovalDecision(False, f"the approver failed: {type(exc).__name__}: {exc}",
+                                                "callback")
+                awaiting.discard(index)
+                record.approval = decision
+                emit(ApprovalDecided(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
+                                     approved=decision.approved, reason=decision.reason, by=decision.by))
+                if not decision.approved:
+                    record.result = denial_message(decision)
+                    record.duration = time.perf_counter() - started[index]
+                    emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
+                                          ok=False, result=None, error=record.result, duration=record.duration,
+                                          status="denied"))
+                    return
+                started[index] = time.perf_counter()
             outcome = await execute_tool_call(tools, call.name, call.arguments,
                                               context.for_call(call.name, call.id, iteration))
             record.result, record.error, record.duration = outcome.content, outcome.error, outcome.duration
@@ -802,7 +850,12 @@ class ChatAgent:
             for index, record in enumerate(records):
                 if record.result is None and index in started:
                     tool = tools.get(record.name)
-                    record.error = _SYNC_STILL_RUNNING if tool is not None and not tool.is_async else "cancelled"
+                    if index in awaiting:
+                        record.error = "cancelled while awaiting approval (not executed)"
+                    elif tool is not None and not tool.is_async:
+                        record.error = _SYNC_STILL_RUNNING
+                    else:
+                        record.error = "cancelled"
                     record.duration = time.perf_counter() - started[index]
                     emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=record.id, name=record.name,
                                           ok=False, result=None, error=record.error, duration=record.duration,

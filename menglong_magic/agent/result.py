@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..usage import RunUsage, Usage
+from .approval import ApprovalDecision
 
 __all__ = ["IterationLog", "RunResult", "RunUsage", "ToolCallRecord", "Usage"]
 
@@ -22,10 +23,20 @@ class ToolCallRecord:
     result: str | None = None
     error: str | None = None
     duration: float = 0.0
+    approval: ApprovalDecision | None = None  # set when the call needed approval
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def status(self) -> str:
+        """ "ok" | "error" | "denied" | "cancelled" | "pending" (not finished)."""
+        if self.approval is not None and not self.approval.approved:
+            return "denied"
+        if self.error is not None:
+            return "cancelled" if self.error.startswith("cancelled") else "error"
+        return "ok" if self.result is not None else "pending"
 
 
 @dataclass
@@ -161,6 +172,9 @@ class RunResult(Mapping[str, Any]):
                             "result": c.result,
                             "error": c.error,
                             "duration": c.duration,
+                            "status": c.status,
+                            "approval": None if c.approval is None else {
+                                "approved": c.approval.approved, "reason": c.approval.reason, "by": c.approval.by},
                         }
                         for c in it.tool_calls
                     ],

@@ -62,6 +62,12 @@ class RunSettings:
     stream: bool | None = None
     request_timeout: float | None = None
     max_retries: int | None = None
+    #: Decides tool calls that need approval (None: they are denied, nobody can be asked).
+    approve: Any = None
+    #: Every tool call of the run needs approval, not only ``@tool(requires_approval=True)`` ones.
+    approve_all: bool = False
+    #: Seconds to wait for a decision before denying (None: wait as long as it takes).
+    approval_timeout: float | None = None
 
     def __post_init__(self) -> None:
         # Read-only views: a tool or callback that pokes at them cannot change another run.
@@ -69,6 +75,9 @@ class RunSettings:
         object.__setattr__(self, "model_settings", MappingProxyType(dict(self.model_settings)))
         if self.max_iterations < 1:
             raise ValueError("max_iterations must be at least 1")
+
+    def needs_approval(self, tool: Tool | None) -> bool:
+        return self.approve_all or (tool is not None and tool.requires_approval)
 
     @property
     def uses_tools(self) -> bool:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..usage import Usage
 from ..events import Event
+from ..usage import Usage
 
 
 @dataclass(frozen=True)

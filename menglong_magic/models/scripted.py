@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..usage import Usage
 from ..events import TextDelta
+from ..usage import Usage
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
 
 
