@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import pathlib
 from typing import Any
@@ -24,6 +25,8 @@ from menglong_magic.models import (
 )
 from menglong_magic.models.record import CassetteFormatError, first_difference, load_cassette
 from menglong_magic.usage import Usage
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def request(text: str = "hi", *, stream: bool = False, **kw: Any) -> ModelRequest:
@@ -236,3 +239,19 @@ def test_cassette_format_errors(tmp_path: pathlib.Path) -> None:
         load_cassette(bad)
     bad.write_text(good + "\n")
     assert len(load_cassette(bad)) == 1 and Replay(bad).recorded_model == "m"
+
+
+async def test_the_committed_teaching_cassette_replays_strictly() -> None:
+    """The cassette the notebooks use still matches the tool schema and task of its recording script."""
+    root = ROOT
+    spec = importlib.util.spec_from_file_location("record_cassette", root / "scripts" / "record_cassette.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    replay = Replay(root / "notebooks" / "cassettes" / "weather_local.jsonl")
+    result, fragments = await script.run(replay, script.load_tools())
+    assert result.stop_reason == "completed", result.error
+    assert [c.name for it in result.iterations for c in it.tool_calls] == ["get_weather"]
+    assert fragments and result.final_output == replay.pairs[-1]["response"]["text"]
+    assert replay.recorded_model.startswith("local:")
+    replay.assert_all_used()
