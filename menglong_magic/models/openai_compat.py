@@ -515,7 +515,7 @@ class OpenAIModel(Model):
 
 def _json_problem(what: str, exc: json.JSONDecodeError) -> str:
     """What is wrong with a JSON text, without quoting it (it may echo anything the server was sent)."""
-    return f"{what} is not valid JSON ({exc.msg} at character {exc.pos} of {len(exc.doc)})"
+    return f"{what} is not valid JSON: {exc.msg} (character {exc.pos} of {len(exc.doc)})"
 
 
 def _shape(value: Any) -> str:
