@@ -25,9 +25,11 @@ no ``Out[n]`` repeating the answer (the value is in ``_agent_last`` or ``-o VAR`
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shlex
 import string
+import sys
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
@@ -37,7 +39,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 
 from . import events as ev
-from .agent import ChatAgent, ChatMode, RunResult
+from .agent import ApprovalDecision, ApprovalRequest, ChatAgent, ChatMode, RunResult
 from .agent.sync import drive, run_sync
 from .models import resolve_model
 from .panel import make_view
@@ -199,6 +201,8 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         argument("--bg", action="store_true", help="run in the background and return a handle at once"),
         argument("-q", "--quiet", action="store_true", help="no panel: one summary line"),
         argument("--reset", action="store_true", help="clear the agent's history first"),
+        argument("--approve", action="store_true",
+                 help="every tool call of this run waits for your approval (panel buttons or a prompt)"),
     )):
         func = decorator(func)
     return func
@@ -249,6 +253,17 @@ def _shell_word(line: str, index: int) -> tuple[str, int]:
     return token or "", index + lexer.instream.tell()  # type: ignore[attr-defined]
 
 
+def prompt_approver(request: ApprovalRequest) -> ApprovalDecision:
+    """Ask on stdin: y approves; n (or nothing) denies; anything else denies with that text as the reason."""
+    arguments = request.arguments if isinstance(request.arguments, str) else json.dumps(request.arguments)
+    answer = input(f"approve {request.tool_name}({arguments})? [y/N/reason] ").strip()
+    if answer.lower() in ("y", "yes"):
+        return ApprovalDecision(True, None, "prompt")
+    if answer.lower() in ("", "n", "no"):
+        return ApprovalDecision(False, None, "prompt")
+    return ApprovalDecision(False, answer, "prompt")
+
+
 def _skip_space(line: str, index: int) -> int:
     while index < len(line) and line[index].isspace():
         index += 1
@@ -273,6 +288,10 @@ class AgentMagics(Magics):
     max_retries = Int(None, allow_none=True,
                       help="Retries of a transient model error (None: MENGLONG_MAX_RETRIES, else the model's "
                            "own).").tag(config=True)
+    approval_timeout = Float(None, allow_none=True,
+                             help="Seconds to wait for a tool-call approval before denying it (None: no limit; "
+                                  "where nobody can be asked, e.g. nbclient, calls are denied at once).").tag(
+        config=True)
     show_panel = Bool(True, help="Show the live widget panel (False: a text view).").tag(config=True)
     frontend = CaselessStrEnum(["auto", "widgets", "text"], default_value="auto",
                                help="View for runs: 'widgets' (live panel), 'text' (progress lines), or 'auto' "
@@ -370,6 +389,10 @@ class AgentMagics(Magics):
             update_interval=self.panel_update_interval,
             compact=args.quiet,
         )
+        if agent.approve is None:
+            approver = self._approver(view, background=args.bg)
+            if approver is not None:
+                overrides["approve"] = approver
 
         def on_event(event: ev.Event) -> None:
             # The result of this cell's own run, even if it ends by cancellation (then arun raises).
@@ -449,6 +472,10 @@ class AgentMagics(Magics):
                 t = as_tool(func)
                 tools[t.name] = t
             overrides["tools"] = tools
+        if args.approve:
+            overrides["approve_all"] = True
+        if self.approval_timeout is not None:
+            overrides["approval_timeout"] = self.approval_timeout
         if self.request_timeout is not None:
             overrides["request_timeout"] = self.request_timeout
         if self.max_retries is not None:
@@ -500,6 +527,22 @@ class AgentMagics(Magics):
 
         nest_asyncio2.apply(loop)
         return drive(loop, coro)  # type: ignore[arg-type]
+
+    def _approver(self, view: Any, background: bool = False) -> Callable[[Any], Any] | None:
+        """Who is asked about tool calls that need approval (the agent has no ``approve`` callback).
+
+        A person at a widget front end: the panel's buttons; a terminal or a console with stdin: a
+        y/n/reason prompt; nobody (nbclient, papermill, no stdin): None, so the core denies at once.
+        """
+        kernel = getattr(self.shell, "kernel", None)
+        if kernel is None:
+            return prompt_approver if sys.stdin is not None and sys.stdin.isatty() else None
+        if not getattr(kernel, "_allow_stdin", False):  # nbclient/papermill: nobody to ask (read during the cell)
+            return None
+        panel_approver = getattr(view, "request_approval", None)
+        if panel_approver is not None:
+            return panel_approver  # type: ignore[no-any-return]
+        return None if background else prompt_approver  # a --bg run outlives its cell's stdin
 
     # ------------------------------------------------------------------ agents and tools
     def _widgets_available(self) -> bool:
