@@ -201,6 +201,9 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         argument("--bg", action="store_true", help="run in the background and return a handle at once"),
         argument("-q", "--quiet", action="store_true", help="no panel: one summary line"),
         argument("--reset", action="store_true", help="clear the agent's history first"),
+        argument("--record", metavar="PATH",
+                 help="append this run's model requests and responses to a JSON Lines cassette (replay it with "
+                      "-m replay:PATH)"),
         argument("--approve", action="store_true",
                  help="every tool call of this run waits for your approval (panel buttons or a prompt)"),
     )):
@@ -472,6 +475,10 @@ class AgentMagics(Magics):
                 t = as_tool(func)
                 tools[t.name] = t
             overrides["tools"] = tools
+        if args.record:
+            from .models import Recorder
+
+            overrides["model"] = Recorder(overrides.get("model") or agent.model, args.record)
         if args.approve:
             overrides["approve_all"] = True
         if self.approval_timeout is not None:
