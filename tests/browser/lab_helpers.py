@@ -23,8 +23,10 @@ def open_notebook(page: Any, lab: Lab, name: str, cells: list[str]) -> None:
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, lab.root / name)
-    page.goto(lab.url(f"lab/tree/{name}"))
-    page.wait_for_selector(".jp-NotebookPanel", timeout=90_000)
+    # ``reset``: start from an empty workspace, so notebooks opened by earlier tests are not restored
+    # (their hidden panels would match the selectors below).
+    page.goto(lab.url(f"lab/tree/{name}") + "&reset")
+    page.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden)", timeout=90_000)
     page.wait_for_function(
         "() => { const a = window.jupyterapp; const w = a && a.shell.currentWidget;"
         " return !!(w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"
