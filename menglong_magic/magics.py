@@ -119,16 +119,22 @@ def _magics() -> tuple[Any, AgentMagics]:
     return shell, magics
 
 
-def run_magic(kind: str, line: str, cell: str | None = None) -> Awaitable[Any]:
-    """What rewritten cells await. Finds the extension's magics on the current shell."""
+async def run_magic(kind: str, line: str, cell: str | None = None, value: bool = True) -> Any:
+    """What rewritten cells await. Finds the extension's magics on the current shell.
+
+    ``value=False`` (a bare magic statement): return None, so the cell shows no ``Out[n]`` repeating the
+    answer (a trailing ``;`` is not enough: IPython only honours it for cells stored in the history).
+    """
     shell, magics = _magics()
-    return magics.execute(kind, shell.var_expand(line), cell)
+    result = await magics.execute(kind, shell.var_expand(line), cell)
+    return result if value else None
 
 
-def run_magic_blocking(kind: str, line: str, cell: str | None = None) -> Any:
+def run_magic_blocking(kind: str, line: str, cell: str | None = None, value: bool = True) -> Any:
     """What rewritten cells call where top-level await cannot serve (terminal IPython, %autoawait off)."""
     shell, magics = _magics()
-    return magics._blocking(magics.execute(kind, shell.var_expand(line), cell))
+    result = magics._blocking(magics.execute(kind, shell.var_expand(line), cell))
+    return result if value else None
 
 
 class _AwaitRewriter:
@@ -159,14 +165,14 @@ class _AwaitRewriter:
         if match:
             body = "".join(lines[1:])
             body = body[:-1] if body.endswith("\n") else body  # as IPython passes a cell body
-            return [f"{self._call()}('cell', {match['rest'].strip()!r}, {body!r});\n"]
+            return [f"{self._call()}('cell', {match['rest'].strip()!r}, {body!r}, value=False)\n"]
         out = []
         for text in lines:
             m = _LINE_RE.match(text.rstrip("\n"))
             if m:
                 assign = m["assign"] or ""
-                semi = m["semi"] or ("" if assign else ";")
-                text = f"{assign}{self._call()}('line', {m['rest'].strip()!r}){semi}\n"
+                value = "" if assign else ", value=False"
+                text = f"{assign}{self._call()}('line', {m['rest'].strip()!r}, None{value}){m['semi']}\n"
             out.append(text)
         return out
 
@@ -416,7 +422,9 @@ class AgentMagics(Magics):
                 # shield: a kernel interrupt cancels this cell's task; awaiting the run directly would cancel
                 # the run first and look exactly like the Stop button. Here the two stay distinguishable.
                 outcome = await asyncio.shield(task)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                if task.done() and not task.cancelled() and isinstance(task.exception(), KeyboardInterrupt):
+                    interrupted = True  # Ctrl-C landed inside the run's own step (terminal)
                 if not task.done():  # our own cell was cancelled (kernel interrupt): stop the run too
                     interrupted = True
                     task.cancel()
@@ -500,7 +508,7 @@ class AgentMagics(Magics):
             run_overrides = {**overrides, "mode": ChatMode.AUTO if mode is not ChatMode.NORMAL else mode}
             return (lambda on_event: agent.arun(task_text, max_iterations, timeout, on_event=on_event,
                                                 **run_overrides)), agent.name, True
-        body = cell or ""
+        body = (cell or "").strip()  # a terminal's cell ends with the blank lines that closed it
         if args.interpolate:
             body = string.Formatter().vformat(body, (), _Namespace(self.shell.user_ns))
         if args.batch and args.sequential:

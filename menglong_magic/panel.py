@@ -100,6 +100,7 @@ class RunPanel:
         self.widget.on_msg(self._on_msg)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_tick = False  # the pending timer only refreshes the elapsed time
         self._handle: Any = None  # the DisplayHandle of the live output
         self._flushed_version = -1
         self._finished = False
@@ -133,7 +134,9 @@ class RunPanel:
             return
         if isinstance(event, _FINAL_EVENTS) and event.run_id == self.model.run_id:
             self.flush()
-        elif self._timer is None:
+        elif self._timer is None or self._idle_tick:
+            # An event arrived: flush within update_interval, not at the next (slow) elapsed-time tick.
+            self._cancel_timer()
             self._schedule()
 
     def finish(self) -> None:
@@ -174,6 +177,7 @@ class RunPanel:
             self.flush()
             return
         self._timer = loop.call_later(self.update_interval, self._tick)
+        self._idle_tick = False
 
     def _tick(self) -> None:
         self._timer = None
@@ -181,6 +185,7 @@ class RunPanel:
         if not self._finished and not self.model.finished and self._loop is not None:
             # Keep the elapsed time moving while nothing else happens.
             self._timer = self._loop.call_later(max(self.update_interval, 1.0), self._tick)
+            self._idle_tick = True
 
     def _progress_state(self) -> dict[str, Any]:
         done, total, label = self.model.progress()

@@ -666,6 +666,9 @@ class ChatAgent:
             state.stop_reason = "error"
             state.exception = exc
             state.error = redact(str(exc) or type(exc).__name__)
+        except BaseException as exc:  # KeyboardInterrupt raised inside this task (Ctrl-C mid-step)
+            state.stop_reason = "cancelled"
+            cancelled = exc
         finally:
             self._active.pop(state.run_id, None)
             if state.stop_reason != "completed":

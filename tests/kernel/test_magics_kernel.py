@@ -134,7 +134,7 @@ def test_panel_updates_arrive_live_and_a_static_record_stays(kernel):
     run = kernel.ok("r = %agent_run -a agent the panel task")
     updates = [m for m in run.of_type("comm_msg") if m["content"]["data"].get("method") == "update"]
     idle = run.messages[-1]["_received"]
-    assert len(updates) >= 4
+    assert len(updates) >= 3  # one per moment something happens (start, tool round, end), coalesced
     assert all(m["_received"] <= idle for m in updates)
     spread = updates[-1]["_received"] - updates[0]["_received"]
     assert spread > 0.6, f"updates not spread over the run ({spread:.2f}s)"

@@ -170,10 +170,11 @@ def test_help_lists_the_options(shell: InteractiveShell) -> None:
 
 def test_rewriter_only_touches_our_magics(shell: InteractiveShell) -> None:
     rw = _AwaitRewriter(shell)
-    # No running loop here (as in terminal IPython): the blocking form; bare statements get a ';'.
+    # No running loop here (as in terminal IPython): the blocking form; bare statements give no value.
     assert rw(["%%agent -q\n", "hi\n"]) == [
-        "__import__('menglong_magic.magics', fromlist=['run_magic']).run_magic_blocking('cell', '-q', 'hi');\n"]
-    assert rw(["%agent_run x\n"])[0].endswith("run_magic_blocking('line', 'x');\n")
+        "__import__('menglong_magic.magics', fromlist=['run_magic']).run_magic_blocking('cell', '-q', 'hi', "
+        "value=False)\n"]
+    assert rw(["%agent_run x\n"])[0].endswith("run_magic_blocking('line', 'x', None, value=False)\n")
     assert rw(["  %agent_run x\n"]) == ["  %agent_run x\n"]  # indented: left to the fallback
     assert rw(["%agent_runner x\n"]) == ["%agent_runner x\n"]
     assert rw(["%%agentx\n"]) == ["%%agentx\n"]
@@ -187,7 +188,8 @@ def test_rewriter_only_touches_our_magics(shell: InteractiveShell) -> None:
 async def test_rewriter_awaits_inside_a_running_loop(shell: InteractiveShell) -> None:
     rw = _AwaitRewriter(shell)
     assert rw(["%%agent -q\n", "hi\n"]) == [
-        "await __import__('menglong_magic.magics', fromlist=['run_magic']).run_magic('cell', '-q', 'hi');\n"]
+        "await __import__('menglong_magic.magics', fromlist=['run_magic']).run_magic('cell', '-q', 'hi', "
+        "value=False)\n"]
     out = rw(["y = %agent_run -q a b\n"])
     assert out[0].startswith("y = await ") and not out[0].rstrip().endswith(";")
 
