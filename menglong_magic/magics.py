@@ -86,14 +86,17 @@ class AgentInterrupted(KeyboardInterrupt):
 class AgentTask:
     """Handle of a ``--bg`` run: awaitable; ``cancel()`` (thread-safe), ``done()``, ``result()``."""
 
-    def __init__(self, task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop, title: str):
+    def __init__(self, task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop, title: str,
+                 run: asyncio.Task[Any] | None = None):
         self._task, self._loop, self.title = task, loop, title
+        self._run = run if run is not None else task
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._task.__await__()
 
     def cancel(self) -> None:
-        self._loop.call_soon_threadsafe(self._task.cancel)
+        """Stop the run (like the panel's Stop): awaiting the handle then gives a "cancelled" result."""
+        self._loop.call_soon_threadsafe(self._run.cancel)
 
     def done(self) -> bool:
         return self._task.done()
@@ -441,7 +444,7 @@ class AgentMagics(Magics):
 
         if args.bg:
             bg = loop.create_task(finish())
-            handle = AgentTask(bg, loop, title)
+            handle = AgentTask(bg, loop, title, run=task)
             self.background.append(handle)
             bg.add_done_callback(lambda _t: self.background.remove(handle) if handle in self.background else None)
             if args.out:
@@ -505,7 +508,7 @@ class AgentMagics(Magics):
         if kind == "line":
             if not task_text:
                 raise UsageError("%agent_run needs a task, e.g. %agent_run summarise the data")
-            run_overrides = {**overrides, "mode": ChatMode.AUTO if mode is not ChatMode.NORMAL else mode}
+            run_overrides = {**overrides, "mode": ChatMode.AUTO}  # a task: the tool loop, whatever the agent's mode
             return (lambda on_event: agent.arun(task_text, max_iterations, timeout, on_event=on_event,
                                                 **run_overrides)), agent.name, True
         body = (cell or "").strip()  # a terminal's cell ends with the blank lines that closed it

@@ -49,6 +49,17 @@ QUICKSTART = [
          "agent = ChatAgent(system=\"You are terse.\", mode=\"auto\", tools=[word_count])\n"
          "answer = await agent.chat_async(\"Count the words in 'hello brave new world'\")\nprint(answer)"),
     code("%agent_run -a agent -q Count the words again"),
+    md("## A real model's run, recorded and replayed\n\n"
+       "`cassettes/weather_local.jsonl` holds one run of the embedded SmolLM2-135M model (llama.cpp), recorded by "
+       "`scripts/record_cassette.py`. Replaying it needs no model and no key and gives the same tool call and "
+       "answer every time, which is what a class demo (or a test) wants. Record your own with "
+       "`%agent_run --record run.jsonl ...`, replay with `-m replay:run.jsonl` or, for a whole notebook, "
+       "`%config AgentMagics.model = \"replay:run.jsonl\"`."),
+    code("@tool\ndef get_weather(city: str) -> str:\n    \"\"\"Current weather for a city.\n\n    Args:\n"
+         "        city: The city name.\n    \"\"\"\n    return f\"It is 18 degrees and sunny in {city}.\"\n\n\n"
+         "recorded = ChatAgent(model=\"replay:cassettes/weather_local.jsonl\", tools=[get_weather], name=\"recorded\")"),
+    code("%agent_run -a recorded -o replayed What is the weather in Paris?"),
+    code("[(c.name, c.arguments, c.result) for c in replayed.tool_calls], replayed.model"),
     md("## Pointing at a real model\n\n"
        "- **OpenAI**: set `OPENAI_API_KEY` in the environment before starting Jupyter, then "
        "`%config AgentMagics.model = \"gpt-4o-mini\"` (or `ChatAgent(model=\"gpt-4o-mini\")`).\n"
@@ -98,6 +109,42 @@ TOOLS_AND_CONCURRENCY = [
          "notebook_loop = asyncio.get_running_loop()\n"
          "looper = ChatAgent(model=\"offline\", mode=\"auto\", tools=[which_loop], name=\"looper\")"),
     code("r = %agent_run -a looper -q Which loop?\nr.tool_calls[0].result"),
+    md("## Tools that report progress and can be stopped\n\nA parameter annotated `RunContext` is injected "
+       "(it is not part of the tool's schema): `ctx.progress(done, total, note)` shows on the tool's card "
+       "live, and `ctx.cancelled` is set when the run is stopped or times out. Python cannot stop a thread, so "
+       "a *sync* tool should poll it (a cancelled sync tool that does not is recorded as *cancelled while "
+       "still running*)."),
+    code("from menglong_magic import RunContext\n\n\n"
+         "@tool\ndef index_pages(pages: int, ctx: RunContext) -> str:\n    \"\"\"Index some pages.\"\"\"\n"
+         "    for page in range(1, pages + 1):\n        if ctx.cancelled.wait(0.1):  # sleeps, but wakes up at once on a cancel\n"
+         "            return f\"stopped after {page - 1} pages\"\n"
+         "        ctx.progress(page, pages, \"pages\")\n    return f\"indexed {pages} pages\"\n\n\n"
+         "indexer = ChatAgent(model=ScriptedModel([calls(call(\"index_pages\", {\"pages\": 5})), reply(\"Indexed.\")]),\n"
+         "                    mode=\"auto\", tools=[index_pages], name=\"indexer\")"),
+    code("%agent_run -a indexer Index the pages"),
+    code("timed_out = await ChatAgent(model=ScriptedModel([calls(call(\"index_pages\", {\"pages\": 100}))]), mode=\"auto\",\n"
+         "                            tools=[index_pages]).arun(\"Index everything\", timeout=0.35)\n"
+         "timed_out.stop_reason, timed_out.tool_calls[0].error"),
+    md("## Approving tool calls before they run\n\n`@tool(requires_approval=True)` marks a tool that must not run "
+       "without a yes (`%agent_run --approve` gates every call of one run). Who says yes:\n\n"
+       "- a callback, `ChatAgent(approve=...)` or `arun(..., approve=...)`: it gets the tool name and the "
+       "parsed arguments and returns `True`, `False` or a reason for the denial;\n"
+       "- without one, in JupyterLab, the panel shows **Approve** / **Deny** buttons on the pending call; in a "
+       "terminal, a `y/n/reason` prompt;\n"
+       "- where nobody can be asked (nbclient, papermill, a script), the call is denied at once, never a hang.\n\n"
+       "A denied call is not executed; the model is told it was denied (and why), and the run goes on."),
+    code("outbox = []\n\n\n"
+         "@tool(requires_approval=True)\ndef send_email(to: str, subject: str) -> str:\n    \"\"\"Send an email.\"\"\"\n"
+         "    outbox.append(to)\n    return f\"sent {subject!r} to {to}\"\n\n\n"
+         "def company_only(request):\n    if request.arguments[\"to\"].endswith(\"@example.org\"):\n        return True\n"
+         "    return \"only addresses at example.org\"\n\n\n"
+         "mailer = ChatAgent(model=ScriptedModel([\n"
+         "    calls(call(\"send_email\", {\"to\": \"ann@example.org\", \"subject\": \"minutes\"}),\n"
+         "          call(\"send_email\", {\"to\": \"eve@elsewhere.net\", \"subject\": \"minutes\"})),\n"
+         "    reply(\"Sent the minutes to Ann; the mail to Eve was refused.\"),\n"
+         "]), mode=\"auto\", tools=[send_email], approve=company_only, name=\"mailer\")"),
+    code("%agent_run -a mailer -o mailed Send the minutes to Ann and Eve"),
+    code("print(outbox)\nfor c in mailed.tool_calls:\n    print(c.arguments[\"to\"], c.status, c.approval.describe())"),
 ]
 
 BATCHES_AND_WORKFLOWS = [
@@ -162,6 +209,17 @@ MULTI_AGENT = [
          "                 model=ScriptedModel([calls(call(\"search\", {\"query\": \"everything\"}))] * 2))"),
     code("h3 = %agent_run -a slow --bg search everything"),
     code("await asyncio.sleep(0.3)\nh3.cancel()\nresult = await h3\nresult.stop_reason, len(slow.messages)"),
+    md("## One conversation is one line of turns; `fork()` for parallel work\n\n"
+       "Turns that write to the same agent's history never interleave: a turn that starts while another is "
+       "running waits for it (its panel says so), in start order. For independent work in parallel, "
+       "`agent.fork()` gives an agent with a copy of the history and the same model, tools and settings "
+       "(a web server serving many users forks per request). Batches use isolated copies too."),
+    code("echo = ChatAgent(model=ScriptedModel([lambda req: f\"answer {len(req.messages)}\"] * 6), name=\"echo\")\n"
+         "await asyncio.gather(echo.chat_async(\"first\"), echo.chat_async(\"second\"), echo.chat_async(\"third\"))\n"
+         "[m[\"content\"] for m in echo.messages]"),
+    code("branches = [echo.fork(name=f\"branch-{i}\") for i in range(2)]\n"
+         "await asyncio.gather(*(b.chat_async(f\"what if {i}?\") for i, b in enumerate(branches)))\n"
+         "len(echo.messages), [len(b.messages) for b in branches]"),
 ]
 
 NOTEBOOKS = {
@@ -178,7 +236,9 @@ def main() -> None:
         nb = nbformat.v4.new_notebook()
         nb.cells = cells
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True).execute(cwd=str(HERE))
+        # No widget state: a finished run closes its widget and leaves a static final view (widget state would be
+        # dead weight in the file).
+        NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=False).execute(cwd=str(HERE))
         for cell in nb.cells:  # stable ids make clean diffs
             cell.id = f"{name.split('.')[0]}-{nb.cells.index(cell)}"
         nbformat.write(nb, HERE / name)
