@@ -95,6 +95,11 @@ class Tool:
         self.arguments_model = _arguments_model(function, self.name, doc, skip=self.context_parameter)
         self.parameters = _clean_schema(self.arguments_model.model_json_schema())
 
+    def renamed(self, name: str, description: str | None = None) -> Tool:
+        """The same tool under another name (subclasses without a Python function override this)."""
+        return Tool(self.function, name=name, description=description if description is not None else self.description,
+                    requires_approval=self.requires_approval)
+
     def schema(self) -> dict[str, Any]:
         """The OpenAI ``tools=[...]`` entry for this tool."""
         return {
@@ -153,8 +158,7 @@ def as_tool(obj: Any, name: str | None = None, description: str | None = None) -
     if isinstance(obj, Tool):
         if name is None and description is None:
             return obj
-        return Tool(obj.function, name=name or obj.name, description=description or obj.description,
-                    requires_approval=obj.requires_approval)
+        return obj.renamed(name or obj.name, description or obj.description)
     marked = getattr(obj, TOOL_ATTRIBUTE, None)
     if isinstance(marked, Tool) and name is None and description is None:
         return marked
@@ -164,6 +168,20 @@ def as_tool(obj: Any, name: str | None = None, description: str | None = None) -
         return Tool(obj, name=name or marked.name, description=description or marked.description,
                     requires_approval=marked.requires_approval)
     return Tool(obj, name=name, description=description)
+
+
+@typing.runtime_checkable
+class Toolset(typing.Protocol):
+    """A source of tools known only at run time (an MCP server): opened lazily on the running loop.
+
+    ``list_tools()`` returns the current tools (cached by the toolset); ``aclose()`` releases it.
+    """
+
+    name: str
+
+    async def list_tools(self) -> list[Tool]: ...
+
+    async def aclose(self) -> None: ...
 
 
 def is_tool(obj: Any) -> bool:

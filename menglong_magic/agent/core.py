@@ -40,7 +40,7 @@ from ..events import (
 )
 from ..models import Model, ModelRequest, ModelResponse, resolve_model
 from ..models.openai_compat import redact
-from ..tools import RunContext, Tool, as_tool, collect_tools, execute_tool_call, flatten_tools
+from ..tools import RunContext, Tool, Toolset, as_tool, collect_tools, execute_tool_call, flatten_tools
 from .approval import ApprovalDecision, ApprovalRequest, Approver, decide, denial_message
 from .context import ContextSummary
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord
@@ -134,6 +134,8 @@ class ChatAgent:
         max_retries: int | None = None,
         approve: Approver | None = None,
         approval_timeout: float | None = None,
+        toolsets: Iterable[Toolset] | None = None,
+        mcp_servers: Iterable[Toolset] | None = None,
     ):
         options = {k: v for k, v in (("base_url", base_url), ("api_key", api_key),
                                      ("default_headers", default_headers)) if v}
@@ -160,6 +162,8 @@ class ChatAgent:
         #: Decides tool calls that need approval (``@tool(requires_approval=True)``, or ``approve_all``).
         self.approve = approve
         self.approval_timeout = approval_timeout
+        #: Tool sources opened on first use (MCP servers: ``mcp_servers=`` is the same list).
+        self.toolsets: list[Toolset] = [*(toolsets or ()), *(mcp_servers or ())]
         self.messages: list[dict[str, Any]] = []  # the conversation, without the system prompt
         self.events = EventBus()
         self.last_result: RunResult | None = None
@@ -169,6 +173,7 @@ class ChatAgent:
         )
         self._active: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Task[Any], _RunState]] = {}
         self._conversation = _Conversation()
+        self._clash_warned: set[str] = set()
 
     @property
     def model(self) -> Model:
@@ -228,6 +233,7 @@ class ChatAgent:
             approve=approve if approve is not None else self.approve,
             approve_all=approve_all,
             approval_timeout=approval_timeout if approval_timeout is not None else self.approval_timeout,
+            toolsets=tuple(self.toolsets),
         )
 
     def fork(self, name: str | None = None) -> ChatAgent:
@@ -243,6 +249,7 @@ class ChatAgent:
         twin.model_settings = dict(self.model_settings)
         twin.messages = [dict(m) for m in self.messages]
         twin.workflow = list(self.workflow)
+        twin.toolsets = list(self.toolsets)  # shared servers: closing them is the original agent's job
         twin.events = EventBus()
         twin.last_result = None
         twin._active = {}
@@ -549,6 +556,52 @@ class ChatAgent:
                                result=result.final_output, error=result.error))
         return result
 
+    # ----------------------------------------------------------------- toolsets (MCP servers)
+    def add_toolset(self, toolset: Toolset) -> Toolset:
+        """Add a tool source (e.g. an MCP server); its tools join every AUTO run from the next one on."""
+        if not isinstance(toolset, Toolset):
+            raise TypeError(f"not a toolset (needs name, list_tools(), aclose()): {toolset!r}")
+        self.toolsets.append(toolset)
+        return toolset
+
+    add_mcp_server = add_toolset
+
+    async def remove_toolset(self, toolset: Toolset | str) -> None:
+        """Remove a tool source (by object or name) and close it."""
+        found = [t for t in self.toolsets if t is toolset or t.name == toolset]
+        if not found:
+            raise KeyError(f"no toolset {toolset!r}")
+        for t in found:
+            self.toolsets.remove(t)
+            await t.aclose()
+
+    async def aclose(self) -> None:
+        """Close this agent's tool sources (MCP servers). The agent stays usable: they reopen on use."""
+        for toolset in list(self.toolsets):
+            await toolset.aclose()
+
+    async def __aenter__(self) -> ChatAgent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _run_tools_for(self, settings: RunSettings) -> dict[str, Tool]:
+        """The run's tools: its own, then each toolset's (a clashing name gets the toolset's name as prefix)."""
+        tools = dict(settings.tools)
+        for toolset in settings.toolsets:
+            for t in await toolset.list_tools():
+                name = t.name
+                if name in tools:
+                    name = f"{toolset.name}_{t.name}"
+                    if name not in self._clash_warned:
+                        self._clash_warned.add(name)
+                        warnings.warn(f"tool {t.name!r} of {toolset.name!r} clashes with another tool: "
+                                      f"offered to the model as {name!r}", stacklevel=2)
+                    t = as_tool(t, name=name)
+                tools[name] = t
+        return tools
+
     # ----------------------------------------------------------------- context and tools
     def clear_context(self) -> None:
         """Forget the conversation; the system prompt and the tools stay."""
@@ -725,7 +778,7 @@ class ChatAgent:
         stream: bool,
     ) -> None:
         settings = state.settings
-        tools = dict(settings.tools) if settings.uses_tools else {}
+        tools = await self._run_tools_for(settings) if settings.uses_tools else {}
         schemas = [t.schema() for t in tools.values()]
         model = settings.model
         system = settings.system_messages()

@@ -68,6 +68,8 @@ class RunSettings:
     approve_all: bool = False
     #: Seconds to wait for a decision before denying (None: wait as long as it takes).
     approval_timeout: float | None = None
+    #: Tool sources resolved when the run starts (MCP servers), added to ``tools``.
+    toolsets: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         # Read-only views: a tool or callback that pokes at them cannot change another run.
