@@ -19,6 +19,18 @@ widget's own output carries no text/plain (only the widget mime type, which nbva
 exactly the final view, and so do nbclient's saved notebooks and JupyterLab.
 
 Widget output capture breaks after an ``await`` (ipywidgets#3993), so the panel only sets traits.
+
+Approval
+--------
+:meth:`RunPanel.request_approval` is the run's approver when the magics find nobody else to ask: the call's
+card shows its arguments, Approve / Deny and an optional reason (``static/panel.js`` builds those controls
+once per pending call and keeps them across re-renders, so a half-typed reason survives other updates). The
+click comes back as an anywidget custom message, ``{"type": "approval", "call_id", "approved", "reason"}``,
+which JupyterLab >= 4.4 with ipykernel >= 7 may deliver on a kernel subshell thread while the cell runs:
+the handler only takes a lock and resolves the waiting future with ``call_soon_threadsafe``. The ``approvals``
+trait lists the calls the panel is asking about; when a call leaves it (decided, cancelled, timed out) its
+controls disappear. If the front end holds the click until the cell ends, the controls say so after a few
+seconds (``static/panel.js``).
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import anywidget
 import traitlets
 
 from . import events as ev
+from .agent.approval import ApprovalDecision, ApprovalRequest
 from .textview import TextView
 from .viewmodel import RunViewModel
 
@@ -71,6 +84,7 @@ class PanelWidget(anywidget.AnyWidget):
     progress = traitlets.Dict().tag(sync=True)  # {"done", "total", "label", "status"}
     blocks = traitlets.List().tag(sync=True)  # [[key, html], ...]: the view replaces changed blocks only
     stop = traitlets.Unicode("disabled").tag(sync=True)  # "enabled" | "stopping" | "disabled" | "hidden"
+    approvals = traitlets.List().tag(sync=True)  # call ids the panel asks about (its Approve / Deny controls)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
         # The widget mime type only: no text/plain for nbval to compare or for a viewer to show as a stray repr.
@@ -94,6 +108,10 @@ class RunPanel:
         self._on_stop = on_stop
         self._stop_lock = threading.Lock()
         self._stopped = False
+        # call_id -> (loop, future) of each call waiting for a click; guarded by _approval_lock (clicks may come
+        # from a subshell thread).
+        self._approval_lock = threading.Lock()
+        self._pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[ApprovalDecision]]] = {}
         self.widget: PanelWidget | None = PanelWidget(
             title=title, header=self.model.header_html(), blocks=[list(b) for b in self.model.body_blocks()],
             progress=self._progress_state(), stop="enabled" if on_stop is not None else "disabled")
@@ -147,6 +165,7 @@ class RunPanel:
             return
         self._finished = True
         self._cancel_timer()
+        self._deny_pending("the panel was closed before anyone answered")
         self.model.mark_cancelled()
         self.flush()  # a front end that keeps the widget (a second view of it) shows the final state
         self.final_bundle = {"text/plain": self.model.summary_text(), "text/html": self.model.final_html()}
@@ -158,6 +177,7 @@ class RunPanel:
     def close(self) -> None:
         """Release the widget model and its Layout (idempotent)."""
         self._cancel_timer()
+        self._deny_pending("the panel was closed before anyone answered")
         widget, self.widget = self.widget, None
         if widget is not None:
             layout = widget._trait_values.get("layout")
@@ -198,7 +218,8 @@ class RunPanel:
         m = self.model
         header = m.header_html()
         changed = m.version != self._flushed_version
-        if not changed and header == w.header:
+        approvals = self._pending_ids()
+        if not changed and header == w.header and approvals == w.approvals:
             return
         self.flushes += 1
         with w.hold_sync():
@@ -214,11 +235,81 @@ class RunPanel:
                     w.blocks = blocks
                 if m.finished and w.stop != "hidden":
                     w.stop = "hidden"
+            if approvals != w.approvals:
+                w.approvals = approvals
+
+    # -------------------------------------------------------------- Approval
+    async def request_approval(self, request: ApprovalRequest) -> ApprovalDecision:
+        """Ask on the call's card (Approve / Deny + reason) and wait for the click: the run's approver.
+
+        Several calls may wait at once, each decided on its own. Cancelling the waiting task (Stop, an
+        interrupt, the approval timeout) removes the controls. After ``finish()`` nothing is asked: denied.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ApprovalDecision] = loop.create_future()
+        with self._approval_lock:
+            if self._finished or self.widget is None:
+                return ApprovalDecision(False, "the panel was closed before anyone answered", "panel")
+            if request.call_id in self._pending:
+                raise RuntimeError(f"tool call {request.call_id!r} is already awaiting approval")
+            self._pending[request.call_id] = (loop, future)
+        self._changed()
+        try:
+            return await future
+        finally:
+            with self._approval_lock:
+                if self._pending.get(request.call_id, (None, None))[1] is future:
+                    del self._pending[request.call_id]
+            self._changed()
+
+    def approval_clicked(self, call_id: Any, approved: Any, reason: Any = None) -> bool:
+        """A click on a card's Approve / Deny. Thread-safe (it may run on a comm/subshell thread).
+
+        Returns whether it decided a waiting call; an unknown or already decided ``call_id`` is ignored.
+        """
+        if not isinstance(call_id, str) or not isinstance(approved, bool):
+            return False
+        with self._approval_lock:
+            entry = self._pending.pop(call_id, None)
+        if entry is None:
+            return False
+        text = reason.strip()[:1000] if isinstance(reason, str) else ""
+        decision = ApprovalDecision(approved, None if approved or not text else text, "panel")
+        loop, future = entry
+        _resolve_threadsafe(loop, future, decision)
+        return True
+
+    def _pending_ids(self) -> list[str]:
+        with self._approval_lock:
+            return list(self._pending)
+
+    def _deny_pending(self, reason: str) -> None:
+        with self._approval_lock:
+            entries, self._pending = list(self._pending.values()), {}
+        for loop, future in entries:
+            _resolve_threadsafe(loop, future, ApprovalDecision(False, reason, "panel"))
+
+    def _changed(self) -> None:
+        """Something outside the view model changed (the pending approvals): flush soon, from the loop."""
+        loop = self._loop
+        if loop is not None and not _on_loop(loop):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._changed)
+            return
+        if self._finished:
+            return
+        if self._timer is None or self._idle_tick:
+            self._cancel_timer()
+            self._schedule()
 
     # -------------------------------------------------------------- Stop
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any = None) -> None:
-        if isinstance(content, dict) and content.get("type") == "stop":
+        if not isinstance(content, dict):
+            return
+        if content.get("type") == "stop":
             self.stop_clicked()
+        elif content.get("type") == "approval":
+            self.approval_clicked(content.get("call_id"), content.get("approved"), content.get("reason"))
 
     def stop_clicked(self) -> None:
         """The Stop control. May run on a comm/subshell thread (JupyterLab ≥ 4.4, ipykernel 7): thread-safe."""
@@ -237,6 +328,21 @@ class RunPanel:
         w = self.widget
         if w is not None and w.stop not in ("hidden", state):
             w.stop = state
+
+
+def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any) -> None:
+    def resolve() -> None:
+        if not future.done():
+            future.set_result(value)
+
+    try:
+        here = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        here = False
+    if here:
+        resolve()
+    elif not loop.is_closed():
+        loop.call_soon_threadsafe(resolve)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 from . import events as ev
-from .viewmodel import MAX_ANSWER, TOOL_ICONS, RunViewModel, clip
+from .viewmodel import MAX_ANSWER, TOOL_ICONS, RunViewModel, clip, describe_decision
 
 
 class TextView:
@@ -90,8 +90,16 @@ class TextView:
             args = event.arguments if isinstance(event.arguments, str) else ", ".join(
                 f"{k}={v!r}" for k, v in (event.arguments or {}).items())
             self._line(f"  → {event.name}({clip(args, 200)})")
+        elif isinstance(event, ev.ApprovalRequested):
+            self._line(f"  {TOOL_ICONS['awaiting']} {event.name} awaiting approval")
+        elif isinstance(event, ev.ApprovalDecided):
+            mark = "✓" if event.approved else "✗"
+            self._line(f"  {mark} {event.name} {describe_decision(event.approved, event.by, event.reason)}")
         elif isinstance(event, ev.ToolCallFinished):
             status = event.status or ("ok" if event.ok else "error")
+            card = model._card(event.call_id)
+            if status == "denied" and card is not None and card.approval == "denied":
+                return  # the decision line above said it
             mark = TOOL_ICONS.get(status, "✗")
             body = event.result if status == "ok" else (event.error or event.result or status)
             self._line(f"  {mark} {event.name} {event.duration:.2f}s: {clip(body or '', 200)}")
@@ -109,6 +117,8 @@ class TextView:
             if self.compact:
                 lines = model.summary_text().split("\n")
         else:
+            if self.compact:  # the full view printed each decision as it came
+                lines.extend(f"  {line}" for line in model.decision_lines())
             if model.error:
                 lines.append(f"error: {model.error}")
             answer = model.final_output

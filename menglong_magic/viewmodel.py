@@ -43,7 +43,16 @@ STATUS_COLORS = {
     "cancelled": "#6e7781",
     "error": "#cf222e",
 }
-TOOL_ICONS = {"running": "⏳", "ok": "✓", "error": "✗", "cancelled": "⏹", "denied": "⛔"}
+TOOL_ICONS = {"running": "⏳", "awaiting": "✋", "ok": "✓", "error": "✗", "cancelled": "⏹", "denied": "⛔"}
+MAX_REASON = 500  # characters of a denial reason shown
+
+
+def describe_decision(approved: bool, by: str | None, reason: str | None) -> str:
+    """``approved (panel)`` / ``denied (panel): not now`` (the wording of ``ApprovalDecision.describe``)."""
+    who = f" ({by})" if by else ""
+    if approved:
+        return f"approved{who}"
+    return f"denied{who}" + (f": {clip(reason, MAX_REASON)}" if reason else "")
 
 
 def clip(text: str, limit: int) -> str:
@@ -92,13 +101,35 @@ class ToolCard:
     call_id: str
     name: str
     arguments: Any
-    state: str = "running"  # running → ok / error / cancelled / denied
+    state: str = "running"  # running → ok / error / cancelled; awaiting (approval) → running / denied / cancelled
     duration: float | None = None
     result: str | None = None
     error: str | None = None
     progress_done: float | None = None
     progress_total: float | None = None
     progress_note: str = ""
+    approval: str | None = None  # None (not gated) | "pending" | "approved" | "denied"
+    approval_by: str | None = None
+    approval_reason: str | None = None
+
+    def decision_text(self) -> str:
+        """``approved (panel)``, ``denied (prompt): not now``, ``awaiting approval``; "" when not gated."""
+        if self.approval in ("approved", "denied"):
+            return describe_decision(self.approval == "approved", self.approval_by, self.approval_reason)
+        if self.approval == "pending":
+            return "awaiting approval" if self.state == "awaiting" else "not approved"
+        return ""
+
+    def status_text(self) -> str:
+        """The card's state with its decision: ``ok · approved (panel)``, ``denied (panel): not now``."""
+        decision = self.decision_text()
+        if self.state == "awaiting":
+            return "awaiting approval"
+        if self.state == "denied" and self.approval == "denied":
+            return decision
+        if self.state == "cancelled" and self.approval == "pending":
+            return "cancelled while awaiting approval"
+        return f"{self.state} · {decision}" if decision else self.state
 
     def arguments_json(self) -> str:
         if isinstance(self.arguments, str):
@@ -247,6 +278,20 @@ class RunViewModel:
             it = self._iteration()
             if it is not None:
                 it.tools[event.call_id] = ToolCard(event.call_id, event.name, event.arguments)
+        elif isinstance(event, ev.ApprovalRequested):
+            card = self._card(event.call_id)
+            if card is None and (it := self._iteration()) is not None:
+                card = it.tools[event.call_id] = ToolCard(event.call_id, event.name, event.arguments)
+            if card is not None and card.state == "running":
+                card.state, card.approval = "awaiting", "pending"
+        elif isinstance(event, ev.ApprovalDecided):
+            card = self._card(event.call_id)
+            if card is not None:
+                card.approval = "approved" if event.approved else "denied"
+                card.approval_by = event.by
+                card.approval_reason = clip(event.reason, MAX_REASON) if event.reason else None
+                if card.state == "awaiting":
+                    card.state = "running" if event.approved else "denied"
         elif isinstance(event, ev.ToolProgress):
             card = self._card(event.call_id)
             if card is not None and card.state == "running":
@@ -304,7 +349,9 @@ class RunViewModel:
         for it in self.iterations:
             it.finished = True
             for card in it.tools.values():
-                if card.state == "running":
+                if card.state == "awaiting" and card.error is None:
+                    card.error = "cancelled while awaiting approval (not executed)"
+                if card.state in ("running", "awaiting"):
                     card.state = "cancelled"
         for row in self.batch or ():
             if row.status in ("pending", "running") and status != "completed":
@@ -348,6 +395,24 @@ class RunViewModel:
     @property
     def iteration_count(self) -> int:
         return len(self.iterations) + self.dropped_iterations
+
+    def gated_calls(self) -> list[ToolCard]:
+        """The calls that needed approval, in order (their decision or that they are still waiting)."""
+        return [card for it in self.iterations for card in it.tools.values() if card.approval is not None]
+
+    def decision_lines(self) -> list[str]:
+        """One line per gated call: ``✓ lookup approved (panel)``, ``✗ send_email denied (panel): not now``."""
+        lines = []
+        for card in self.gated_calls():
+            if card.approval == "approved":
+                mark = "✓"
+            elif card.approval == "denied":
+                mark = "✗"
+            else:
+                mark = TOOL_ICONS.get(card.state, "")
+            text = card.decision_text() if card.approval != "pending" else card.status_text()
+            lines.append(f"{mark} {card.name} {text}")
+        return lines
 
     def batch_counts(self) -> dict[str, int]:
         rows = self.batch or []
@@ -409,6 +474,7 @@ class RunViewModel:
                 body = row.answer if row.status == "ok" else (row.error or row.status)
                 lines.append(f"  {row.index + 1}. {clip(row.message, 60)} → {clip(body or '', 200)}")
             return "\n".join(lines)
+        lines.extend(f"  {line}" for line in self.decision_lines())
         if self.error:
             lines.append(f"error: {self.error}")
         if self.final_output:
@@ -475,7 +541,10 @@ class RunViewModel:
     def _card_html(card: ToolCard) -> str:
         icon = TOOL_ICONS.get(card.state, "")
         dur = f" · {card.duration:.2f}s" if card.duration is not None else ""
-        head = f"{icon} <b>{escape(card.name)}</b> · {escape(card.state)}{dur}"
+        head = f"{icon} <b>{escape(card.name)}</b> · {escape(card.status_text())}{dur}"
+        if card.approval in ("approved", "denied"):
+            head = (f'<span class="mm-decision mm-decision-{card.approval}" data-by="{escape(card.approval_by or "")}"'
+                    f">{head}</span>")
         body = ""
         if card.state == "running" and card.progress_done is not None:
             frac = card.progress_fraction()
@@ -487,7 +556,13 @@ class RunViewModel:
                        'border-radius:4px"></span></span>')
             body += f'<div class="mm-tool-progress">{bar}{escape(card.progress_text())}</div>'
         body += f'<pre class="mm-args" style="margin:2px 0;white-space:pre-wrap">{escape(card.arguments_json())}</pre>'
+        if card.state == "awaiting":
+            # The panel's Approve / Deny controls go here (static/panel.js); other approvers: the note stays.
+            body += (f'<div class="mm-approval-slot" data-call-id="{escape(card.call_id)}">'
+                     '<span class="mm-approval-wait" style="color:#8250df">✋ waiting for a decision…</span></div>')
         shown = card.result if card.state == "ok" else (card.error or card.result)
+        if card.state == "denied" and card.approval == "denied":
+            shown = None  # the head says it: "denied (panel): not now"
         if shown is not None:
             short = clip(shown, 200)
             if short == shown:
@@ -549,6 +624,10 @@ class RunViewModel:
                            "</details>")
             else:
                 out.append(f'<div class="mm-usage">{escape(self.usage_text())}</div>')
+            decisions = self.decision_lines()
+            if decisions:  # visible without opening the steps
+                out.append('<ul class="mm-decisions" style="margin:4px 0;padding-left:18px">'
+                           + "".join(f"<li>{escape(line)}</li>" for line in decisions) + "</ul>")
         if self.error:
             out.append(self._error_html())
         elif self.status == "cancelled":

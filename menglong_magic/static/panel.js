@@ -1,5 +1,8 @@
 // The live run panel: one anywidget model per run. All HTML comes from the kernel, already escaped
-// (menglong_magic/viewmodel.py); this module only places it and sends the Stop click back.
+// (menglong_magic/viewmodel.py); this module only places it and sends the Stop and Approve / Deny clicks back.
+
+// How long a click may go unanswered before the panel says the front end is holding it.
+const NO_ANSWER_MS = 4000;
 function render({ model, el }) {
   const root = document.createElement("div");
   root.className = "mm-panel mm-live";
@@ -24,6 +27,87 @@ function render({ model, el }) {
   el.appendChild(root);
 
   const blocks = new Map(); // key -> {node, html}
+  // Approve / Deny controls, one per call the kernel asks about (the "approvals" trait). Built once and moved
+  // into the card's .mm-approval-slot after each re-render, so a half-typed reason survives other updates.
+  const controls = new Map(); // call_id -> {node, reason, timer}
+
+  function makeControls(callId) {
+    const node = document.createElement("div");
+    node.className = "mm-approval";
+    const approve = document.createElement("button");
+    approve.type = "button";
+    approve.className = "mm-approve";
+    approve.textContent = "✓ Approve";
+    const deny = document.createElement("button");
+    deny.type = "button";
+    deny.className = "mm-deny";
+    deny.textContent = "✗ Deny";
+    const reason = document.createElement("input");
+    reason.type = "text";
+    reason.className = "mm-reason";
+    reason.placeholder = "reason (optional, sent with Deny)";
+    reason.maxLength = 1000;
+    const note = document.createElement("div");
+    note.className = "mm-approval-note";
+    note.hidden = true;
+    node.append(approve, deny, reason, note);
+    const entry = { node, reason, timer: null };
+    function answer(approved) {
+      if (approve.disabled) return;
+      approve.disabled = deny.disabled = reason.disabled = true;
+      note.hidden = false;
+      note.textContent = approved ? "approving…" : "denying…";
+      model.send({ type: "approval", call_id: callId, approved, reason: approved ? "" : reason.value });
+      entry.timer = setTimeout(() => {
+        // Still listed by the kernel: the click has not reached it.
+        if (!controls.has(callId)) return;
+        note.classList.add("mm-approval-stuck");
+        note.textContent =
+          "The kernel has not received this answer yet: this front end delivers widget messages to a running " +
+          "cell only when the cell ends (JupyterLab ≥ 4.4 with ipykernel ≥ 7 delivers them at once). " +
+          "Interrupt the cell and run it with --bg to approve from the panel, or pass approve= to the agent.";
+      }, NO_ANSWER_MS);
+    }
+    approve.addEventListener("click", () => answer(true));
+    deny.addEventListener("click", () => answer(false));
+    reason.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") {
+        e.preventDefault();
+        answer(false);
+      }
+      e.stopPropagation(); // keep notebook shortcuts out of the reason box
+    });
+    return entry;
+  }
+
+  function placeControls() {
+    const active = document.activeElement;
+    const typing = active && active.classList && active.classList.contains("mm-reason") && root.contains(active);
+    const range = typing ? [active.selectionStart, active.selectionEnd] : null;
+    for (const slot of body.querySelectorAll(".mm-approval-slot")) {
+      const entry = controls.get(slot.dataset.callId);
+      if (entry && entry.node.parentNode !== slot) slot.replaceChildren(entry.node);
+    }
+    if (typing && active.isConnected && document.activeElement !== active) {
+      active.focus();
+      if (range) active.setSelectionRange(range[0], range[1]);
+    }
+  }
+
+  function setApprovals() {
+    const pending = new Set(model.get("approvals") || []);
+    for (const [id, entry] of controls) {
+      if (!pending.has(id)) {
+        clearTimeout(entry.timer);
+        entry.node.remove();
+        controls.delete(id);
+      }
+    }
+    for (const id of pending) {
+      if (!controls.has(id)) controls.set(id, makeControls(id));
+    }
+    placeControls();
+  }
 
   function setHeader() {
     header.innerHTML = model.get("header");
@@ -69,6 +153,7 @@ function render({ model, el }) {
         blocks.delete(key);
       }
     }
+    placeControls();
   }
   stop.addEventListener("click", () => {
     if (stop.disabled) return;
@@ -80,11 +165,15 @@ function render({ model, el }) {
   setProgress();
   setStop();
   setBody();
+  setApprovals();
   model.on("change:header", setHeader);
   model.on("change:progress", setProgress);
   model.on("change:stop", setStop);
   model.on("change:blocks", setBody);
+  model.on("change:approvals", setApprovals);
   return () => {
+    model.off("change:approvals", setApprovals);
+    for (const entry of controls.values()) clearTimeout(entry.timer);
     model.off("change:header", setHeader);
     model.off("change:progress", setProgress);
     model.off("change:stop", setStop);

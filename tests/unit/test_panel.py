@@ -13,7 +13,7 @@ import comm
 import pytest
 from ipywidgets.widgets import widget as widget_module
 
-from menglong_magic import ChatAgent
+from menglong_magic import ApprovalDecision, ApprovalRequest, ChatAgent, tool
 from menglong_magic import events as ev
 from menglong_magic.agent.result import RunResult, RunUsage
 from menglong_magic.models import ScriptedModel, call, calls, reply
@@ -319,3 +319,199 @@ def test_text_view_waiting_progress_and_interrupt() -> None:
     assert progress[0] == "  … crawl 1/10 pages" and progress[-1] == "  … crawl 10/10 pages"
     assert len(progress) < 10  # throttled
     assert lines[-1].startswith("[t] cancelled · 1 iteration(s) · 1 tool call(s)")
+
+
+# ---------------------------------------------------------------------- approval on the panel
+EXECUTED: list[str] = []
+
+
+@tool(requires_approval=True)
+def send_email(to: str) -> str:
+    """Send an email."""
+    EXECUTED.append(f"send_email:{to}")
+    return f"sent to {to}"
+
+
+@tool(requires_approval=True)
+async def delete_file(path: str) -> str:
+    """Delete a file."""
+    EXECUTED.append(f"delete_file:{path}")
+    return f"deleted {path}"
+
+
+def gated_agent(*steps: Any) -> ChatAgent:
+    EXECUTED.clear()
+    return ChatAgent(model=ScriptedModel(list(steps)), mode="auto", tools=[send_email, delete_file], name="gated")
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def click(widget: Any, **content: Any) -> None:
+    """A front-end custom message, delivered on another thread (a kernel subshell does this)."""
+    t = threading.Thread(target=widget._handle_custom_msg, args=({"type": "approval", **content}, []))
+    t.start()
+    t.join()
+
+
+async def test_panel_approves_one_call_and_denies_another_with_a_reason(recorded: list[dict[str, Any]],
+                                                                        outputs: list[dict[str, Any]]) -> None:
+    agent = gated_agent(calls(call("send_email", {"to": f"ann {XSS}"}, id="c1"),
+                              call("delete_file", {"path": "/tmp/x"}, id="c2")), reply("done"))
+    panel = RunPanel(title="agent", update_interval=0.01, on_stop=lambda: None)
+    panel.show()
+    widget = panel.widget
+    assert widget is not None
+    run = asyncio.ensure_future(agent.arun("go", on_event=panel.handle, approve=panel.request_approval))
+    await wait_for(lambda: set(widget.approvals) == {"c1", "c2"} and body(panel).count("mm-approval-slot") == 2)
+    html = body(panel)
+    assert 'data-call-id="c1"' in html and 'data-call-id="c2"' in html and html.count("awaiting approval") == 2
+    assert "ann &lt;img src=x" in html and "<img" not in html  # the arguments, escaped
+    assert EXECUTED == []
+
+    click(widget, call_id="c2", approved=False, reason="  not now  ")
+    # Decided independently: c2 is denied while c1 still waits.
+    await wait_for(lambda: widget.approvals == ["c1"] and "denied (panel): not now" in body(panel))
+    assert EXECUTED == [] and not run.done()
+    click(widget, call_id="c2", approved=True)  # already decided: ignored
+    click(widget, call_id="nope", approved=True)  # unknown: ignored
+    click(widget, call_id="c1", approved="yes")  # malformed: ignored
+    assert widget.approvals == ["c1"]
+    click(widget, call_id="c1", approved=True, reason="ignored for approvals")
+    result = await asyncio.wait_for(run, 10)
+    assert EXECUTED == [f"send_email:ann {XSS}"]  # the denied call never ran
+
+    by_name = {c.name: c for c in result.tool_calls}
+    assert by_name["send_email"].approval == ApprovalDecision(True, None, "panel")
+    assert by_name["send_email"].status == "ok"
+    assert by_name["delete_file"].approval == ApprovalDecision(False, "not now", "panel")
+    assert by_name["delete_file"].status == "denied"
+    assert "not now" in next(m["content"] for m in agent.messages if m.get("tool_call_id") == "c2")
+    await wait_for(lambda: widget.approvals == [] and "approved (panel)" in body(panel))
+    assert "mm-approval-slot" not in body(panel)
+    panel.finish()
+    final = outputs[-1]["data"]
+    lines = final["text/plain"].splitlines()
+    assert "  ✓ send_email approved (panel)" in lines and "  ✗ delete_file denied (panel): not now" in lines
+    assert '<ul class="mm-decisions"' in final["text/html"]
+    assert "<li>✗ delete_file denied (panel): not now</li>" in final["text/html"]
+    assert "mm-approval-slot" not in final["text/html"]
+    assert result.to_dict()["iterations"][0]["tool_calls"][1]["approval"] == {
+        "approved": False, "reason": "not now", "by": "panel"}
+
+
+async def test_cancelling_while_awaiting_approval_removes_the_buttons(recorded: list[dict[str, Any]],
+                                                                      outputs: list[dict[str, Any]]) -> None:
+    agent = gated_agent(calls(call("send_email", {"to": "bob"}, id="c1")), reply("never"))
+    panel = RunPanel(title="agent", update_interval=0.01, on_stop=lambda: None)
+    panel.show()
+    widget = panel.widget
+    assert widget is not None
+    run = asyncio.ensure_future(agent.arun("go", on_event=panel.handle, approve=panel.request_approval))
+    await wait_for(lambda: widget.approvals == ["c1"])
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await wait_for(lambda: widget.approvals == [] and "mm-approval-slot" not in body(panel))
+    assert "cancelled while awaiting approval" in body(panel)
+    assert not panel.approval_clicked("c1", True)  # too late: nothing to decide
+    assert EXECUTED == []
+    # the history holds no assistant tool call without its result
+    roles = [m["role"] for m in agent.messages]
+    assert "tool" not in roles or roles.count("tool") == sum(len(m.get("tool_calls") or ())
+                                                           for m in agent.messages if m["role"] == "assistant")
+    panel.finish()
+    final = outputs[-1]["data"]
+    assert "cancelled while awaiting approval" in final["text/plain"]
+    assert "mm-approval-slot" not in final["text/html"]
+
+
+async def test_approval_timeout_removes_the_buttons_and_says_who_decided(recorded: list[dict[str, Any]]) -> None:
+    agent = gated_agent(calls(call("send_email", {"to": "cy"}, id="c1")), reply("ok"))
+    agent.approval_timeout = 0.3
+    panel = RunPanel(title="agent", update_interval=0.01)
+    panel.show()
+    widget = panel.widget
+    assert widget is not None
+    result = await asyncio.wait_for(agent.arun("go", on_event=panel.handle, approve=panel.request_approval), 30)
+    assert result.tool_calls[0].approval is not None and result.tool_calls[0].approval.by == "timeout"
+    panel.flush()
+    assert widget.approvals == [] and "denied (timeout): no answer within 0.3s" in body(panel)
+    assert EXECUTED == []
+    panel.close()
+
+
+async def test_nothing_is_asked_after_finish_and_late_clicks_are_ignored(recorded: list[dict[str, Any]],
+                                                                        outputs: list[dict[str, Any]]) -> None:
+    panel = RunPanel(title="agent", update_interval=0.01)
+    panel.show()
+    request = ApprovalRequest("send_email", {"to": "x"}, "c9", "r", "a", 1)
+    waiting = asyncio.ensure_future(panel.request_approval(request))
+    await wait_for(lambda: panel.widget is not None and panel.widget.approvals == ["c9"])
+    panel.finish()  # the view ends while a call still waits: it is denied, never left hanging
+    decision = await asyncio.wait_for(waiting, 5)
+    assert decision.approved is False and decision.by == "panel" and "closed" in (decision.reason or "")
+    late = await panel.request_approval(ApprovalRequest("send_email", {}, "c10", "r", "a", 1))
+    assert late.approved is False
+    assert not panel.approval_clicked("c9", True) and not panel.approval_clicked("c10", True)
+
+
+def test_approval_events_render_in_the_view_model_and_text_view() -> None:
+    from menglong_magic.viewmodel import RunViewModel
+
+    stream = io.StringIO()
+    view = TextView(title="t", stream=stream)
+    model = RunViewModel("t")
+    evs = [ev.RunStarted("r", agent="a", model="m", mode="auto", task="x", max_iterations=2),
+           ev.IterationStarted("r", iteration=1, max_iterations=2)]
+    for cid, name in (("c1", "send_email"), ("c2", "lookup")):
+        evs += [ev.ToolCallStarted("r", iteration=1, call_id=cid, name=name, arguments={"to": "ann"}),
+                ev.ApprovalRequested("r", iteration=1, call_id=cid, name=name, arguments={"to": "ann"}, agent="a")]
+    for e in evs:
+        view.handle(e)
+        model.apply(e)
+    html = model.body_html()
+    assert html.count("mm-approval-slot") == 2 and "✋" in html and "waiting for a decision" in html
+    evs = [ev.ApprovalDecided("r", iteration=1, call_id="c1", name="send_email", approved=False,
+                              reason=f"not now {XSS}", by="prompt"),
+           ev.ToolCallFinished("r", iteration=1, call_id="c1", name="send_email", ok=False, result=None,
+                               error="Error: this tool call was not executed", duration=0.0, status="denied"),
+           ev.ApprovalDecided("r", iteration=1, call_id="c2", name="lookup", approved=True, reason=None, by="callback"),
+           ev.ToolCallFinished("r", iteration=1, call_id="c2", name="lookup", ok=True, result="ANN", error=None,
+                               duration=0.01, status="ok"),
+           ev.RunFinished("r", result=finished_result("two"))]
+    for e in evs:
+        view.handle(e)
+        model.apply(e)
+    html = model.body_html()
+    assert "mm-approval-slot" not in html and "<img" not in html
+    assert "denied (prompt): not now &lt;img" in html and "ok · approved (callback)" in html
+    assert "this tool call was not executed" not in html  # the head says it once
+    view.finish()
+    lines = stream.getvalue().splitlines()
+    assert lines[1:7] == ["  → send_email(to='ann')", "  ✋ send_email awaiting approval",
+                          "  → lookup(to='ann')", "  ✋ lookup awaiting approval",
+                          f"  ✗ send_email denied (prompt): not now {XSS}", "  ✓ lookup approved (callback)"]
+    assert lines[7] == "  ✓ lookup 0.01s: ANN" and not any("⛔" in line for line in lines)
+    assert model.summary_text().splitlines()[1:3] == [f"  ✗ send_email denied (prompt): not now {XSS}",
+                                                      "  ✓ lookup approved (callback)"]
+    quiet = io.StringIO()
+    compact = TextView(title="t", compact=True, stream=quiet)
+    for e in [*model_events_for_compact()]:
+        compact.handle(e)
+    compact.finish()
+    assert quiet.getvalue().splitlines()[1:] == ["  ✗ send_email denied (panel)", "two"]
+
+
+def model_events_for_compact() -> list[ev.Event]:
+    return [ev.RunStarted("r", agent="a", model="m", mode="auto", task="x", max_iterations=2),
+            ev.IterationStarted("r", iteration=1, max_iterations=2),
+            ev.ToolCallStarted("r", iteration=1, call_id="c1", name="send_email", arguments={}),
+            ev.ApprovalRequested("r", iteration=1, call_id="c1", name="send_email", arguments={}, agent="a"),
+            ev.ApprovalDecided("r", iteration=1, call_id="c1", name="send_email", approved=False, reason=None,
+                               by="panel"),
+            ev.RunFinished("r", result=finished_result("two"))]
