@@ -1,5 +1,8 @@
 """A scripted OpenAI-compatible chat completions server on 127.0.0.1, with fault injection.
 
+It also serves the legacy text completions endpoint (``/v1/completions``, which llama.cpp's server and
+:class:`~menglong_magic.models.local.LocalModel` use) from the same script.
+
 Standard library only. Used by the test suite, the benchmarks and the demo notebooks so that the real
 ``openai`` client is exercised over real HTTP without any network.
 """
@@ -183,7 +186,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        if not self.path.rstrip("/").endswith("/chat/completions"):
+        path = self.path.rstrip("/")
+        if not path.endswith("/completions"):  # /chat/completions, or the legacy /completions (llama.cpp)
             self._send_json(404, {"error": {"message": "not found", "type": "not_found"}})
             return
         owner = self.server.owner
@@ -192,6 +196,8 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             self._send_json(400, {"error": {"message": "invalid JSON", "type": "invalid_request_error"}})
             return
+        if not path.endswith("/chat/completions") and isinstance(body, dict):
+            body["_endpoint"] = "completions"  # recorded with the request; steps answer as text completions
         authorization = self.headers.get("Authorization")
         headers = {k: ("<redacted>" if k.lower() == "authorization" else v) for k, v in self.headers.items()}
         owner._enter(body, headers, authorization)
@@ -270,6 +276,9 @@ class _Handler(BaseHTTPRequestHandler):
             "created": int(time.time()),
             "model": body.get("model", "scripted"),
         }
+        if body.get("_endpoint") == "completions":
+            self._answer_completion(body, base, step, usage_obj)
+            return
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             self._stream(base, step, calls, finish, usage_obj if include_usage else None)
@@ -286,10 +295,50 @@ class _Handler(BaseHTTPRequestHandler):
             payload["usage"] = usage_obj
         self._send_json(200, payload)
 
+    def _answer_completion(
+        self, body: dict[str, Any], base: dict[str, Any], step: Reply, usage: dict[str, int] | None
+    ) -> None:
+        """A ``/completions`` answer: ``choices[0].text`` (whole, or streamed word by word)."""
+        if step.tool_calls:
+            error = {"message": "a /completions step cannot call tools", "type": "server_error"}
+            self._send_json(500, {"error": error})
+            return
+        base = {**base, "id": "cmpl-" + base["id"].removeprefix("chatcmpl-"), "object": "text_completion"}
+        text = step.text or ""
+        if not body.get("stream"):
+            payload = {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}]}
+            if usage is not None:
+                payload["usage"] = usage
+            self._send_json(200, payload)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+        def chunk(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+            self.wfile.write(f"data: {json.dumps({**base, 'choices': choices, **(extra or {})})}\n\n".encode())
+            self.wfile.flush()
+            if step.chunk_delay:
+                time.sleep(step.chunk_delay)
+
+        for i, word in enumerate(text.split(" ") if text else ()):
+            chunk([{"index": 0, "text": word if i == 0 else " " + word, "logprobs": None, "finish_reason": None}])
+        chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}])
+        if usage is not None and (body.get("stream_options") or {}).get("include_usage"):
+            chunk([], {"usage": usage})
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
     def _malformed(self, body: dict[str, Any], step: Malformed) -> None:
         owner = self.server.owner
         base = {"id": f"chatcmpl-{owner._new_call_id()}", "created": int(time.time()),
                 "model": body.get("model", "scripted")}
+        if body.get("_endpoint") == "completions":
+            self._malformed_completion(body, step, base)
+            return
         if not body.get("stream"):
             whole = json.dumps({**base, "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "finish_reason": "stop"}]})
@@ -313,6 +362,32 @@ class _Handler(BaseHTTPRequestHandler):
         whole = json.dumps({**base, "object": "chat.completion.chunk",
                             "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]})
         broken = step.body if step.body is not None else whole[: whole.index("Hello") + 3]
+        self.wfile.write(f"data: {broken}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+    def _malformed_completion(self, body: dict[str, Any], step: Malformed, base: dict[str, Any]) -> None:
+        base = {**base, "object": "text_completion"}
+
+        def text_choice(text: str, finish: str | None) -> list[dict[str, Any]]:
+            return [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
+
+        whole = json.dumps({**base, "choices": text_choice("Hello there", None if body.get("stream") else "stop")})
+        broken = step.body if step.body is not None else whole[: whole.index("Hello") + 3]
+        self.send_response(200)
+        if not body.get("stream"):
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(broken.encode())))
+            self.end_headers()
+            self.wfile.write(broken.encode())
+            return
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for i in range(step.chunks_before):
+            self.wfile.write(f"data: {json.dumps({**base, 'choices': text_choice(f'part{i} ', None)})}\n\n".encode())
         self.wfile.write(f"data: {broken}\n\n".encode())
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
@@ -389,6 +464,13 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class ScriptedOpenAIServer:
     """Scripted OpenAI-compatible server: ``enqueue`` steps, point a client at ``base_url``.
+
+    Any path ending in ``/chat/completions`` is the chat endpoint; any other path ending in
+    ``/completions`` (``/v1/completions``) is the text completions endpoint, answered from the same FIFO:
+    a :func:`reply` becomes ``choices[0].text`` with usage (streamed: one ``text`` chunk per word, then a
+    ``finish_reason`` chunk, then usage if ``stream_options.include_usage``); faults, disconnects and
+    :func:`malformed` work the same way. Its requests are recorded in ``requests`` with the extra key
+    ``"_endpoint": "completions"`` (chat requests are recorded unchanged).
 
     When the FIFO is empty, ``responder(body)`` answers if set, else HTTP 500 (counted in
     ``exhausted_calls``). ``requests``, ``request_headers`` (Authorization redacted),
