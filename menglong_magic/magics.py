@@ -610,6 +610,9 @@ def load_ipython_extension(ipython: Any) -> None:
     from .frontend import watch
 
     watch(ipython)  # from now on, remember which front ends speak the widget protocol (frontend.py)
+    from .magics_mcp import load_mcp_magics
+
+    load_mcp_magics(ipython)  # %agent_mcp
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -624,3 +627,6 @@ def unload_ipython_extension(ipython: Any) -> None:
     cleanup = ipython.input_transformers_cleanup
     cleanup[:] = [t for t in cleanup if not isinstance(t, _AwaitRewriter)]
     ipython.user_ns.pop("_agent_last", None)
+    from .magics_mcp import unload_mcp_magics
+
+    unload_mcp_magics(ipython)  # and close every MCP server of the process
