@@ -43,6 +43,8 @@ from ..models.openai_compat import redact
 from ..tools import RunContext, Tool, Toolset, as_tool, collect_tools, execute_tool_call, flatten_tools
 from .approval import ApprovalDecision, ApprovalRequest, Approver, decide, denial_message
 from .context import ContextSummary
+from .limiter import AdaptiveLimiter
+from .mapping import MapResult, map_async
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord
 from .settings import ChatMode, RunSettings, env_max_retries, env_request_timeout
 from .sync import run_sync
@@ -101,6 +103,8 @@ class ChatAgent:
     ``model`` is a :class:`~menglong_magic.models.Model`, a model name, ``"local"``, ``"offline"``, or
     None (see :func:`~menglong_magic.models.resolve_model`; resolved on first use). ``system`` is the
     system prompt. ``max_concurrency`` bounds the model requests in flight for everything this agent
+    does: ``"auto"`` (default) adapts to the server (AIMD: grows while requests succeed, backs off on
+    429/503, see :mod:`~menglong_magic.agent.limiter`), an integer is a fixed bound.
     does. ``stream=None`` streams whenever someone listens to the events (a panel, a text view).
     ``request_timeout`` (seconds per model request) and ``max_retries`` (of transient errors) default to
     ``MENGLONG_REQUEST_TIMEOUT`` / ``MENGLONG_MAX_RETRIES``, else the model's own; changes apply from the
@@ -123,7 +127,7 @@ class ChatAgent:
         max_iterations: int = 10,
         *,
         name: str | None = None,
-        max_concurrency: int = 8,
+        max_concurrency: int | str = "auto",
         stream: bool | None = None,
         timeout: float | None = None,
         model_settings: dict[str, Any] | None = None,
@@ -151,8 +155,8 @@ class ChatAgent:
             raise ValueError("max_iterations must be at least 1")
         self.max_iterations = max_iterations
         self.name = name or f"agent-{next(self._names)}"
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
+        if max_concurrency != "auto" and (not isinstance(max_concurrency, int) or max_concurrency < 1):
+            raise ValueError('max_concurrency must be "auto" or at least 1')
         self.max_concurrency = max_concurrency
         self.stream = stream
         self.timeout = timeout
@@ -168,7 +172,7 @@ class ChatAgent:
         self.events = EventBus()
         self.last_result: RunResult | None = None
         self.workflow: list[WorkflowStep] = []
-        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore | AdaptiveLimiter] = (
             weakref.WeakKeyDictionary()
         )
         self._active: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Task[Any], _RunState]] = {}
@@ -271,12 +275,14 @@ class ChatAgent:
         """``async with agent.stream_events() as events: async for event in events: ...``"""
         return self.events.stream(run_id)
 
-    def limiter(self) -> asyncio.Semaphore:
-        """The semaphore bounding this agent's model requests on the running loop."""
+    def limiter(self) -> asyncio.Semaphore | AdaptiveLimiter:
+        """What bounds this agent's model requests on the running loop (``async with agent.limiter():``):
+        an :class:`AdaptiveLimiter` for ``max_concurrency="auto"``, else a semaphore."""
         loop = asyncio.get_running_loop()
         sem = self._limiters.get(loop)
         if sem is None:
-            sem = self._limiters[loop] = asyncio.Semaphore(self.max_concurrency)
+            sem = self._limiters[loop] = (AdaptiveLimiter() if self.max_concurrency == "auto"
+                                          else asyncio.Semaphore(self.max_concurrency))
         return sem
 
     def add_tool(self, obj: Any, name: str | None = None, description: str | None = None) -> Tool:
@@ -410,7 +416,7 @@ class ChatAgent:
     async def batch_run_async(
         self,
         messages: Iterable[str],
-        max_concurrency: int | None = None,
+        max_concurrency: int | str | None = "auto",
         return_exceptions: bool = True,
         *,
         on_event: EventCallback | None = None,
@@ -421,7 +427,8 @@ class ChatAgent:
     ) -> list[RunResult | BaseException]:
         """Parallel chat turns, each on its own copy of the current history; full results, input order.
 
-        The agent's own history is unchanged. ``max_concurrency`` can only lower the agent's own bound.
+        The agent's own history is unchanged. ``max_concurrency="auto"`` (or None): paced by the agent's
+        limiter (adaptive by default); an integer is a fixed bound on items, which can only lower the agent's.
         ``model``/``system``/``tools``/``mode`` apply to this batch only.
         """
         items = list(messages)
@@ -430,7 +437,7 @@ class ChatAgent:
         batch_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
         emit(BatchStarted(batch_id, messages=tuple(items), mode="parallel"))
-        gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        gate = asyncio.Semaphore(max_concurrency) if isinstance(max_concurrency, int) else None
         snapshot = list(self.messages)
         results: list[RunResult | BaseException | None] = [None] * len(items)
 
@@ -462,7 +469,7 @@ class ChatAgent:
     async def batch_chat_async(
         self,
         messages: Iterable[str],
-        max_concurrency: int | None = None,
+        max_concurrency: int | str | None = "auto",
         return_exceptions: bool = True,
         *,
         on_event: EventCallback | None = None,
@@ -472,6 +479,35 @@ class ChatAgent:
         results = await self.batch_run_async(messages, max_concurrency, return_exceptions, on_event=on_event,
                                              **overrides)
         return [r if isinstance(r, BaseException) else r.final_output for r in results]
+
+    # ----------------------------------------------------------------- maps (menglong_magic/agent/mapping.py)
+    async def map_async(
+        self,
+        inputs: Any,
+        prompt: str | None = None,
+        *,
+        output_type: Any = None,
+        journal: Any = None,
+        max_concurrency: int | str | None = "auto",
+        return_exceptions: bool = True,
+        on_event: EventCallback | None = None,
+        **overrides: Any,
+    ) -> MapResult:
+        """One isolated run per input (strings; dicts, DataFrame rows or a Series formatted into ``prompt``),
+        in parallel; outputs (or each item's exception) in input order, in a :class:`MapResult`.
+
+        ``journal="runs.sqlite"`` commits every finished item at once; running the same map again requests
+        only what the journal lacks. Identical prompts are requested once. ``output_type`` asks for typed
+        answers. ``max_concurrency="auto"`` follows the agent's adaptive limiter; an integer is a fixed bound.
+        ``model``/``system``/``tools``/``mode`` and model settings apply to this map only.
+        """
+        return await map_async(self, inputs, prompt, output_type=output_type, journal=journal,
+                               max_concurrency=max_concurrency, return_exceptions=return_exceptions,
+                               on_event=on_event, **overrides)
+
+    def map(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> MapResult:
+        """Blocking :meth:`map_async` (not inside a running loop: use ``await agent.map_async``)."""
+        return run_sync(self.map_async(inputs, prompt, **kwargs), "await agent.map_async(...)")
 
     async def sequential_run_async(
         self,
@@ -640,7 +676,7 @@ class ChatAgent:
         del self.tools[name]
 
     # ----------------------------------------------------------------- sync twins
-    def batch_chat(self, messages: Iterable[str], max_concurrency: int | None = None,
+    def batch_chat(self, messages: Iterable[str], max_concurrency: int | str | None = "auto",
                    return_exceptions: bool = True, **overrides: Any) -> list[str | BaseException]:
         return run_sync(self.batch_chat_async(messages, max_concurrency, return_exceptions, **overrides),
                         "await agent.batch_chat_async(...)")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
+import contextvars
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..events import Event
 from ..usage import Usage
@@ -57,6 +59,24 @@ class ModelResponse:
 
 
 Emit = Callable[[Event], None]
+
+
+class RequestGate(Protocol):
+    """The concurrency limiter a model request runs under (an adaptive one: ``agent.limiter()``).
+
+    A model that retries reports each failed attempt (HTTP ``status`` or None, the server's
+    ``retry_after`` in seconds or None) and waits out its back-off inside ``released()``, which gives
+    the request's slot back meanwhile.
+    """
+
+    def attempt_failed(self, status: int | None, retry_after: float | None) -> None: ...
+
+    def released(self) -> AbstractAsyncContextManager[None]: ...
+
+
+#: The gate of the model request running in this task (set by the limiter while it holds a slot).
+current_gate: contextvars.ContextVar[RequestGate | None] = contextvars.ContextVar("menglong_request_gate",
+                                                                                   default=None)
 
 
 class Model(abc.ABC):

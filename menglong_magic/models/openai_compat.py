@@ -21,7 +21,7 @@ import openai
 from ..events import Retry, TextDelta, ToolCallDelta
 from ..secrets import install_log_redaction, redact, register_secret
 from ..usage import Usage
-from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
+from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall, current_gate
 
 _T = TypeVar("_T")
 
@@ -329,6 +329,9 @@ class OpenAIModel(Model):
                 note = f"the server asked to wait {retry_after:g}s"
                 error = self._error(failure, number, note=note, timeout=timeout)
             description = self._describe(failure, timeout=timeout)
+            gate = current_gate.get()
+            if gate is not None:  # an adaptive limiter learns from 429/503 (and their Retry-After)
+                gate.attempt_failed(getattr(failure, "status_code", None), retry_after)
             failure = None  # no frame local keeps the SDK exception alive either
             if error is not None:
                 raise error
@@ -336,7 +339,11 @@ class OpenAIModel(Model):
             # A Retry also tells views that this iteration's streamed deltas so far are void.
             if emit is not None:
                 emit(Retry(request.run_id, attempt=number, delay=delay, error=description))
-            await asyncio.sleep(delay)
+            if gate is not None:
+                async with gate.released():  # the slot serves other requests while this one waits
+                    await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(delay)
             number += 1
 
     def _kwargs(self, request: ModelRequest) -> dict[str, Any]:

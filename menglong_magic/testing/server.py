@@ -202,6 +202,9 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k: ("<redacted>" if k.lower() == "authorization" else v) for k, v in self.headers.items()}
         owner._enter(body, headers, authorization)
         try:
+            if owner._over_rate_limit():
+                self._answer(body, Fault(429, owner.rate_limit_retry_after, "rate limit: too many concurrent requests"))
+                return
             if owner.require_authorization is not None and authorization != owner.require_authorization:
                 self._send_json(401, {"error": {"message": "wrong or missing Authorization header",
                                                 "type": "invalid_request_error", "code": "invalid_api_key"}})
@@ -477,6 +480,8 @@ class ScriptedOpenAIServer:
     ``authorization_schemes`` (``"Bearer"``, ``"Basic"`` or None per request), ``in_flight`` and
     ``max_in_flight`` let tests observe what the client did. With ``require_authorization`` set, a request
     whose ``Authorization`` header is not exactly that value gets a 401 (which does not quote it).
+    With ``rate_limit=N``, a request arriving while N others are in flight gets a 429 with
+    ``Retry-After: rate_limit_retry_after`` (counted in ``rate_limited``; its scripted step is not used).
     """
 
     def __init__(
@@ -485,6 +490,8 @@ class ScriptedOpenAIServer:
         port: int = 0,
         responder: Callable[[dict[str, Any]], Any] | None = None,
         require_authorization: str | None = None,
+        rate_limit: int | None = None,
+        rate_limit_retry_after: float | None = 0.1,
     ):
         self._host, self._port = host, port
         self.responder = responder
@@ -500,6 +507,9 @@ class ScriptedOpenAIServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.exhausted_calls = 0
+        self.rate_limit = rate_limit
+        self.rate_limit_retry_after = rate_limit_retry_after
+        self.rate_limited = 0
 
     # lifecycle
     def start(self) -> ScriptedOpenAIServer:
@@ -558,6 +568,7 @@ class ScriptedOpenAIServer:
             self.authorization_schemes.clear()
             self.max_in_flight = self.in_flight
             self.exhausted_calls = 0
+            self.rate_limited = 0
 
     # used by the handler
     def _enter(self, body: dict[str, Any], headers: dict[str, str], authorization: str | None = None) -> None:
@@ -567,6 +578,13 @@ class ScriptedOpenAIServer:
             self.authorization_schemes.append(authorization.partition(" ")[0] if authorization else None)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _over_rate_limit(self) -> bool:
+        with self._lock:
+            if self.rate_limit is None or self.in_flight <= self.rate_limit:
+                return False
+            self.rate_limited += 1
+            return True
 
     def _leave(self) -> None:
         with self._lock:

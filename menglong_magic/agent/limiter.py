@@ -1,0 +1,176 @@
+"""Adaptive concurrency for model requests: AIMD (additive increase, multiplicative decrease).
+
+``ChatAgent(max_concurrency="auto")`` (the default) bounds the agent's model requests with one
+:class:`AdaptiveLimiter` per event loop instead of a fixed semaphore:
+
+- it starts at ``initial`` requests in flight and, until the server first pushes back, adds one slot
+  per successful request (the window doubles every round trip: "slow start");
+- a 429 or 503 sets the limit to ``decrease`` times the requests in flight at that moment (each
+  rejected request gives its slot back as it fails, so a burst of rejections from one overshoot
+  converges on what the server accepted, in one round trip); from then on the limit grows by one
+  slot per round trip (``1/limit`` per success);
+- it never goes below ``minimum`` nor above ``maximum``;
+- ``Retry-After`` is honoured by the request that got it (the model waits it out before retrying,
+  and gives its slot back meanwhile, see :class:`~menglong_magic.models.base.RequestGate`); when the
+  limit is already at ``minimum`` the server is limiting by time, not concurrency, and the limiter
+  admits nothing new until the Retry-After has passed.
+
+Why not a leaky bucket (``aiolimiter``)? A bucket needs the rate up front; a concurrency window
+finds it from the server's answers, and concurrency (not rate) is what a loopback or self-hosted
+server limits. The models learn about rejections through :data:`~menglong_magic.models.base.current_gate`
+(set while a request holds a slot), so every request the agent makes, batch item or not, is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ..models.base import current_gate
+
+#: HTTP statuses that mean "too much, slow down".
+CONGESTION_STATUSES = (429, 503)
+
+
+class AdaptiveLimiter:
+    """An AIMD concurrency window for one event loop; ``async with limiter:`` holds one slot."""
+
+    def __init__(self, initial: int = 32, *, minimum: int = 1, maximum: int = 512, decrease: float = 0.85):
+        if not 1 <= minimum <= initial <= maximum:
+            raise ValueError("need 1 <= minimum <= initial <= maximum")
+        if not 0 < decrease < 1:
+            raise ValueError("decrease must be between 0 and 1")
+        self.minimum, self.maximum, self.decrease = minimum, maximum, decrease
+        self._limit = float(initial)
+        self.in_flight = 0
+        self.slow_start = True
+        #: How often the server pushed back (429/503), and how often the limit was cut.
+        self.congestion_signals = 0
+        self.decreases = 0
+        self.peak_in_flight = 0
+        self._holders: dict[asyncio.Task[Any] | None, Any] = {}  # task -> its current_gate token
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._paused_until = 0.0
+        self._wake_timer: asyncio.TimerHandle | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return (f"AdaptiveLimiter(limit={self.limit}, in_flight={self.in_flight}, "
+                f"decreases={self.decreases}, slow_start={self.slow_start})")
+
+    @property
+    def limit(self) -> int:
+        """The current window: how many requests may be in flight."""
+        return max(self.minimum, int(self._limit))
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` whenever the window grows or a slot frees (used by map admission)."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    # ------------------------------------------------------------------ slots
+    async def acquire(self) -> None:
+        while not self._free():
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append(future)
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future in self._waiters:
+                    self._waiters.remove(future)
+                elif future.done() and not future.cancelled():
+                    self._wake()  # we were woken but leave: pass the turn on
+                raise
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def release(self) -> None:
+        self.in_flight = max(self.in_flight - 1, 0)
+        self._wake()
+
+    def _free(self) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        return time.monotonic() >= self._paused_until
+
+    def _wake(self) -> None:
+        pause = self._paused_until - time.monotonic()
+        if pause > 0:
+            if self._wake_timer is None:
+                loop = asyncio.get_running_loop()
+                self._wake_timer = loop.call_later(pause, self._timer_wake)
+            return
+        free = self.limit - self.in_flight
+        while free > 0 and self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                free -= 1
+        for callback in tuple(self._listeners):
+            callback()
+
+    def _timer_wake(self) -> None:
+        self._wake_timer = None
+        self._wake()
+
+    async def __aenter__(self) -> AdaptiveLimiter:
+        await self.acquire()
+        task = asyncio.current_task()
+        token = current_gate.set(self)
+        self._holders[task] = token
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        task = asyncio.current_task()
+        held = self._holders.pop(task, None)
+        if held is not None:
+            with contextlib.suppress(ValueError):
+                current_gate.reset(held)
+            if exc_type is None:
+                self._succeeded()
+            self.release()
+        # else: the slot was given back in released() and never re-acquired (cancelled while waiting)
+
+    # ------------------------------------------------------------------ RequestGate (called by the models)
+    def attempt_failed(self, status: int | None, retry_after: float | None) -> None:
+        """A request attempt holding a slot failed with HTTP ``status`` (None: no HTTP answer)."""
+        if status not in CONGESTION_STATUSES:
+            return
+        self.congestion_signals += 1
+        if self.limit <= self.minimum and retry_after:
+            # Already at the floor: the server limits by time; hold new requests until it says so.
+            self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+        self.slow_start = False
+        # What was in flight when the server said no (this request included) was too much: cut from that,
+        # not from the window (which may have grown past it). The requests rejected in the same burst give
+        # their slots back as they fail, so the burst's last rejection sees about what the server took.
+        target = max(float(self.minimum), min(self._limit, float(self.in_flight) * self.decrease))
+        if target < self._limit:
+            self._limit = target
+            self.decreases += 1
+
+    @contextlib.asynccontextmanager
+    async def released(self) -> AsyncIterator[None]:
+        """Give this request's slot back while it waits (a retry back-off); take one again after."""
+        task = asyncio.current_task()
+        held = self._holders.pop(task, None)
+        if held is None:
+            yield
+            return
+        self.release()
+        try:
+            yield
+        finally:
+            await self.acquire()  # if cancelled here, __aexit__ finds no holder and releases nothing
+            self._holders[task] = held
+
+    def _succeeded(self) -> None:
+        if self.slow_start:
+            self._limit += 1.0
+        else:
+            self._limit += 1.0 / max(self._limit, 1.0)
+        self._limit = min(self._limit, float(self.maximum))

@@ -1,0 +1,451 @@
+"""``agent.map_async(inputs, prompt)``: one isolated run per input, in parallel, with an optional journal.
+
+A map is a batch with a journal. Each input (a string, a dict, a pandas DataFrame row or Series value)
+is formatted into the prompt template and run as an isolated chat turn (no conversation history; the
+agent's tools if it has any). Outputs come back in input order in a :class:`MapResult`.
+
+The journal (``journal="runs.sqlite"``) is the source of truth: every item that finishes is committed
+to SQLite at once, keyed by a hash of everything that determines its answer (the model, the system
+prompt, the mode, the tools' schemas, the model settings, the output type and the item's prompt text).
+Running the same map again after a crash, an interrupt or a kernel restart requests only the items not
+in the journal yet; identical prompts within one call are requested once. Failed items are recorded
+too (with their error) but requested again on the next run: nothing was paid for them.
+
+Pacing: ``max_concurrency="auto"`` lets the agent's adaptive limiter set the pace (see
+:mod:`~menglong_magic.agent.limiter`); items are admitted in input order, never many more than the
+limiter lets run, so a map of 100,000 items holds only a window of them in memory at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import inspect
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+from ..events import BatchFinished, BatchItemFinished, BatchItemStarted, BatchStarted, Event, EventCallback
+from ..models.openai_compat import redact
+from ..usage import RunUsage, Usage
+from .settings import ChatMode, RunSettings
+
+if TYPE_CHECKING:
+    from .core import ChatAgent
+
+JOURNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    prompt TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    usage TEXT,
+    created REAL NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class MapItemsRestored(Event):
+    """``count`` items of the map were answered from the journal (``deduplicated``: repeats of another item)."""
+
+    count: int
+    deduplicated: int = 0
+
+
+class MapItemError(RuntimeError):
+    """An item's run ended without an answer (timeout, max iterations, invalid typed output, ...)."""
+
+    def __init__(self, message: str, stop_reason: str):
+        super().__init__(message)
+        self.stop_reason = stop_reason
+
+
+# ---------------------------------------------------------------------------------------------- journal
+class Journal:
+    """A SQLite file (WAL) with one row per finished map item: key, index, prompt, output JSON, error,
+    usage, created. One journal may serve many maps (keys are content hashes)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives the process being killed (not a power cut before checkpoint).
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(JOURNAL_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"Journal({str(self.path)!r})"
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM items WHERE error IS NULL").fetchone()[0])
+
+    def answered(self, keys: Iterable[str]) -> dict[str, tuple[Any, RunUsage]]:
+        """The successful rows among ``keys``: key -> (output JSON value, usage)."""
+        found: dict[str, tuple[Any, RunUsage]] = {}
+        keys = list(keys)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, output, usage in self._db.execute(
+                    f"SELECT key, output, usage FROM items WHERE error IS NULL AND key IN ({marks})", chunk):
+                found[key] = (json.loads(output), _usage_from_json(usage))
+        return found
+
+    def record(self, key: str, index: int, prompt: str, output: Any = None, error: str | None = None,
+               usage: RunUsage | None = None) -> None:
+        """Commit one finished item (an answer replaces an earlier error; an error never replaces an answer)."""
+        self._db.execute(
+            "INSERT INTO items (key, idx, prompt, output, error, usage, created) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET idx=excluded.idx, output=excluded.output, error=excluded.error, "
+            "usage=excluded.usage, created=excluded.created WHERE items.error IS NOT NULL",
+            (key, index, prompt, None if error is not None else json.dumps(output), error,
+             _usage_to_json(usage), time.time()))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row, oldest first (for inspection)."""
+        cursor = self._db.execute("SELECT key, idx, prompt, output, error, usage, created FROM items ORDER BY created")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def _usage_to_json(usage: RunUsage | None) -> str | None:
+    if usage is None:
+        return None
+    requests = [None if u is None else [u.input_tokens, u.output_tokens] for u in usage.requests]
+    return json.dumps({"requests": requests, "costs": list(getattr(usage, "costs", []))})
+
+
+def _usage_from_json(text: str | None) -> RunUsage:
+    usage = RunUsage()
+    if not text:
+        return usage
+    data = json.loads(text)
+    usage.requests.extend(None if r is None else Usage(r[0], r[1]) for r in data.get("requests", []))
+    if hasattr(usage, "costs"):
+        usage.costs.extend(data.get("costs", []))
+    return usage
+
+
+# ---------------------------------------------------------------------------------------------- result
+class MapResult(Sequence[Any]):
+    """A map's outputs in input order: ``result[i]`` is the answer (text, or the ``output_type`` value)
+    or the item's exception. ``errors`` maps failed indices to exceptions; ``usage`` sums the requests made
+    by this call (``restored`` items came from the journal at no cost)."""
+
+    def __init__(self, prompts: list[str], outputs: list[Any], errors: dict[int, BaseException], usage: RunUsage,
+                 *, cached: list[bool], labels: list[Any] | None, requested: int, restored: int,
+                 deduplicated: int, duration: float):
+        self.prompts = prompts
+        self.outputs = outputs
+        self.errors = errors
+        self.usage = usage
+        self.cached = cached
+        self.labels = labels
+        self.requested = requested
+        self.restored = restored
+        self.deduplicated = deduplicated
+        self.duration = duration
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        return self.outputs[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.outputs)
+
+    @property
+    def ok(self) -> int:
+        return len(self.outputs) - len(self.errors)
+
+    def __repr__(self) -> str:
+        return (f"MapResult({len(self)} items: {self.ok} ok, {len(self.errors)} failed, {self.restored} from the "
+                f"journal, {self.requested} requested; {self.usage.describe()})")
+
+    def to_pandas(self) -> Any:
+        """A DataFrame (indexed like the input DataFrame/Series, if any): prompt, output, error, cached."""
+        import pandas as pd
+
+        return pd.DataFrame({
+            "prompt": self.prompts,
+            "output": [None if i in self.errors else o for i, o in enumerate(self.outputs)],
+            "error": [redact(str(self.errors[i]) or type(self.errors[i]).__name__) if i in self.errors else None
+                      for i in range(len(self.outputs))],
+            "cached": self.cached,
+        }, index=self.labels if self.labels is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _rows(inputs: Any) -> tuple[list[Any], list[Any] | None, str | None]:
+    """(rows, index labels or None, a Series' name): strings/scalars, or dicts for frames and mappings."""
+    module = type(inputs).__module__
+    if module.startswith("pandas"):
+        if hasattr(inputs, "to_dict") and hasattr(inputs, "columns"):  # DataFrame
+            labels = list(inputs.index)
+            return inputs.to_dict("records"), labels, None
+        if hasattr(inputs, "tolist") and hasattr(inputs, "index"):  # Series
+            name = inputs.name if isinstance(inputs.name, str) else None
+            return inputs.tolist(), list(inputs.index), name
+    if isinstance(inputs, (str, bytes)):
+        raise TypeError("map inputs must be an iterable of items, not one string (wrap it in a list)")
+    return list(inputs), None, None
+
+
+def format_prompt(template: str | None, row: Any, name: str | None = None) -> str:
+    """The item's prompt: ``template.format(...)`` over a row's fields, or ``{}``/``{input}`` for a scalar."""
+    if isinstance(row, dict):
+        if template is None:
+            raise ValueError("dict / DataFrame rows need a prompt template, e.g. 'Classify: {text}'")
+        try:
+            return template.format(**{str(k): v for k, v in row.items()})
+        except KeyError as exc:
+            raise KeyError(f"prompt field {exc.args[0]!r} is not a field of the row (fields: "
+                           f"{', '.join(map(str, row))})") from None
+    text = row if isinstance(row, str) else str(row)
+    if template is None:
+        return text
+    fields = {"input": text, **({name: text} if name else {})}
+    return template.format(text, **fields)
+
+
+# ---------------------------------------------------------------------------------------------- keys
+def settings_fingerprint(settings: RunSettings) -> str:
+    """Everything in a run's settings that determines its answer, as canonical JSON."""
+    model = settings.model
+    output = getattr(settings, "output", None)
+    spec = {
+        "model": getattr(model, "request_model", None) or model.name,
+        "system": settings.system,
+        "mode": settings.mode.value,
+        "tools": sorted((json.dumps(t.schema(), sort_keys=True, default=str) for t in settings.tools.values())
+                        if settings.uses_tools else []),
+        "toolsets": sorted(str(getattr(t, "name", t)) for t in settings.toolsets) if settings.uses_tools else [],
+        "model_settings": dict(settings.model_settings),
+        "output": getattr(output, "schema", None) if output is not None else None,
+    }
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+def item_key(fingerprint: str, prompt: str) -> str:
+    return hashlib.sha256(f"{fingerprint}\n{prompt}".encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- the map
+def _map_settings(agent: ChatAgent, output_type: Any, overrides: dict[str, Any]) -> RunSettings:
+    kwargs = {k: overrides.pop(k) for k in ("model", "system", "tools", "mode") if k in overrides}
+    if output_type is not None:
+        if "output_type" not in inspect.signature(agent.settings).parameters:
+            raise NotImplementedError("output_type needs typed results (not in this version)")
+        kwargs["output_type"] = output_type
+    if overrides:
+        kwargs["model_settings"] = overrides
+    settings = agent.settings(**kwargs)
+    if settings.mode is ChatMode.WORKFLOW:  # a map of workflow inputs is not a thing: chat them
+        kwargs["mode"] = ChatMode.AUTO if settings.tools else ChatMode.NORMAL
+        settings = agent.settings(**kwargs)
+    if settings.stream is None:
+        settings = dataclasses.replace(settings, stream=False)  # nobody reads 10,000 streams: one response each
+    return settings
+
+
+def _output_value(settings: RunSettings, result: Any) -> tuple[Any, Any]:
+    """(the item's output, its JSON form for the journal)."""
+    output = getattr(settings, "output", None)
+    if output is None:
+        return result.final_output, result.final_output
+    value = result.output
+    return value, output.adapter.dump_python(value, mode="json")
+
+
+def _restore(settings: RunSettings, data: Any) -> Any:
+    output = getattr(settings, "output", None)
+    return data if output is None else output.adapter.validate_python(data)
+
+
+async def map_async(
+    agent: ChatAgent,
+    inputs: Any,
+    prompt: str | None = None,
+    *,
+    output_type: Any = None,
+    journal: str | Path | Journal | None = None,
+    max_concurrency: int | str | None = "auto",
+    return_exceptions: bool = True,
+    on_event: EventCallback | None = None,
+    **overrides: Any,
+) -> MapResult:
+    """See :meth:`ChatAgent.map_async`."""
+    started = time.perf_counter()
+    rows, labels, series_name = _rows(inputs)
+    prompts = [format_prompt(prompt, row, series_name) for row in rows]
+    settings = _map_settings(agent, output_type, dict(overrides))
+    fingerprint = settings_fingerprint(settings)
+    keys = [item_key(fingerprint, p) for p in prompts]
+    first: dict[str, int] = {}
+    copies: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        first.setdefault(key, index)
+        copies.setdefault(key, []).append(index)
+
+    own_journal = journal is not None and not isinstance(journal, Journal)
+    store = Journal(journal) if own_journal else journal  # type: ignore[arg-type]
+    emit = agent._emitter(on_event)
+    batch_id = uuid.uuid4().hex[:12]
+    n = len(prompts)
+    outputs: list[Any] = [None] * n
+    errors: dict[int, BaseException] = {}
+    cached = [False] * n
+    done = [False] * n
+    usage = RunUsage()
+    try:
+        emit(BatchStarted(batch_id, messages=tuple(prompts), mode="map"))
+        restored = store.answered(first) if store is not None else {}
+        for key, (data, _paid) in restored.items():
+            value = _restore(settings, data)
+            for index in copies[key]:
+                outputs[index], cached[index], done[index] = value, True, True
+        pending = [key for key in first if key not in restored]
+        deduplicated = n - len(first)
+        restored_count = sum(len(copies[k]) for k in restored)
+        if restored_count or deduplicated:
+            emit(MapItemsRestored(batch_id, count=restored_count, deduplicated=deduplicated))
+
+        def finish(key: str, value: Any, error: BaseException | None, status: str, duration: float,
+                   text: str | None, message: str | None) -> None:
+            for index in copies[key]:
+                done[index] = True
+                if error is None:
+                    outputs[index] = value
+                else:
+                    outputs[index] = errors[index] = error
+                if index != first[key]:  # the copies finish with the item they repeat
+                    emit(BatchItemFinished(batch_id, index=index, status=status, duration=0.0, result=text,
+                                           error=message))
+
+        async def one(key: str) -> None:
+            index = first[key]
+            item_id = f"{batch_id}-{index}"
+            emit(BatchItemStarted(batch_id, index=index, message=prompts[index], item_run_id=item_id))
+            t0 = time.perf_counter()
+            try:
+                result = await agent._turn(prompts[index], settings, kind="batch_item", on_event=on_event,
+                                           messages=[], run_id=item_id)
+            except asyncio.CancelledError:
+                emit(BatchItemFinished(batch_id, index=index, status="cancelled",
+                                       duration=time.perf_counter() - t0, result=None, error="cancelled"))
+                raise
+            duration = time.perf_counter() - t0
+            item_usage = result.usage
+            usage.requests.extend(item_usage.requests)
+            if hasattr(usage, "costs"):
+                usage.costs.extend(getattr(item_usage, "costs", []) or [None] * len(item_usage.requests))
+            if result.stop_reason == "completed":
+                value, data = _output_value(settings, result)
+                if store is not None:
+                    store.record(key, index, prompts[index], data, usage=item_usage)
+                text = result.final_output
+                emit(BatchItemFinished(batch_id, index=index, status="ok", duration=duration, result=text,
+                                       error=None))
+                finish(key, value, None, "ok", duration, text, None)
+                return
+            if result.stop_reason == "cancelled":
+                raise asyncio.CancelledError()
+            message = result.error or result.stop_reason
+            error: BaseException = result.exception if result.exception is not None else MapItemError(
+                f"item {index}: {message}", result.stop_reason)
+            if store is not None:
+                store.record(key, index, prompts[index], error=message, usage=item_usage)
+            emit(BatchItemFinished(batch_id, index=index, status="error", duration=duration, result=None,
+                                   error=message))
+            finish(key, None, error, "error", duration, None, message)
+            if not return_exceptions:
+                raise error
+
+        await _run_admitted(agent, pending, one, max_concurrency)
+    finally:
+        for index in range(n):
+            if not done[index]:
+                outputs[index] = errors[index] = asyncio.CancelledError()
+        failed = len(errors)
+        emit(BatchFinished(batch_id, ok=n - failed, failed=failed, duration=time.perf_counter() - started))
+        if own_journal and store is not None:
+            store.close()
+    return MapResult(prompts, outputs, errors, usage, cached=cached, labels=labels, requested=len(pending),
+                     restored=restored_count, deduplicated=deduplicated, duration=time.perf_counter() - started)
+
+
+async def _run_admitted(agent: ChatAgent, keys: list[str], one: Callable[[str], Any],
+                        max_concurrency: int | str | None) -> None:
+    """Start ``one(key)`` for each key in order, never more at once than the pace allows.
+
+    A fixed ``max_concurrency`` is the bound; with ``"auto"`` the bound follows the agent's limiter (twice
+    its window, so items between two model requests, e.g. running tools, keep the window busy). The
+    first exception (``return_exceptions=False``) or a cancellation stops and cancels everything.
+    """
+    if isinstance(max_concurrency, bool) or (max_concurrency is not None and max_concurrency != "auto"
+                                             and not (isinstance(max_concurrency, int) and max_concurrency >= 1)):
+        raise ValueError('max_concurrency must be "auto", None or at least 1')
+    limiter = agent.limiter()
+
+    def capacity() -> int:
+        if isinstance(max_concurrency, int):
+            return max_concurrency
+        window = getattr(limiter, "limit", None)
+        if window is None:  # a fixed agent-wide semaphore
+            window = agent.max_concurrency if isinstance(agent.max_concurrency, int) else 8
+        return max(2 * window, window + 8)
+
+    room = asyncio.Event()
+    running: set[asyncio.Task[Any]] = set()
+    failure: list[BaseException] = []
+
+    def finished(task: asyncio.Task[Any]) -> None:
+        running.discard(task)
+        if not task.cancelled() and task.exception() is not None and not failure:
+            failure.append(task.exception())  # type: ignore[arg-type]
+        room.set()
+
+    try:
+        for key in keys:
+            while len(running) >= capacity() and not failure:
+                room.clear()
+                await room.wait()
+            if failure:
+                break
+            task = asyncio.ensure_future(one(key))
+            running.add(task)
+            task.add_done_callback(finished)
+        while running and not failure:
+            room.clear()
+            await room.wait()
+        if failure:
+            raise failure[0]
+    finally:
+        for task in list(running):
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
