@@ -220,6 +220,38 @@ MULTI_AGENT = [
     code("branches = [echo.fork(name=f\"branch-{i}\") for i in range(2)]\n"
          "await asyncio.gather(*(b.chat_async(f\"what if {i}?\") for i, b in enumerate(branches)))\n"
          "len(echo.messages), [len(b.messages) for b in branches]"),
+    md("## Tools from an MCP server\n\n"
+       "The Model Context Protocol is how tool servers are shared. `examples/mcp_server.py` is a small one written "
+       "with the official `mcp` package: `word_stats`, `slow_count` (reports progress) and `crash` (exits on "
+       "request). `%agent_mcp add NAME -- COMMAND ARGS...` starts it as a child process speaking MCP over stdio "
+       "and lists its tools (`%agent_mcp add NAME URL` connects to a streamable HTTP server instead). Its stderr "
+       "goes to a log file of its own, which is what lets stdio servers run inside Jupyter at all; it gets only "
+       "`PATH`, `HOME`, `USER`... plus the `-e KEY=VALUE` you give it, never the kernel's API keys. The server "
+       "stays up across cells."),
+    code("import sys\n"
+         "mcp_agent = ChatAgent(name=\"mcp-demo\", mode=\"auto\", model=ScriptedModel([\n"
+         "    calls(call(\"word_stats\", {\"text\": \"the tide comes in\"}), call(\"slow_count\", {\"n\": 5, \"delay\": 0.2})),\n"
+         "    reply(\"4 words, and I counted to 5.\"),\n"
+         "    calls(call(\"crash\", {\"message\": \"out of coffee\"})),\n"
+         "    reply(\"The server crashed; its last words were 'out of coffee'.\"),\n"
+         "    calls(call(\"word_stats\", {\"text\": \"back again\"})),\n"
+         "    reply(\"2 words: the server was started again.\"),\n"
+         "]))"),
+    code("# NBVAL_IGNORE_OUTPUT\n%agent_mcp add demo -a mcp_agent -- {sys.executable} ../examples/mcp_server.py"),
+    md("The server's tools are the agent's tools: name, description and input schema as the server gives them "
+       "(a name that clashes with another tool gets the server's name as prefix). Progress the server reports "
+       "shows on the tool's card while `slow_count` runs."),
+    code("# NBVAL_IGNORE_OUTPUT\n%agent_run -a mcp_agent count the words, then count to five"),
+    code("_agent_last.final_output, [(c.name, c.result) for c in _agent_last.tool_calls]"),
+    md("A server that dies mid-run: the call becomes a tool error that quotes the server's last stderr lines, the "
+       "model is told, the run goes on; the next call starts the server again."),
+    code("# NBVAL_IGNORE_OUTPUT\n%agent_run -a mcp_agent crash the server\nprint(_agent_last.tool_calls[0].error)"),
+    code("# NBVAL_IGNORE_OUTPUT\n%agent_run -a mcp_agent count again\n%agent_mcp list -a mcp_agent"),
+    md("In code: `MCPServer.stdio(command, args, env=...)` or `MCPServer.http(url, headers=...)` from "
+       "`menglong_magic.mcp`, then `ChatAgent(mcp_servers=[...])` or `agent.add_mcp_server(server)`. "
+       "`await agent.aclose()` (or `async with agent:`) closes them; so do `%agent_mcp remove NAME`, "
+       "`%unload_ext menglong_magic` and shutting the kernel down."),
+    code("await mcp_agent.aclose()\n[(s.name, s.state) for s in mcp_agent.toolsets]"),
 ]
 
 NOTEBOOKS = {
