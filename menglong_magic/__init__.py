@@ -23,6 +23,7 @@ from .agent import (
 )
 from .models import Model, ModelError, OfflineModel, OpenAIModel, ScriptedModel
 from .tools import RunContext, Tool, tool
+from .usage import UsageLimits
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,7 @@ __all__ = [
     "Tool",
     "ToolCallRecord",
     "Usage",
+    "UsageLimits",
     "events",
     "load_ipython_extension",
     "tool",

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("menglong_magic")
 
-StopReason = Literal["completed", "max_iterations", "timeout", "cancelled", "error"]
+StopReason = Literal["completed", "max_iterations", "timeout", "cancelled", "error", "usage_limit", "output_invalid"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class ModelResponseReceived(Event):
     tool_calls: tuple[str, ...]
     usage: Usage | None
     duration: float
+    cost: float | None = None  # US dollars, when the model and provider are known to genai-prices
 
 
 @dataclass(frozen=True)

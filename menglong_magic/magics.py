@@ -210,6 +210,9 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         argument("--bg", action="store_true", help="run in the background and return a handle at once"),
         argument("-q", "--quiet", action="store_true", help="no panel: one summary line"),
         argument("--reset", action="store_true", help="clear the agent's history first"),
+        argument("--output", metavar="TYPE",
+                 help="answer as an instance of this type from the namespace (a pydantic model, dataclass, "
+                      "TypedDict or simple type): the result's .output"),
         argument("--record", metavar="PATH",
                  help="append this run's model requests and responses to a JSON Lines cassette (replay it with "
                       "-m replay:PATH)"),
@@ -486,6 +489,15 @@ class AgentMagics(Magics):
                 t = as_tool(func)
                 tools[t.name] = t
             overrides["tools"] = tools
+        if args.output:
+            output_type = self._namespace_type(args.output)
+            try:
+                from .agent.output import OutputSpec
+
+                OutputSpec.of(output_type)
+            except TypeError as exc:
+                raise UsageError(f"--output {args.output}: {exc}") from None
+            overrides["output_type"] = output_type
         if args.record:
             from .models import Recorder
 
@@ -508,9 +520,10 @@ class AgentMagics(Magics):
         if kind == "line":
             if not task_text:
                 raise UsageError("%agent_run needs a task, e.g. %agent_run summarise the data")
-            run_overrides = {**overrides, "mode": ChatMode.AUTO}  # a task: the tool loop, whatever the agent's mode
+            # A task: the tool loop, whatever the agent's mode. ``overrides`` is read when the run starts: the
+            # approver (the panel's buttons) is added to it after the view exists.
             return (lambda on_event: agent.arun(task_text, max_iterations, timeout, on_event=on_event,
-                                                **run_overrides)), agent.name, True
+                                                **{**overrides, "mode": ChatMode.AUTO})), agent.name, True
         body = (cell or "").strip()  # a terminal's cell ends with the blank lines that closed it
         if args.interpolate:
             body = string.Formatter().vformat(body, (), _Namespace(self.shell.user_ns))
@@ -571,6 +584,14 @@ class AgentMagics(Magics):
         except ImportError:
             return getattr(self.shell, "kernel", None) is not None
         return bool(widget_frontend(self.shell))
+
+    def _namespace_type(self, expression: str) -> Any:
+        """A type named in the namespace (``City``, ``list[str]``, ``typing.Literal['a', 'b']``)."""
+        try:
+            return eval(expression, self.shell.user_ns)  # the user's own namespace and text
+        except Exception as exc:
+            raise UsageError(f"--output {expression}: not a type in the namespace ({type(exc).__name__}: {exc})") \
+                from None
 
     def _named_agent(self, name: str) -> ChatAgent:
         obj = self.shell.user_ns.get(name)

@@ -24,6 +24,29 @@ class RunUsage:
     """Usage of a run: one entry per model request (``None`` where the server omitted it), and totals."""
 
     requests: list[Usage | None] = field(default_factory=list)
+    #: Price of each request in US dollars (genai-prices), ``None`` where the model or provider is unknown.
+    costs: list[float | None] = field(default_factory=list)
+    tool_calls: int = 0
+
+    def add(self, usage: Usage | None, cost: float | None = None) -> None:
+        self.requests.append(usage)
+        self.costs.append(cost)
+
+    def __add__(self, other: RunUsage) -> RunUsage:
+        """Usage of two runs together (batches and maps sum their items' usage)."""
+        return RunUsage(self.requests + other.requests, self._padded_costs() + other._padded_costs(),
+                        self.tool_calls + other.tool_calls)
+
+    def _padded_costs(self) -> list[float | None]:
+        return self.costs + [None] * (len(self.requests) - len(self.costs))
+
+    @property
+    def cost(self) -> float | None:
+        """Total price in US dollars; ``None`` unless every request's price is known (never a guess)."""
+        costs = self._padded_costs()
+        if not costs or any(c is None for c in costs):
+            return None
+        return float(sum(c for c in costs if c is not None))
 
     def _sum(self, attr: str) -> int | None:
         known = [getattr(u, attr) for u in self.requests if u is not None and getattr(u, attr) is not None]
@@ -57,4 +80,45 @@ class RunUsage:
         text = f"{total} tokens ({self.input_tokens or 0} in, {self.output_tokens or 0} out)"
         if self.unknown_requests:
             text += f", {self.unknown_requests} request(s) unreported"
+        cost = self.cost
+        if cost is not None:
+            text += f", ${cost:.6f}".rstrip("0").rstrip(".") if cost else ", $0"
         return text
+
+
+@dataclass(frozen=True)
+class UsageLimits:
+    """Caps for one run. When the next step would pass one, the run stops with ``stop_reason="usage_limit"``,
+    keeping everything done so far. Token limits count what the server reported (unknown usage counts 0).
+    """
+
+    max_requests: int | None = None
+    max_tool_calls: int | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    max_total_tokens: int | None = None
+
+    def before_request(self, usage: RunUsage) -> str | None:
+        """The limit that forbids another model request, if any."""
+        if self.max_requests is not None and usage.request_count + 1 > self.max_requests:
+            return f"max_requests={self.max_requests}"
+        return self._tokens(usage, reached=True)
+
+    def after_response(self, usage: RunUsage, new_tool_calls: int) -> str | None:
+        """The limit that forbids acting on a response (its tokens, or running its tool calls)."""
+        exceeded = self._tokens(usage, reached=False)
+        if exceeded:
+            return exceeded
+        if self.max_tool_calls is not None and usage.tool_calls + new_tool_calls > self.max_tool_calls:
+            return f"max_tool_calls={self.max_tool_calls}"
+        return None
+
+    def _tokens(self, usage: RunUsage, *, reached: bool) -> str | None:
+        for name, value in (("max_input_tokens", usage.input_tokens), ("max_output_tokens", usage.output_tokens),
+                            ("max_total_tokens", usage.total_tokens)):
+            limit = getattr(self, name)
+            if limit is None or value is None:
+                continue
+            if value > limit or (reached and value >= limit):
+                return f"{name}={limit}"
+        return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import threading
@@ -38,19 +39,29 @@ from ..events import (
     TurnWaiting,
     dispatch,
 )
-from ..models import Model, ModelRequest, ModelResponse, resolve_model
+from ..models import Model, ModelError, ModelRequest, ModelResponse, ToolCall, resolve_model
 from ..models.openai_compat import redact
 from ..tools import RunContext, Tool, Toolset, as_tool, collect_tools, execute_tool_call, flatten_tools
+from ..usage import UsageLimits
 from .approval import ApprovalDecision, ApprovalRequest, Approver, decide, denial_message
 from .context import ContextSummary
 from .limiter import AdaptiveLimiter
 from .mapping import MapResult, map_async
+from .output import FINAL_RESULT_TOOL, OutputSpec
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord
 from .settings import ChatMode, RunSettings, env_max_retries, env_request_timeout
 from .sync import run_sync
 from .workflow import WorkflowResult, WorkflowStep, run_workflow
 
 _CANCELLED_TOOL_RESULT = "Error: the run was stopped before this tool call finished."
+
+
+def _output_spec(output_type: Any) -> OutputSpec | None:
+    return None if output_type is None else OutputSpec.of(output_type)
+
+
+def call_arguments(call: ToolCall | None) -> str:
+    return (call.arguments or "{}") if call is not None else ""
 _SYNC_STILL_RUNNING = "cancelled while still running (a sync tool's thread cannot be stopped; see RunContext.cancelled)"
 
 
@@ -72,6 +83,8 @@ class _RunState:
     exception: BaseException | None = None
     stop_requested: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)  # RunContext.cancelled
+    output: Any = None  # the validated typed answer (output_type)
+    output_failures: int = 0
 
 
 class _Conversation:
@@ -140,6 +153,9 @@ class ChatAgent:
         approval_timeout: float | None = None,
         toolsets: Iterable[Toolset] | None = None,
         mcp_servers: Iterable[Toolset] | None = None,
+        output_type: Any = None,
+        output_retries: int = 2,
+        usage_limits: UsageLimits | None = None,
     ):
         options = {k: v for k, v in (("base_url", base_url), ("api_key", api_key),
                                      ("default_headers", default_headers)) if v}
@@ -168,6 +184,10 @@ class ChatAgent:
         self.approval_timeout = approval_timeout
         #: Tool sources opened on first use (MCP servers: ``mcp_servers=`` is the same list).
         self.toolsets: list[Toolset] = [*(toolsets or ()), *(mcp_servers or ())]
+        #: Runs answer with a validated instance of this type (``result.output``) unless a run says otherwise.
+        self.output_type = output_type
+        self.output_retries = output_retries
+        self.usage_limits = usage_limits
         self.messages: list[dict[str, Any]] = []  # the conversation, without the system prompt
         self.events = EventBus()
         self.last_result: RunResult | None = None
@@ -213,6 +233,8 @@ class ChatAgent:
         approve: Approver | None = None,
         approve_all: bool = False,
         approval_timeout: float | None = None,
+        output_type: Any = None,
+        usage_limits: UsageLimits | None = None,
     ) -> RunSettings:
         """This agent's defaults with a run's overrides (None: the default). ``system=""`` means none."""
         if isinstance(tools, Mapping):
@@ -238,6 +260,9 @@ class ChatAgent:
             approve_all=approve_all,
             approval_timeout=approval_timeout if approval_timeout is not None else self.approval_timeout,
             toolsets=tuple(self.toolsets),
+            output=_output_spec(output_type if output_type is not None else self.output_type),
+            output_retries=self.output_retries,
+            usage_limits=usage_limits if usage_limits is not None else self.usage_limits,
         )
 
     def fork(self, name: str | None = None) -> ChatAgent:
@@ -301,15 +326,18 @@ class ChatAgent:
         mode: ChatMode | str | None = None,
         approve: Approver | None = None,
         approve_all: bool = False,
+        output_type: Any = None,
+        usage_limits: UsageLimits | None = None,
         **model_kwargs: Any,
-    ) -> str:
+    ) -> Any:
         """One user turn; returns the answer text. In AUTO mode tools run until the model answers.
 
         In WORKFLOW mode the message is the workflow's input and the last step's output is returned.
         ``model``/``system``/``tools``/``mode`` apply to this turn only.
         """
         settings = self.settings(model=model, system=system, tools=tools, mode=mode, model_settings=model_kwargs,
-                                 approve=approve, approve_all=approve_all)
+                                 approve=approve, approve_all=approve_all, output_type=output_type,
+                                 usage_limits=usage_limits)
         if settings.mode is ChatMode.WORKFLOW:
             workflow = await self.execute_workflow_async(message)
             failed = next((s for s in workflow.steps if s.status == "error"), None)
@@ -319,6 +347,10 @@ class ChatAgent:
         result = await self._turn(message, settings, kind="chat")
         if result.stop_reason == "error":
             raise self._raised(result)
+        if settings.output is not None:
+            if result.stop_reason != "completed":
+                raise ValueError(f"no {settings.output.name} answer: {result.error or result.stop_reason}")
+            return result.output
         return result.final_output
 
     async def arun(
@@ -334,6 +366,8 @@ class ChatAgent:
         on_event: EventCallback | None = None,
         approve: Approver | None = None,
         approve_all: bool = False,
+        output_type: Any = None,
+        usage_limits: UsageLimits | None = None,
         **model_kwargs: Any,
     ) -> RunResult:
         """An autonomous task (AUTO mode unless ``mode`` says otherwise); always returns a RunResult.
@@ -345,7 +379,8 @@ class ChatAgent:
         settings = self.settings(model=model, system=system, tools=tools, mode=mode or ChatMode.AUTO,
                                  max_iterations=max_iterations,
                                  timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs,
-                                 approve=approve, approve_all=approve_all)
+                                 approve=approve, approve_all=approve_all, output_type=output_type,
+                                 usage_limits=usage_limits)
         if settings.mode is ChatMode.WORKFLOW:
             raise ValueError("arun runs a task; for workflows use execute_workflow_async(input)")
         return await self._turn(task, settings, kind="run", on_event=on_event)
@@ -363,12 +398,15 @@ class ChatAgent:
         mode: ChatMode | str | None = None,
         approve: Approver | None = None,
         approve_all: bool = False,
+        output_type: Any = None,
+        usage_limits: UsageLimits | None = None,
         **model_kwargs: Any,
     ) -> RunResult:
         """Like :meth:`chat_async` but returns the full RunResult (used by the magics)."""
         settings = self.settings(model=model, system=system, tools=tools, mode=mode, max_iterations=max_iterations,
                                  timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs,
-                                 approve=approve, approve_all=approve_all)
+                                 approve=approve, approve_all=approve_all, output_type=output_type,
+                                 usage_limits=usage_limits)
         if settings.mode is ChatMode.WORKFLOW:
             raise ValueError("workflow mode: use execute_workflow_async(input) (or chat_async)")
         return await self._turn(message, settings, kind="chat", on_event=on_event)
@@ -782,6 +820,7 @@ class ChatAgent:
             run_id=state.run_id,
             messages=state.added,
             exception=state.exception,
+            output=state.output if state.stop_reason == "completed" else None,
         )
         self.last_result = result
         emit(RunFinished(state.run_id, result=result))
@@ -818,15 +857,31 @@ class ChatAgent:
         schemas = [t.schema() for t in tools.values()]
         model = settings.model
         system = settings.system_messages()
+        output = settings.output
+        limits = settings.usage_limits
+        output_retries = settings.output_retries
         for iteration in range(1, max_iterations + 1):
+            if limits is not None:
+                exceeded = limits.before_request(state.usage)
+                if exceeded:
+                    self._stop_for_limit(state, exceeded)
+                    return
             started = time.perf_counter()
             emit(IterationStarted(state.run_id, iteration=iteration, max_iterations=max_iterations))
             log = IterationLog(iteration=iteration)
             state.iterations.append(log)
+            as_tool_output = output is not None and model.supports_response_format is False
+            model_settings = dict(settings.model_settings)
+            request_tools = list(schemas)
+            if output is not None and not as_tool_output:
+                model_settings["response_format"] = output.response_format()
+            elif as_tool_output:
+                assert output is not None
+                request_tools.append(output.tool_schema())
             request = ModelRequest(
                 messages=system + target + state.pending,
-                tools=schemas,
-                settings=dict(settings.model_settings),
+                tools=request_tools,
+                settings=model_settings,
                 stream=stream,
                 run_id=state.run_id,
                 iteration=iteration,
@@ -834,15 +889,18 @@ class ChatAgent:
                 max_retries=settings.max_retries,
             )
             emit(ModelRequestStarted(state.run_id, iteration=iteration, messages=len(request.messages),
-                                     tools=len(schemas)))
+                                     tools=len(request_tools)))
             try:
                 async with self.limiter():
-                    response = await model.request(request, emit)
+                    response = await self._request(model, request, output, emit)
             except Exception as exc:
                 log.error = redact(str(exc) or type(exc).__name__)
                 log.duration = time.perf_counter() - started
                 raise
-            state.usage.requests.append(response.usage)
+            if output is not None and model.supports_response_format is False and not as_tool_output:
+                as_tool_output = True  # the server rejected response_format during this very request
+            cost = model.price(response.usage) if response.usage is not None else None
+            state.usage.add(response.usage, cost)
             log.text = response.text
             log.usage = response.usage
             emit(
@@ -853,20 +911,86 @@ class ChatAgent:
                     tool_calls=tuple(c.name for c in response.tool_calls),
                     usage=response.usage,
                     duration=time.perf_counter() - started,
+                    cost=cost,
                 )
             )
+            if limits is not None and response.tool_calls:
+                exceeded = limits.after_response(state.usage, len(response.tool_calls))
+                if exceeded:  # don't act on it: the unanswered tool calls are not committed
+                    log.duration = time.perf_counter() - started
+                    self._stop_for_limit(state, exceeded)
+                    return
             state.pending.append(response.to_message())
-            if response.tool_calls:
+            final_call = next((c for c in response.tool_calls if c.name == FINAL_RESULT_TOOL), None) \
+                if as_tool_output else None
+            problem: str | None = None
+            if final_call is not None:
+                assert output is not None
+                try:
+                    state.output = output.parse_data(json.loads(call_arguments(final_call)))
+                except ValueError as exc:
+                    problem = str(exc)
+                for call in response.tool_calls:  # answer every call: the history stays valid
+                    if call is final_call:
+                        content = "Final result accepted." if problem is None else \
+                            f"Error: {output.retry_prompt(problem, tool=True)}"
+                    else:
+                        content = "Not executed: the final result was given in the same turn."
+                    state.pending.append({"role": "tool", "tool_call_id": call.id, "content": content})
+            elif response.tool_calls:
+                state.usage.tool_calls += len(response.tool_calls)
                 await self._run_tools(state, log, response, tools, emit, iteration)
+            elif output is not None:
+                try:
+                    state.output = output.parse_text(response.text or "")
+                except ValueError as exc:
+                    problem = str(exc)
+                    state.pending.append({"role": "user",
+                                          "content": output.retry_prompt(problem, tool=as_tool_output)})
             self._commit(state, target)
             log.duration = time.perf_counter() - started
             emit(IterationFinished(state.run_id, iteration=iteration, duration=log.duration,
                                    tool_calls=len(response.tool_calls)))
-            if not response.tool_calls:
-                state.final_output = response.text or ""
-                state.stop_reason = "completed"
-                return
+            if final_call is not None or (not response.tool_calls):
+                answer = call_arguments(final_call) if final_call is not None else (response.text or "")
+                if problem is None:
+                    state.final_output = answer
+                    state.stop_reason = "completed"
+                    return
+                state.output_failures += 1
+                if state.output_failures > output_retries:
+                    state.final_output = answer
+                    state.stop_reason = "output_invalid"
+                    state.error = f"the answer never matched the output type: {problem}"
+                    return
         state.stop_reason = "max_iterations"
+
+    async def _request(self, model: Model, request: ModelRequest, output: OutputSpec | None,
+                       emit: Callable[[Event], None]) -> ModelResponse:
+        """One model request; a server that rejects ``response_format`` gets the final-answer tool instead."""
+        if output is None or "response_format" not in request.settings or model.supports_response_format:
+            return await model.request(request, emit)
+        try:
+            response = await model.request(request, emit)
+        except ModelError as first:
+            if first.status not in (400, 422):
+                raise
+            fallback = dataclasses.replace(
+                request, settings={k: v for k, v in request.settings.items() if k != "response_format"},
+                tools=[*request.tools, output.tool_schema()])
+            try:
+                response = await model.request(fallback, emit)
+            except ModelError:
+                raise first from None
+            model.supports_response_format = False  # from now on: the final-answer tool
+            return response
+        model.supports_response_format = True
+        return response
+
+    @staticmethod
+    def _stop_for_limit(state: _RunState, limit: str) -> None:
+        state.stop_reason = "usage_limit"
+        state.error = f"usage limit reached: {limit}"
 
     async def _run_tools(
         self,

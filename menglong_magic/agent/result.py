@@ -71,7 +71,8 @@ class RunResult(Mapping[str, Any]):
 
     task: str
     final_output: str
-    stop_reason: str  # "completed" | "max_iterations" | "timeout" | "cancelled" | "error"
+    #: "completed" | "max_iterations" | "timeout" | "cancelled" | "error" | "usage_limit" | "output_invalid"
+    stop_reason: str
     iterations: list[IterationLog]
     usage: RunUsage
     execution_time: float
@@ -81,6 +82,8 @@ class RunResult(Mapping[str, Any]):
     messages: list[dict[str, Any]] = field(default_factory=list)  # the messages this run added
     #: The exception that ended the run with ``stop_reason == "error"`` (secrets already removed).
     exception: BaseException | None = field(default=None, repr=False, compare=False)
+    #: The answer as the run's ``output_type`` (None without one, or when it never validated).
+    output: Any = None
 
     @property
     def task_completed(self) -> bool:

@@ -70,6 +70,11 @@ class RunSettings:
     approval_timeout: float | None = None
     #: Tool sources resolved when the run starts (MCP servers), added to ``tools``.
     toolsets: tuple[Any, ...] = ()
+    #: The typed answer asked for (an ``OutputSpec`` built from ``output_type``), and how often to re-ask.
+    output: Any = None
+    output_retries: int = 2
+    #: Caps on requests, tool calls and tokens (``UsageLimits``).
+    usage_limits: Any = None
 
     def __post_init__(self) -> None:
         # Read-only views: a tool or callback that pokes at them cannot change another run.

@@ -84,10 +84,16 @@ class Model(abc.ABC):
 
     #: Shown in panels and results.
     name: str = "model"
+    #: Whether the server takes ``response_format`` (None: not known yet; the agent learns it).
+    supports_response_format: bool | None = None
 
     @abc.abstractmethod
     async def request(self, request: ModelRequest, emit: Emit) -> ModelResponse:
         """Answer one request. ``emit`` takes streaming (TextDelta, ToolCallDelta) and Retry events."""
+
+    def price(self, usage: Usage) -> float | None:
+        """The request's price in US dollars, or None when it is not known (never a guess)."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

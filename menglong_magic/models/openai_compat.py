@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import importlib
 import json
 import os
@@ -214,8 +215,11 @@ class OpenAIModel(Model):
         settings: dict[str, Any] | None = None,
         reset_tool_choice: bool = True,
         default_headers: dict[str, str] | None = None,
+        provider: str | None = None,
     ):
         self.name = name or os.environ.get("MENGLONG_OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
+        #: The provider for prices (genai-prices id, e.g. "openai"); None: inferred from ``base_url``.
+        self.provider = provider
         #: The model id sent to the server (``name`` is what panels and results show).
         self.request_model = self.name
         # Keyless local servers still need some key for the SDK; it is never shown anywhere.
@@ -243,6 +247,17 @@ class OpenAIModel(Model):
     def __repr__(self) -> str:  # never the key
         where = f", base_url={safe_url(self.base_url)!r}" if self.base_url else ""
         return f"{type(self).__name__}({self.name!r}{where})"
+
+    def price(self, usage: Usage) -> float | None:
+        """US dollars for one request from genai-prices, when it knows this model and provider (else None).
+
+        The provider is ``provider=`` if given, else OpenAI without a ``base_url``, else whatever genai-prices
+        recognises from the ``base_url`` (a local or unknown endpoint: None, never a guess).
+        """
+        if usage.input_tokens is None or usage.output_tokens is None:
+            return None
+        return _price(self.request_model, usage.input_tokens, usage.output_tokens, self.provider,
+                      None if self.provider or not self.base_url else self.base_url)
 
     @property
     def base_url(self) -> str | None:
@@ -550,3 +565,19 @@ def _usage(usage: Any) -> Usage | None:
     if usage is None:
         return None
     return Usage(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+
+
+@functools.lru_cache(maxsize=256)
+def _price(model: str, input_tokens: int, output_tokens: int, provider: str | None,
+           api_url: str | None) -> float | None:
+    try:
+        from genai_prices import Usage as PriceUsage
+        from genai_prices import calc_price
+    except ImportError:  # pragma: no cover - a declared dependency; prices are optional all the same
+        return None
+    try:
+        result = calc_price(PriceUsage(input_tokens=input_tokens, output_tokens=output_tokens), model,
+                            provider_id=provider or (None if api_url else "openai"), provider_api_url=api_url)
+    except (LookupError, ValueError):
+        return None
+    return float(result.total_price)

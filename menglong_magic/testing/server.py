@@ -205,6 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
             if owner._over_rate_limit():
                 self._answer(body, Fault(429, owner.rate_limit_retry_after, "rate limit: too many concurrent requests"))
                 return
+            if owner.reject_response_format and "response_format" in body:  # like servers without JSON mode
+                self._send_json(400, {"error": {"message": "response_format is not supported by this server",
+                                                "type": "invalid_request_error", "param": "response_format"}})
+                return
             if owner.require_authorization is not None and authorization != owner.require_authorization:
                 self._send_json(401, {"error": {"message": "wrong or missing Authorization header",
                                                 "type": "invalid_request_error", "code": "invalid_api_key"}})
@@ -482,7 +486,11 @@ class ScriptedOpenAIServer:
     whose ``Authorization`` header is not exactly that value gets a 401 (which does not quote it).
     With ``rate_limit=N``, a request arriving while N others are in flight gets a 429 with
     ``Retry-After: rate_limit_retry_after`` (counted in ``rate_limited``; its scripted step is not used).
+    ``reject_response_format = True``: a request carrying ``response_format`` gets a 400, as from servers
+    without structured output.
     """
+
+    reject_response_format = False
 
     def __init__(
         self,

@@ -226,3 +226,17 @@ async def test_workflow_mode_cell_runs_the_steps(shell: InteractiveShell, capsys
     assert "step up ok" in out and "workflow of 1: 1 done" in out
     res = await run(shell, "%%agent --mode workflow\nhello")
     assert "no steps" in str(res.error_in_exec)
+
+
+async def test_output_type_from_the_namespace(shell: InteractiveShell) -> None:
+    await run(shell, "import pydantic\nclass City(pydantic.BaseModel):\n    name: str\n    population: int\n"
+                     "bot = ChatAgent(model=ScriptedModel(['{\"name\": \"Oslo\", \"population\": 700000}', "
+                     "'{\"result\": [\"a\", \"b\"]}']))")
+    await run(shell, "%agent_run -a bot -q --output City -o city Oslo?")
+    assert shell.user_ns["city"].output == shell.user_ns["City"](name="Oslo", population=700000)
+    await run(shell, "%agent_run -a bot -q --output list[str] -o letters two letters")
+    assert shell.user_ns["letters"].output == ["a", "b"]
+    res = await run(shell, "%agent_run -a bot -q --output Nowhere task")
+    assert type(res.error_in_exec).__name__ == "UsageError" and "Nowhere" in str(res.error_in_exec)
+    res = await run(shell, "%agent_run -a bot -q --output bot task")
+    assert type(res.error_in_exec).__name__ == "UsageError"
