@@ -628,6 +628,9 @@ def load_ipython_extension(ipython: Any) -> None:
         return  # idempotent
     ipython.register_magics(AgentMagics(ipython))
     ipython.input_transformers_cleanup.append(_AwaitRewriter(ipython))
+    from .magics_map import load_ipython_extension as load_map
+
+    load_map(ipython)  # %agent_map
     from .frontend import watch
 
     watch(ipython)  # from now on, remember which front ends speak the widget protocol (frontend.py)
@@ -640,6 +643,9 @@ def unload_ipython_extension(ipython: Any) -> None:
     from .frontend import unwatch
 
     unwatch(ipython)
+    from .magics_map import unload_ipython_extension as unload_map
+
+    unload_map(ipython)
     magics = ipython.magics_manager.registry.pop("AgentMagics", None)
     if magics is not None:
         for kind, names in magics.magics.items():

@@ -1,0 +1,197 @@
+"""``%agent_map``: map a namespace iterable through an agent, with the map panel and an optional journal.
+
+    %agent_map -o labels --journal runs.sqlite reviews Classify the sentiment of: {text}
+
+The first word after the options names the iterable (a list of strings or dicts, a pandas DataFrame
+or Series); the rest of the line is the prompt template (optional for strings). Like ``%agent_run``,
+a column-0 ``%agent_map`` line (also ``x = %agent_map ...``) is rewritten into a top-level ``await``,
+so the map runs on the kernel's own loop; elsewhere it runs through the extension's blocking path.
+An interrupt stops the map; everything that finished is in the journal (and in ``_agent_last``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from .agent.mapping import MapResult
+from .magics import _magics, split_options
+from .mapview import make_map_view
+from .models import resolve_model
+from .tools import as_tool
+
+_MODULE = "__import__('menglong_magic.magics_map', fromlist=['run_map_magic'])"
+_LINE_RE = re.compile(r"^(?P<assign>[A-Za-z_][\w.]*\s*=\s*)?%agent_map(?=\s|$)(?P<rest>.*?)(?P<semi>;?)\s*$")
+
+
+async def run_map_magic(line: str, value: bool = True) -> Any:
+    """What rewritten ``%agent_map`` lines await."""
+    shell, _ = _magics()
+    magics = shell.magics_manager.registry.get("AgentMapMagics")
+    if magics is None:
+        raise UsageError("menglong_magic is not loaded: run %load_ext menglong_magic")
+    result = await magics.execute(shell.var_expand(line))
+    return result if value else None
+
+
+def run_map_magic_blocking(line: str, value: bool = True) -> Any:
+    shell, agent_magics = _magics()
+    magics = shell.magics_manager.registry["AgentMapMagics"]
+    result = agent_magics._blocking(magics.execute(shell.var_expand(line)))
+    return result if value else None
+
+
+class _MapRewriter:
+    """Cleanup transformer: column-0 ``%agent_map`` lines become an awaited call (see magics._AwaitRewriter)."""
+
+    has_side_effects = True
+
+    def __init__(self, shell: Any):
+        self.shell = shell
+
+    def _call(self) -> str:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return f"{_MODULE}.run_map_magic_blocking"
+        if getattr(self.shell, "autoawait", False):
+            return f"await {_MODULE}.run_map_magic"
+        return f"{_MODULE}.run_map_magic_blocking"
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        out = []
+        for text in lines:
+            m = _LINE_RE.match(text.rstrip("\n"))
+            if m:
+                assign = m["assign"] or ""
+                value = "" if assign else ", value=False"
+                text = f"{assign}{self._call()}({m['rest'].strip()!r}{value}){m['semi']}\n"
+            out.append(text)
+        return out
+
+
+@magics_class
+class AgentMapMagics(Magics):
+    """``%agent_map``: one isolated agent run per item of a namespace iterable."""
+
+    @magic_arguments()
+    @argument("-a", "--agent", help="name of a ChatAgent in the namespace (default: the per-kernel agent)")
+    @argument("-m", "--model", help="model for this map (name, 'local' or 'offline')")
+    @argument("-s", "--system", help="system prompt for this map")
+    @argument("-t", "--tools", help="comma-separated tool functions from the namespace")
+    @argument("-o", "--out", help="store the MapResult in this variable")
+    @argument("--journal", metavar="PATH", help="SQLite journal: finished items are kept; a re-run asks only the rest")
+    @argument("--max-concurrency", default="auto", help="'auto' (adaptive, default) or a fixed number")
+    @argument("--output", metavar="TYPE", help="answer as an instance of this type from the namespace")
+    @argument("-q", "--quiet", action="store_true", help="no panel: one summary at the end")
+    @argument("rest", nargs="*", help="ITERABLE [PROMPT TEMPLATE...]")
+    @line_magic
+    def agent_map(self, line: str) -> Any:
+        """Map a namespace iterable through an agent: ``%agent_map [options] ITERABLE [PROMPT with {fields}]``."""
+        _, agent_magics = _magics()
+        return agent_magics._blocking(self.execute(line))
+
+    def _parse(self, line: str) -> tuple[Any, Any, str]:
+        options, rest = split_options(self.agent_map.parser, line)
+        try:
+            args = self.agent_map.parser.parse_args(shlex.split(options))
+        except ValueError as exc:
+            raise UsageError(f"cannot parse the options: {exc}") from None
+        name, _, template = rest.partition(" ")
+        if not name:
+            raise UsageError("%agent_map needs an iterable: %agent_map [options] ITERABLE [PROMPT {field}...]")
+        if name not in self.shell.user_ns:
+            raise UsageError(f"{name!r} is not defined in the namespace")
+        return args, self.shell.user_ns[name], template.strip()
+
+    def _agent_and_overrides(self, args: Any) -> tuple[Any, dict[str, Any]]:
+        _, agent_magics = _magics()
+        agent = agent_magics._named_agent(args.agent) if args.agent else agent_magics.default_agent()
+        overrides: dict[str, Any] = {}
+        if agent is agent_magics._default_agent:
+            overrides.update(system=agent_magics.system or "", mode=agent_magics.mode,
+                             tools=agent_magics._namespace_tools())
+        if args.model:
+            try:
+                overrides["model"] = resolve_model(args.model)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"-m {args.model}: {exc}") from None
+        if args.system:
+            overrides["system"] = args.system
+        if args.tools:
+            tools = {}
+            for name in (n.strip() for n in args.tools.split(",") if n.strip()):
+                func = self.shell.user_ns.get(name)
+                if func is None or not callable(func):
+                    raise UsageError(f"-t: {name!r} is not a function in the namespace")
+                t = as_tool(func)
+                tools[t.name] = t
+            overrides["tools"] = tools
+        if args.output:
+            if args.output not in self.shell.user_ns:
+                raise UsageError(f"--output {args.output}: not defined in the namespace")
+            overrides["output_type"] = self.shell.user_ns[args.output]
+        return agent, overrides
+
+    async def execute(self, line: str) -> MapResult | None:
+        args, inputs, template = self._parse(line)
+        agent, overrides = self._agent_and_overrides(args)
+        concurrency: int | str = args.max_concurrency
+        if concurrency != "auto":
+            try:
+                concurrency = int(concurrency)
+            except ValueError:
+                raise UsageError("--max-concurrency: 'auto' or a number") from None
+        _, agent_magics = _magics()
+        loop = asyncio.get_running_loop()
+        holder: dict[str, asyncio.Task[Any]] = {}
+
+        def stop() -> None:
+            task = holder.get("task")
+            if task is not None:
+                loop.call_soon_threadsafe(task.cancel)
+
+        view = make_map_view(title=f"{agent.name} map", widgets=agent_magics._widgets_available()
+                             and agent_magics.show_panel and not args.quiet, on_stop=stop,
+                             update_interval=max(agent_magics.panel_update_interval, 0.2), compact=args.quiet)
+        view.show()
+        task = loop.create_task(agent.map_async(inputs, template or None, journal=args.journal,
+                                                max_concurrency=concurrency, on_event=view.handle, **overrides))
+        holder["task"] = task
+        result: MapResult | None = None
+        try:
+            result = await asyncio.shield(task)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+            raise
+        finally:
+            view.finish()
+            self.shell.user_ns["_agent_last"] = result
+            if args.out:
+                self.shell.user_ns[args.out] = result
+        return result
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    if "AgentMapMagics" in ipython.magics_manager.registry:
+        return
+    ipython.register_magics(AgentMapMagics(ipython))
+    ipython.input_transformers_cleanup.append(_MapRewriter(ipython))
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    magics = ipython.magics_manager.registry.pop("AgentMapMagics", None)
+    if magics is not None:
+        for kind, names in magics.magics.items():
+            for name in names:
+                ipython.magics_manager.magics[kind].pop(name, None)
+    cleanup = ipython.input_transformers_cleanup
+    cleanup[:] = [t for t in cleanup if not isinstance(t, _MapRewriter)]
