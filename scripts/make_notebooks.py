@@ -174,6 +174,25 @@ BATCHES_AND_WORKFLOWS = [
          "writer.add_workflow_step(\"shout\", str.upper, condition=lambda previous, state: state[\"words\"] > 100)\n"
          "flow = await writer.execute_workflow_async(\"  The  Quick brown FOX jumps   over the lazy dog \")\n"
          "for step in flow.steps:\n    print(step.name, step.status, repr(step.output))"),
+    md("## Structured records from text: `output_type` over a map\n\n"
+       "`map_async` runs one isolated run per input (strings here; dicts or DataFrame rows work the same with a "
+       "`{field}` template). With `output_type`, each answer is validated into that type; an invalid one is "
+       "sent back with the error. A small stand-in model answers in JSON here; with a real model the schema goes "
+       "out as `response_format`."),
+    code("import json, re\nimport pydantic\n\n\n"
+         "class Contact(pydantic.BaseModel):\n    name: str\n    email: str\n    callback: bool\n\n\n"
+         "def stand_in(request):\n    \"\"\"Plays the model: reads the fields with regexes and answers in JSON.\"\"\"\n"
+         "    text = request.messages[-1][\"content\"]\n"
+         "    name = re.search(r\"From: ([A-Z][a-z]+ [A-Z][a-z]+)\", text).group(1)\n"
+         "    email = re.search(r\"[\\w.]+@[\\w.]+\", text).group(0)\n"
+         "    return json.dumps({\"name\": name, \"email\": email, \"callback\": \"call me\" in text.lower()})\n\n\n"
+         "messages = [\n    \"From: Ann Lee <ann.lee@example.org> - please call me back about the invoice.\",\n"
+         "    \"From: Bo Chen <bo@example.net> - thanks, all sorted.\",\n"
+         "    \"From: Cy Diaz <cy.diaz@example.com> - Call me tomorrow?\",\n]\n"
+         "extractor = ChatAgent(model=ScriptedModel([stand_in] * len(messages)), name=\"extractor\")\n"
+         "contacts = await extractor.map_async(messages, \"Extract the contact from this message: {}\", "
+         "output_type=Contact)\n"
+         "[c.model_dump() for c in contacts]"),
     md("## Context summary and clearing"),
     code("print(counter.get_context_summary())"),
     code("counter.clear_context()\nprint(counter.get_context_summary())"),
