@@ -53,17 +53,19 @@ def run_cells(page: Any, command: str, index: int) -> None:
 
 
 def approve_and_deny(page: Any, panel: Any, reason: str) -> None:
-    """Approve send_email; while it runs and finishes, delete_file still waits; then deny it with a reason."""
+    """Type a reason on delete_file; approve send_email, which runs and finishes while delete_file still waits
+    (its card re-renders around the controls); then deny delete_file with the reason typed before."""
     email = panel.locator(".mm-tool", has_text="send_email")
     delete = panel.locator(".mm-tool", has_text="delete_file")
     email.locator("button.mm-approve").wait_for(timeout=60_000)
     delete.locator("button.mm-deny").wait_for(timeout=60_000)
     assert '"to": ' in email.locator(".mm-args").inner_text()  # the arguments are on the card
+    delete.locator("input.mm-reason").fill(reason)  # typed before the other card re-renders the iteration
     email.locator("button.mm-approve").click()
     email.locator(".mm-decision-approved").wait_for(timeout=30_000)  # ran: "ok · approved (panel)"
     assert "ok · approved (panel)" in email.inner_text()
     assert delete.locator("button.mm-deny").is_enabled() and "awaiting approval" in delete.inner_text()
-    delete.locator("input.mm-reason").fill(reason)
+    assert delete.locator("input.mm-reason").input_value() == reason  # the half-typed reason survived
     delete.locator("button.mm-deny").click()
 
 
@@ -114,3 +116,33 @@ def test_approve_and_deny_from_the_panel_blocking_and_bg(page: Any, lab: Lab, tm
     assert output_text(nb_cells.nth(4)) == (
         "['send_email:ann', 'send_email:bob'] [('delete_file', 'denied', False, 'panel', 'too risky'), "
         "('send_email', 'ok', True, 'panel', None)]")
+
+
+DEAF = r'''
+import asyncio
+from menglong_magic import events as ev
+from menglong_magic.agent.approval import ApprovalRequest
+from menglong_magic.panel import RunPanel
+
+deaf = RunPanel(title='deaf', update_interval=0.05)
+deaf.approval_clicked = lambda *a: False  # as if the front end held the click: the kernel never hears it
+deaf.show()
+for e in (ev.RunStarted('d', agent='a', model='m', mode='auto', task='x', max_iterations=1),
+          ev.IterationStarted('d', iteration=1, max_iterations=1),
+          ev.ToolCallStarted('d', iteration=1, call_id='c', name='send_email', arguments={'to': 'x'}),
+          ev.ApprovalRequested('d', iteration=1, call_id='c', name='send_email', arguments={'to': 'x'}, agent='a')):
+    deaf.handle(e)
+waiting = asyncio.ensure_future(deaf.request_approval(ApprovalRequest('send_email', {'to': 'x'}, 'c', 'd', 'a', 1)))
+'''
+
+
+def test_a_click_the_kernel_never_hears_is_reported_on_the_card(page: Any, lab: Lab, tmp_path: Path) -> None:
+    open_notebook(page, lab, "deaf.ipynb", [DEAF])
+    run_cells(page, "notebook:run-all-cells", 0)
+    card = page.locator(".mm-live .mm-tool", has_text="send_email")
+    card.locator("button.mm-approve").click(timeout=60_000)
+    assert card.locator("button.mm-approve").is_disabled() and card.locator("button.mm-deny").is_disabled()
+    stuck = card.locator(".mm-approval-stuck")
+    stuck.wait_for(timeout=20_000)
+    assert "has not received this answer" in stuck.inner_text() and "--bg" in stuck.inner_text()
+    card.screenshot(path=str(tmp_path / "approval-stuck.png"))
