@@ -4,6 +4,7 @@ DataFrame input, the journal (including a SIGKILLed run), deduplication and the 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -162,7 +163,7 @@ async def test_typed_outputs_and_their_journal(openai_server: ScriptedOpenAIServ
     class Label(pydantic.BaseModel):
         sentiment: str
 
-    openai_server.responder = lambda body: reply('{"sentiment": "%s"}' % last_user(body).split()[-1])
+    openai_server.responder = lambda body: reply(json.dumps({"sentiment": last_user(body).split()[-1]}))
     journal = tmp_path / "typed.sqlite"
     result = await agent.map_async(["x positive", "y negative"], output_type=Label, journal=journal)
     assert result[0] == Label(sentiment="positive") and result[1] == Label(sentiment="negative")
@@ -237,7 +238,7 @@ def _journal_rows(path: Path) -> int:
         return 0
 
 
-async def test_a_map_killed_with_sigkill_resumes_from_its_journal(tmp_path: Path) -> None:
+def test_a_map_killed_with_sigkill_resumes_from_its_journal(tmp_path: Path) -> None:
     n = 40
     journal = tmp_path / "killed.sqlite"
     script = tmp_path / "child.py"
@@ -250,7 +251,7 @@ async def test_a_map_killed_with_sigkill_resumes_from_its_journal(tmp_path: Path
             while _journal_rows(journal) < n // 3:
                 assert child.poll() is None, child.communicate()
                 assert time.monotonic() < deadline, "the child made no progress"
-                await asyncio.sleep(0.01)
+                time.sleep(0.01)
             os.kill(child.pid, signal.SIGKILL)
         finally:
             if child.poll() is None:
@@ -262,7 +263,7 @@ async def test_a_map_killed_with_sigkill_resumes_from_its_journal(tmp_path: Path
         asked_before = len(server.requests)
         server.reset_stats()
         agent = ChatAgent(model=OpenAIModel("m", base_url=server.base_url, api_key="sk-parent"))
-        result = await agent.map_async([f"item {i}" for i in range(n)], journal=journal)
+        result = asyncio.run(agent.map_async([f"item {i}" for i in range(n)], journal=journal))
         asked_again = sorted(last_user(b) for b in server.requests)
         assert len(asked_again) == n - saved  # only the items the journal lacks
         assert result.restored == saved and result.requested == n - saved

@@ -1,0 +1,174 @@
+"""Unit tests for the map's parts: prompt formatting, item keys, the journal, the AIMD limiter, the view model."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import pytest
+
+from menglong_magic import ChatAgent
+from menglong_magic import events as ev
+from menglong_magic.agent.limiter import AdaptiveLimiter
+from menglong_magic.agent.mapping import Journal, MapItemsRestored, format_prompt, item_key, settings_fingerprint
+from menglong_magic.mapview import MapTextView, MapViewModel
+from menglong_magic.models.base import current_gate
+from menglong_magic.usage import RunUsage, Usage
+
+
+def test_format_prompt() -> None:
+    assert format_prompt(None, "plain") == "plain"
+    assert format_prompt("Say {}", "hi") == "Say hi"
+    assert format_prompt("Say {input}", 3) == "Say 3"
+    assert format_prompt("Sentiment: {text}", "good", "text") == "Sentiment: good"
+    assert format_prompt("{a}-{b}", {"a": 1, "b": "x"}) == "1-x"
+    with pytest.raises(KeyError, match="'c'"):
+        format_prompt("{c}", {"a": 1})
+    with pytest.raises(ValueError, match="template"):
+        format_prompt(None, {"a": 1})
+
+
+def test_item_keys_change_with_what_determines_the_answer() -> None:
+    agent = ChatAgent(model="offline", system="s1")
+    base = settings_fingerprint(agent.settings())
+    assert item_key(base, "p") == item_key(settings_fingerprint(agent.settings()), "p")
+    assert item_key(base, "p") != item_key(base, "q")
+    assert settings_fingerprint(agent.settings(system="s2")) != base
+    assert settings_fingerprint(agent.settings(model_settings={"temperature": 0})) != base
+
+
+def test_journal_keeps_answers_and_retries_errors(tmp_path: Path) -> None:
+    usage = RunUsage([Usage(3, 4)])
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.record("k1", 0, "p1", "answer", usage=usage)
+        journal.record("k2", 1, "p2", error="boom")
+        assert set(journal.answered(["k1", "k2", "k3"])) == {"k1"}
+        journal.record("k1", 5, "p1", error="later failure")  # never replaces an answer
+        journal.record("k2", 1, "p2", "fixed")  # an answer replaces an error
+        found = journal.answered(["k1", "k2"])
+        assert found["k1"][0] == "answer" and found["k2"][0] == "fixed"
+        assert found["k1"][1].total_tokens == 7
+        assert len(journal) == 2
+    with Journal(tmp_path / "j.sqlite") as again:  # it survives reopening
+        assert len(again) == 2 and [r["prompt"] for r in again.rows()] == ["p1", "p2"]
+
+
+async def test_limiter_grows_then_backs_off_and_never_below_one() -> None:
+    limiter = AdaptiveLimiter(initial=4, maximum=10)
+    for _ in range(10):
+        async with limiter:
+            pass
+    assert limiter.limit == 10 and limiter.slow_start  # +1 per success up to the maximum
+
+    async def rejected() -> None:
+        with pytest.raises(RuntimeError):
+            async with limiter:
+                assert current_gate.get() is limiter
+                limiter.attempt_failed(429, None)
+                raise RuntimeError("the request failed for good")
+
+    await asyncio.gather(*(rejected() for _ in range(6)))
+    assert limiter.limit < 10 and not limiter.slow_start and limiter.decreases >= 1
+    for _ in range(20):
+        await rejected()
+    assert limiter.limit == 1
+    limiter.attempt_failed(500, None)  # not a congestion signal
+    assert limiter.congestion_signals == 26
+    assert current_gate.get() is None
+
+
+async def test_limiter_bounds_in_flight_and_gives_slots_back_while_waiting() -> None:
+    limiter = AdaptiveLimiter(initial=2, maximum=2)
+    peak = 0
+    active = 0
+
+    async def work(wait: bool) -> None:
+        nonlocal peak, active
+        async with limiter:
+            active += 1
+            peak = max(peak, active)
+            if wait:
+                active -= 1
+                async with limiter.released():
+                    await asyncio.sleep(0.02)
+                active += 1
+            await asyncio.sleep(0.01)
+            active -= 1
+
+    await asyncio.gather(*(work(i % 2 == 0) for i in range(8)))
+    assert peak <= 2 and limiter.in_flight == 0 and limiter.peak_in_flight == 2
+
+
+async def test_limiter_pauses_at_the_floor_for_retry_after() -> None:
+    limiter = AdaptiveLimiter(initial=1, maximum=1)
+    async with limiter:
+        limiter.attempt_failed(429, 0.2)
+    t = asyncio.get_running_loop().time()
+    async with limiter:
+        pass
+    assert asyncio.get_running_loop().time() - t >= 0.15
+
+
+def _events(batch: str = "b") -> list[ev.Event]:
+    return [
+        ev.BatchStarted(batch, messages=tuple(f"m{i}" for i in range(5)), mode="map"),
+        MapItemsRestored(batch, count=2),
+        ev.BatchItemStarted(batch, index=2, message="m2", item_run_id="b-2"),
+        ev.BatchItemStarted(batch, index=3, message="m3", item_run_id="b-3"),
+        ev.ModelResponseReceived("b-2", iteration=1, text="x", tool_calls=(), usage=Usage(10, 2), duration=0.1),
+        ev.BatchItemFinished(batch, index=2, status="ok", duration=0.1, result="x", error=None),
+        ev.BatchItemFinished(batch, index=3, status="error", duration=0.1, result=None, error="HTTP 400 <b>"),
+    ]
+
+
+def test_map_view_model_aggregates() -> None:
+    model = MapViewModel("m")
+    for event in _events():
+        model.apply(event)
+    assert (model.total, model.done, model.failed, model.restored, len(model.running)) == (5, 1, 1, 2, 0)
+    assert model.completed == 4 and model.failures == [(3, "HTTP 400 <b>")]
+    assert model.input_tokens == 10 and model.output_tokens == 2
+    assert model.eta() is not None and model.rate() is not None
+    assert "&lt;b&gt;" in model.final_html() and "<b>" not in model.rows_html()
+    model.apply(ev.BatchFinished("b", ok=3, failed=1, duration=1.0))
+    assert model.finished and model.status == "completed with errors"
+    assert "4/5" in model.summary_line()
+
+
+def test_map_view_model_cost_per_event_does_not_grow() -> None:
+    model = MapViewModel("m", last_rows=3)
+    model.apply(ev.BatchStarted("b", messages=("x",) * 10_000, mode="map"))
+    for i in range(10_000):
+        model.apply(ev.BatchItemFinished("b", index=i, status="ok", duration=0.0, result=f"r{i}", error=None))
+    assert len(model.rows) == 3 and model.done == 10_000
+    assert model.rows_html().count("<tr") == 3
+
+
+def test_map_text_view_prints_failures_and_summary() -> None:
+    out = io.StringIO()
+    view = MapTextView("m", stream=out, interval=0.0)
+    for event in _events():
+        view.handle(event)
+    view.finish()
+    text = out.getvalue()
+    assert "item 3 failed: HTTP 400 <b>" in text and "cancelled" in text.splitlines()[-1]
+
+
+def test_map_panel_sends_new_failures_only_and_closes_its_widget() -> None:
+    pytest.importorskip("anywidget")
+    import ipywidgets
+
+    from menglong_magic.mapview import MapPanel
+
+    panel = MapPanel(title="m")
+    sent: list[dict[str, object]] = []
+    panel.widget.send = lambda content, buffers=None: sent.append(content)
+    for event in _events():
+        panel.handle(event)  # no loop: each event flushes at once
+    assert "1 ok" in panel.widget.stats and panel.widget.progress["failed"] == 1
+    assert [len(m["html"]) for m in sent] == [1]  # the one failure, sent once
+    widget_id = panel.widget.model_id
+    panel.finish()
+    assert panel.widget is None and widget_id not in ipywidgets.Widget.widgets
+    assert panel.final_bundle is not None and "HTTP 400 &lt;b&gt;" in panel.final_bundle["text/html"]
