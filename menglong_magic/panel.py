@@ -47,7 +47,7 @@ import traitlets
 from . import events as ev
 from .agent.approval import ApprovalDecision, ApprovalRequest
 from .textview import TextView
-from .viewmodel import RunViewModel
+from .viewmodel import RunViewModel, clip
 
 _STATIC = Path(__file__).parent / "static"
 _FINAL_EVENTS = (ev.RunFinished, ev.BatchFinished, ev.WorkflowFinished)
@@ -84,7 +84,8 @@ class PanelWidget(anywidget.AnyWidget):
     progress = traitlets.Dict().tag(sync=True)  # {"done", "total", "label", "status"}
     blocks = traitlets.List().tag(sync=True)  # [[key, html], ...]: the view replaces changed blocks only
     stop = traitlets.Unicode("disabled").tag(sync=True)  # "enabled" | "stopping" | "disabled" | "hidden"
-    approvals = traitlets.List().tag(sync=True)  # call ids the panel asks about (its Approve / Deny controls)
+    # [[call_id, "tool(arguments)"], ...]: the calls the panel asks about (their Approve / Deny controls)
+    approvals = traitlets.List().tag(sync=True)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
         # The widget mime type only: no text/plain for nbval to compare or for a viewer to show as a stray repr.
@@ -111,7 +112,7 @@ class RunPanel:
         # call_id -> (loop, future) of each call waiting for a click; guarded by _approval_lock (clicks may come
         # from a subshell thread).
         self._approval_lock = threading.Lock()
-        self._pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[ApprovalDecision]]] = {}
+        self._pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[ApprovalDecision], str]] = {}
         self.widget: PanelWidget | None = PanelWidget(
             title=title, header=self.model.header_html(), blocks=[list(b) for b in self.model.body_blocks()],
             progress=self._progress_state(), stop="enabled" if on_stop is not None else "disabled")
@@ -252,13 +253,14 @@ class RunPanel:
                 return ApprovalDecision(False, "the panel was closed before anyone answered", "panel")
             if request.call_id in self._pending:
                 raise RuntimeError(f"tool call {request.call_id!r} is already awaiting approval")
-            self._pending[request.call_id] = (loop, future)
+            self._pending[request.call_id] = (loop, future, _call_label(request))
         self._changed()
         try:
             return await future
         finally:
             with self._approval_lock:
-                if self._pending.get(request.call_id, (None, None))[1] is future:
+                entry = self._pending.get(request.call_id)
+                if entry is not None and entry[1] is future:
                     del self._pending[request.call_id]
             self._changed()
 
@@ -275,18 +277,18 @@ class RunPanel:
             return False
         text = reason.strip()[:1000] if isinstance(reason, str) else ""
         decision = ApprovalDecision(approved, None if approved or not text else text, "panel")
-        loop, future = entry
+        loop, future, _label = entry
         _resolve_threadsafe(loop, future, decision)
         return True
 
-    def _pending_ids(self) -> list[str]:
+    def _pending_ids(self) -> list[list[str]]:
         with self._approval_lock:
-            return list(self._pending)
+            return [[call_id, label] for call_id, (_loop, _future, label) in self._pending.items()]
 
     def _deny_pending(self, reason: str) -> None:
         with self._approval_lock:
             entries, self._pending = list(self._pending.values()), {}
-        for loop, future in entries:
+        for loop, future, _label in entries:
             _resolve_threadsafe(loop, future, ApprovalDecision(False, reason, "panel"))
 
     def _changed(self) -> None:
@@ -328,6 +330,13 @@ class RunPanel:
         w = self.widget
         if w is not None and w.stop not in ("hidden", state):
             w.stop = state
+
+
+def _call_label(request: ApprovalRequest) -> str:
+    """``send_email(to='ann')``: names the call where its card is not shown (the panel lists it below)."""
+    args = request.arguments
+    text = args if isinstance(args, str) else ", ".join(f"{k}={v!r}" for k, v in (args or {}).items())
+    return f"{request.tool_name}({clip(text, 200)})"
 
 
 def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any) -> None:

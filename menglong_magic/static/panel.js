@@ -23,7 +23,10 @@ function render({ model, el }) {
   row.append(track, label, stop);
   const body = document.createElement("div");
   body.className = "mm-body";
-  root.append(header, row, body);
+  // Calls the kernel asks about whose card is not shown (an older, summarised iteration): controls land here.
+  const orphans = document.createElement("div");
+  orphans.className = "mm-approvals-orphans";
+  root.append(header, row, body, orphans);
   el.appendChild(root);
 
   const blocks = new Map(); // key -> {node, html}
@@ -31,9 +34,12 @@ function render({ model, el }) {
   // into the card's .mm-approval-slot after each re-render, so a half-typed reason survives other updates.
   const controls = new Map(); // call_id -> {node, reason, timer}
 
-  function makeControls(callId) {
+  function makeControls(callId, text) {
     const node = document.createElement("div");
     node.className = "mm-approval";
+    const label = document.createElement("span");
+    label.className = "mm-approval-label";
+    label.textContent = text || callId;
     const approve = document.createElement("button");
     approve.type = "button";
     approve.className = "mm-approve";
@@ -50,7 +56,7 @@ function render({ model, el }) {
     const note = document.createElement("div");
     note.className = "mm-approval-note";
     note.hidden = true;
-    node.append(approve, deny, reason, note);
+    node.append(label, approve, deny, reason, note);
     const entry = { node, reason, timer: null };
     function answer(approved) {
       if (approve.disabled) return;
@@ -84,9 +90,15 @@ function render({ model, el }) {
     const active = document.activeElement;
     const typing = active && active.classList && active.classList.contains("mm-reason") && root.contains(active);
     const range = typing ? [active.selectionStart, active.selectionEnd] : null;
+    const placed = new Set();
     for (const slot of body.querySelectorAll(".mm-approval-slot")) {
       const entry = controls.get(slot.dataset.callId);
-      if (entry && entry.node.parentNode !== slot) slot.replaceChildren(entry.node);
+      if (!entry) continue;
+      placed.add(slot.dataset.callId);
+      if (entry.node.parentNode !== slot) slot.replaceChildren(entry.node);
+    }
+    for (const [id, entry] of controls) {
+      if (!placed.has(id) && entry.node.parentNode !== orphans) orphans.appendChild(entry.node);
     }
     if (typing && active.isConnected && document.activeElement !== active) {
       active.focus();
@@ -95,7 +107,8 @@ function render({ model, el }) {
   }
 
   function setApprovals() {
-    const pending = new Set(model.get("approvals") || []);
+    const listed = model.get("approvals") || [];
+    const pending = new Set(listed.map(([id]) => id));
     for (const [id, entry] of controls) {
       if (!pending.has(id)) {
         clearTimeout(entry.timer);
@@ -103,8 +116,8 @@ function render({ model, el }) {
         controls.delete(id);
       }
     }
-    for (const id of pending) {
-      if (!controls.has(id)) controls.set(id, makeControls(id));
+    for (const [id, text] of listed) {
+      if (!controls.has(id)) controls.set(id, makeControls(id, text));
     }
     placeControls();
   }

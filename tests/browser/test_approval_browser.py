@@ -133,6 +133,8 @@ for e in (ev.RunStarted('d', agent='a', model='m', mode='auto', task='x', max_it
           ev.ApprovalRequested('d', iteration=1, call_id='c', name='send_email', arguments={'to': 'x'}, agent='a')):
     deaf.handle(e)
 waiting = asyncio.ensure_future(deaf.request_approval(ApprovalRequest('send_email', {'to': 'x'}, 'c', 'd', 'a', 1)))
+# a call whose card is not shown (e.g. an iteration summarised away): its controls are listed under the body
+orphan = asyncio.ensure_future(deaf.request_approval(ApprovalRequest('delete_file', {'path': '/x'}, 'o', 'd', 'a', 1)))
 '''
 
 
@@ -145,4 +147,8 @@ def test_a_click_the_kernel_never_hears_is_reported_on_the_card(page: Any, lab: 
     stuck = card.locator(".mm-approval-stuck")
     stuck.wait_for(timeout=20_000)
     assert "has not received this answer" in stuck.inner_text() and "--bg" in stuck.inner_text()
-    card.screenshot(path=str(tmp_path / "approval-stuck.png"))
+    listed = page.locator(".mm-live .mm-approvals-orphans .mm-approval")
+    assert listed.count() == 1 and listed.locator(".mm-approval-label").inner_text() == "delete_file(path='/x')"
+    assert listed.locator("button.mm-deny").is_enabled()
+    assert card.locator(".mm-approval-label").is_hidden()  # on its own card the label is not repeated
+    page.locator(".mm-live").screenshot(path=str(tmp_path / "approval-stuck.png"))

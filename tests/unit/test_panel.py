@@ -351,6 +351,11 @@ async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def asked(widget: Any) -> list[str]:
+    """The call ids the panel shows Approve / Deny for."""
+    return [call_id for call_id, _label in widget.approvals]
+
+
 def click(widget: Any, **content: Any) -> None:
     """A front-end custom message, delivered on another thread (a kernel subshell does this)."""
     t = threading.Thread(target=widget._handle_custom_msg, args=({"type": "approval", **content}, []))
@@ -367,7 +372,8 @@ async def test_panel_approves_one_call_and_denies_another_with_a_reason(recorded
     widget = panel.widget
     assert widget is not None
     run = asyncio.ensure_future(agent.arun("go", on_event=panel.handle, approve=panel.request_approval))
-    await wait_for(lambda: set(widget.approvals) == {"c1", "c2"} and body(panel).count("mm-approval-slot") == 2)
+    await wait_for(lambda: asked(widget) == ["c1", "c2"] and body(panel).count("mm-approval-slot") == 2)
+    assert widget.approvals[0] == ["c1", f"send_email(to='ann {XSS}')"]  # a label, shown as text by the JS
     html = body(panel)
     assert 'data-call-id="c1"' in html and 'data-call-id="c2"' in html and html.count("awaiting approval") == 2
     assert "ann &lt;img src=x" in html and "<img" not in html  # the arguments, escaped
@@ -375,12 +381,12 @@ async def test_panel_approves_one_call_and_denies_another_with_a_reason(recorded
 
     click(widget, call_id="c2", approved=False, reason="  not now  ")
     # Decided independently: c2 is denied while c1 still waits.
-    await wait_for(lambda: widget.approvals == ["c1"] and "denied (panel): not now" in body(panel))
+    await wait_for(lambda: asked(widget) == ["c1"] and "denied (panel): not now" in body(panel))
     assert EXECUTED == [] and not run.done()
     click(widget, call_id="c2", approved=True)  # already decided: ignored
     click(widget, call_id="nope", approved=True)  # unknown: ignored
     click(widget, call_id="c1", approved="yes")  # malformed: ignored
-    assert widget.approvals == ["c1"]
+    assert asked(widget) == ["c1"]
     click(widget, call_id="c1", approved=True, reason="ignored for approvals")
     result = await asyncio.wait_for(run, 10)
     assert EXECUTED == [f"send_email:ann {XSS}"]  # the denied call never ran
@@ -391,7 +397,7 @@ async def test_panel_approves_one_call_and_denies_another_with_a_reason(recorded
     assert by_name["delete_file"].approval == ApprovalDecision(False, "not now", "panel")
     assert by_name["delete_file"].status == "denied"
     assert "not now" in next(m["content"] for m in agent.messages if m.get("tool_call_id") == "c2")
-    await wait_for(lambda: widget.approvals == [] and "approved (panel)" in body(panel))
+    await wait_for(lambda: asked(widget) == [] and "approved (panel)" in body(panel))
     assert "mm-approval-slot" not in body(panel)
     panel.finish()
     final = outputs[-1]["data"]
@@ -412,11 +418,11 @@ async def test_cancelling_while_awaiting_approval_removes_the_buttons(recorded: 
     widget = panel.widget
     assert widget is not None
     run = asyncio.ensure_future(agent.arun("go", on_event=panel.handle, approve=panel.request_approval))
-    await wait_for(lambda: widget.approvals == ["c1"])
+    await wait_for(lambda: asked(widget) == ["c1"])
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
-    await wait_for(lambda: widget.approvals == [] and "mm-approval-slot" not in body(panel))
+    await wait_for(lambda: asked(widget) == [] and "mm-approval-slot" not in body(panel))
     assert "cancelled while awaiting approval" in body(panel)
     assert not panel.approval_clicked("c1", True)  # too late: nothing to decide
     assert EXECUTED == []
@@ -440,7 +446,7 @@ async def test_approval_timeout_removes_the_buttons_and_says_who_decided(recorde
     result = await asyncio.wait_for(agent.arun("go", on_event=panel.handle, approve=panel.request_approval), 30)
     assert result.tool_calls[0].approval is not None and result.tool_calls[0].approval.by == "timeout"
     panel.flush()
-    assert widget.approvals == [] and "denied (timeout): no answer within 0.3s" in body(panel)
+    assert asked(widget) == [] and "denied (timeout): no answer within 0.3s" in body(panel)
     assert EXECUTED == []
     panel.close()
 
@@ -451,7 +457,7 @@ async def test_nothing_is_asked_after_finish_and_late_clicks_are_ignored(recorde
     panel.show()
     request = ApprovalRequest("send_email", {"to": "x"}, "c9", "r", "a", 1)
     waiting = asyncio.ensure_future(panel.request_approval(request))
-    await wait_for(lambda: panel.widget is not None and panel.widget.approvals == ["c9"])
+    await wait_for(lambda: panel.widget is not None and asked(panel.widget) == ["c9"])
     panel.finish()  # the view ends while a call still waits: it is denied, never left hanging
     decision = await asyncio.wait_for(waiting, 5)
     assert decision.approved is False and decision.by == "panel" and "closed" in (decision.reason or "")
