@@ -307,6 +307,11 @@ class AgentMagics(Magics):
                              help="Seconds to wait for a tool-call approval before denying it (None: no limit; "
                                   "where nobody can be asked, e.g. nbclient, calls are denied at once).").tag(
         config=True)
+    approval_via = CaselessStrEnum(["auto", "panel", "prompt"], default_value="auto",
+                                   help="How a person approves tool calls: 'panel' buttons, a stdin 'prompt', or "
+                                        "'auto' (the panel where it is shown, else the prompt). Use 'prompt' in "
+                                        "front ends that hold widget clicks until a blocking cell ends.").tag(
+        config=True)
     show_panel = Bool(True, help="Show the live widget panel (False: a text view).").tag(config=True)
     frontend = CaselessStrEnum(["auto", "widgets", "text"], default_value="auto",
                                help="View for runs: 'widgets' (live panel), 'text' (progress lines), or 'auto' "
@@ -571,9 +576,11 @@ class AgentMagics(Magics):
         if not getattr(kernel, "_allow_stdin", False):  # nbclient/papermill: nobody to ask (read during the cell)
             return None
         panel_approver = getattr(view, "request_approval", None)
-        if panel_approver is not None:
+        if panel_approver is not None and self.approval_via != "prompt":
             return panel_approver  # type: ignore[no-any-return]
-        return None if background else prompt_approver  # a --bg run outlives its cell's stdin
+        if self.approval_via == "panel" or background:  # a --bg run outlives its cell's stdin
+            return None
+        return prompt_approver
 
     # ------------------------------------------------------------------ agents and tools
     def _widgets_available(self) -> bool:

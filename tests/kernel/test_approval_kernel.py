@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from test_frontend import _send as send
 
 pytestmark = pytest.mark.kernel
 
@@ -59,3 +61,37 @@ def test_nbclient_run_all_is_never_stuck_on_an_approval(tmp_path):
     # the saved record says who decided
     saved = nbformat.writes(nb)
     assert "denied" in saved
+
+
+def test_panel_buttons_decide_a_bg_runs_calls_over_the_comm(kernel):
+    """A widget front end (cellId, stdin) clicks Approve on one call and Deny on the other, as panel.js does."""
+    meta = {"cellId": "cell-1"}
+    send(kernel, SETUP + "\nfrom menglong_magic.models import ScriptedModel, calls, call, reply\n"
+                 "agent = ChatAgent(model=ScriptedModel([calls(call('send_email', {'to': 'ann'}, id='a'), "
+                 "call('send_email', {'to': 'bob'}, id='b')), reply('done')]), mode='auto', tools=[send_email])",
+         metadata=meta)
+    started = send(kernel, "h = %agent_run -a agent --bg mail both", metadata=meta)
+    opens = [m for m in started.of_type("comm_open") if m["content"].get("target_name") == "jupyter.widget"
+             and "approvals" in json.dumps(m["content"]["data"])]
+    assert opens, "no panel widget was opened"
+    comm_id = opens[-1]["content"]["comm_id"]
+    # Wait until both calls are pending in the panel's synced state, then click as panel.js would.
+    deadline = time.monotonic() + 20
+    pending: set[str] = set()
+    while time.monotonic() < deadline and pending != {"a", "b"}:
+        try:
+            msg = kernel.client.get_iopub_msg(timeout=1)
+        except Exception:
+            continue
+        if msg["msg_type"] == "comm_msg" and msg["content"]["comm_id"] == comm_id:
+            state = msg["content"]["data"].get("state", {})
+            if "approvals" in state:
+                pending = {entry[0] for entry in state["approvals"]}
+    assert pending == {"a", "b"}
+    for call_id, approved, reason in (("a", True, ""), ("b", False, "not bob")):
+        content = {"comm_id": comm_id, "data": {"method": "custom", "content": {
+            "type": "approval", "call_id": call_id, "approved": approved, "reason": reason}}}
+        kernel.client.shell_channel.send(kernel.client.session.msg("comm_msg", content))
+    out = send(kernel, "r = await h\nprint(sent, sorted((c.id, c.status, c.approval.by, c.approval.reason) "
+                       "for c in r.tool_calls))", metadata=meta)
+    assert out.stdout.strip() == "['ann'] [('a', 'ok', 'panel', None), ('b', 'denied', 'panel', 'not bob')]"
