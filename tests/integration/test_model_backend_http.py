@@ -591,10 +591,11 @@ async def test_local_model_streamed_answer_assembles(openai_server: Any) -> None
 @pytest.mark.parametrize("kind", ["503", "disconnect", "timeout", "malformed"])
 async def test_local_model_transient_failures_are_retried(openai_server: Any, kind: str, stream: bool) -> None:
     failure = {"503": lambda: fault(503), "disconnect": lambda: disconnect(),
-               "timeout": lambda: reply("too late", delay=1.5), "malformed": lambda: malformed()}[kind]  # fmt: skip
+               "timeout": lambda: reply("too late", delay=2.0), "malformed": lambda: malformed()}[kind]  # fmt: skip
     # One failure while filling the arguments, one while answering.
     openai_server.enqueue(failure(), reply('{"city": "Lima"}'), failure(), reply("Sunny in Lima."))
-    agent = ChatAgent(model=local_model_for(openai_server, timeout=0.4), mode="auto", tools=[get_weather],
+    timeout = 0.8 if kind == "timeout" else 30.0  # the client gives up on the 2 s reply; a busy machine is fine
+    agent = ChatAgent(model=local_model_for(openai_server, timeout=timeout), mode="auto", tools=[get_weather],
                       stream=stream)  # fmt: skip
     events: list[ev.Event] = []
     result = await agent.arun("weather in Lima", on_event=events.append)
