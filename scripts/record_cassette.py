@@ -45,11 +45,9 @@ def get_weather(city: str) -> str:
 
 TASK = "What is the weather in Paris?"
 
-#: A small model calls a tool reliably when the tool is named; after the tool round it answers in text.
+#: The embedded model picks the tool itself (see LocalModel); greedy decoding keeps the recording reproducible.
 MODEL_SETTINGS: dict[str, Any] = {
     "temperature": 0.0,
-    "max_tokens": 64,
-    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
 }
 
 
