@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("menglong_magic")
 
-StopReason = Literal["completed", "max_iterations", "timeout", "cancelled", "error", "usage_limit", "output_invalid"]
+StopReason = Literal["completed", "max_iterations", "timeout", "cancelled", "error", "usage_limit", "output_invalid",
+                     "no_answer"]
 
 
 @dataclass(frozen=True)

@@ -953,6 +953,11 @@ class ChatAgent:
                                    tool_calls=len(response.tool_calls)))
             if final_call is not None or (not response.tool_calls):
                 answer = call_arguments(final_call) if final_call is not None else (response.text or "")
+                if problem is None and not answer.strip():
+                    # Neither a tool call nor any text: not an answer, so the task is not completed.
+                    state.stop_reason = "no_answer"
+                    state.error = "the model ended its turn without an answer (empty text, no tool calls)"
+                    return
                 if problem is None:
                     state.final_output = answer
                     state.stop_reason = "completed"

@@ -71,7 +71,8 @@ class RunResult(Mapping[str, Any]):
 
     task: str
     final_output: str
-    #: "completed" | "max_iterations" | "timeout" | "cancelled" | "error" | "usage_limit" | "output_invalid"
+    #: "completed" | "max_iterations" | "timeout" | "cancelled" | "error" | "usage_limit" | "output_invalid" |
+    #: "no_answer" (the model ended its turn with neither text nor tool calls)
     stop_reason: str
     iterations: list[IterationLog]
     usage: RunUsage

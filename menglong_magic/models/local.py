@@ -614,7 +614,8 @@ def question_parts(question: str) -> list[str]:
         quoted.append(match.group(0))
         return f"\x00{len(quoted) - 1}\x00"
 
-    hidden = re.sub(r"'[^'\n]*'|\"[^\"\n]*\"|“[^”\n]*”|‘[^’\n]*’", hide, question)
+    # A quote opens and closes only where it does not touch a letter: "What's … and what's …" is no quotation.
+    hidden = re.sub(r"(?<!\w)'[^'\n]*'(?!\w)|\"[^\"\n]*\"|“[^”\n]*”|(?<!\w)‘[^’\n]*’(?!\w)", hide, question)
     parts = [re.sub("\x00(\\d+)\x00", lambda m: quoted[int(m.group(1))], p).strip(" ,.") for p in _SPLIT.split(hidden)]
     return [p for p in parts if p] or [question.strip()]
 

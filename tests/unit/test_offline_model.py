@@ -98,3 +98,11 @@ async def test_the_tool_call_json_is_what_the_agent_receives() -> None:
     request = ModelRequest(messages=[{"role": "user", "content": "Is it raining in 'Bob's town'?"}], tools=[spec])
     response = await OfflineModel().request(request, lambda event: None)
     assert [json.loads(c.arguments) for c in response.tool_calls] == [{"city": "Bob's town"}]
+
+
+def test_local_model_question_parts_ignore_apostrophes() -> None:
+    from menglong_magic.models.local import question_parts
+
+    assert question_parts("What's the weather in Paris, and what's 'to be or not to be' in words?") == [
+        "What's the weather in Paris", "what's 'to be or not to be' in words"]
+    assert question_parts("Count 'a, and b' please") == ["Count 'a, and b' please"]  # a quotation is never split

@@ -269,3 +269,11 @@ def test_the_default_model_is_resolved_on_first_use(monkeypatch: pytest.MonkeyPa
     agent.run("hi")
     agent.run("again")
     assert capsys.readouterr().err.count("no model configured") == 1
+
+
+async def test_task_completed_needs_an_answer() -> None:
+    agent = ChatAgent(model=ScriptedModel([reply("   "), reply("a real answer")]))
+    empty = await agent.arun("say nothing")
+    assert empty.stop_reason == "no_answer" and not empty.task_completed and empty.error
+    assert [m["role"] for m in agent.messages] == ["user", "assistant"]  # what happened, recorded
+    assert (await agent.arun("say something")).task_completed
