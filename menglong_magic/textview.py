@@ -122,6 +122,8 @@ class TextView:
             if model.error:
                 lines.append(f"error: {model.error}")
             answer = model.final_output
-            if answer and (self.compact or self._streamed.strip() != answer.strip()):
+            if model.output is not None:  # a typed answer: its value, not the JSON text
+                lines.append(f"output: {clip(repr(model.output), MAX_ANSWER)}")
+            elif answer and (self.compact or self._streamed.strip() != answer.strip()):
                 lines.append(clip(answer, MAX_ANSWER))
         self._line("\n".join(lines))

@@ -33,6 +33,9 @@ STATUS_LABELS = {
     "timeout": "timeout",
     "cancelled": "cancelled",
     "error": "error",
+    "usage_limit": "usage limit",
+    "output_invalid": "invalid output",
+    "no_answer": "no answer",
 }
 STATUS_COLORS = {
     "waiting": "#8250df",
@@ -42,6 +45,9 @@ STATUS_COLORS = {
     "timeout": "#9a6700",
     "cancelled": "#6e7781",
     "error": "#cf222e",
+    "usage_limit": "#9a6700",
+    "output_invalid": "#cf222e",
+    "no_answer": "#9a6700",
 }
 TOOL_ICONS = {"running": "⏳", "awaiting": "✋", "ok": "✓", "error": "✗", "cancelled": "⏹", "denied": "⛔"}
 MAX_REASON = 500  # characters of a denial reason shown
@@ -193,6 +199,8 @@ class RunViewModel:
         self.output_tokens: int | None = None
         self.requests = 0
         self.unreported_requests = 0
+        self.cost: float | None = 0.0  # US dollars so far; None once any request's price is unknown
+        self.output: Any = None  # the run's typed answer (output_type), shown as a small table
         self.started = time.monotonic()
         self.finished_at: float | None = None
         self.final_output = ""
@@ -210,6 +218,7 @@ class RunViewModel:
         if isinstance(event, ev.ModelResponseReceived) and (self.run_id is None or self.batch is not None
                                                             or event.run_id == self.run_id):
             self.requests += 1
+            self.cost = None if self.cost is None or event.cost is None else self.cost + event.cost
             if event.usage is None or event.usage.total_tokens is None:
                 self.unreported_requests += 1
             else:
@@ -314,6 +323,7 @@ class RunViewModel:
             if it is not None:
                 it.text = ""  # the retried request streams its answer again from the start
         elif isinstance(event, ev.RunFinished):
+            self.output = getattr(event.result, "output", None)
             self._finish(event.result.stop_reason, event.result.final_output, event.result.error)
 
     def _apply_batch(self, event: ev.Event) -> None:
@@ -429,7 +439,14 @@ class RunViewModel:
         text = f"{self.tokens} tokens ({self.input_tokens or 0} in, {self.output_tokens or 0} out)"
         if self.unreported_requests:
             text += f", {self.unreported_requests} request(s) unreported"
-        return text
+        cost = self.cost_text()
+        return f"{text}, {cost}" if cost else text
+
+    def cost_text(self) -> str:
+        """"$0.00021" when every request's price is known (genai-prices), else "" (never a guess)."""
+        if self.cost is None or not self.requests:
+            return ""
+        return f"${self.cost:.6f}".rstrip("0").rstrip(".") if self.cost else "$0"
 
     def progress(self) -> tuple[int, int, str]:
         """(done, total, label) of the progress bar. Complete when the run completed."""
@@ -477,7 +494,9 @@ class RunViewModel:
         lines.extend(f"  {line}" for line in self.decision_lines())
         if self.error:
             lines.append(f"error: {self.error}")
-        if self.final_output:
+        if self.output is not None:
+            lines.append(f"output: {clip(repr(self.output), MAX_ANSWER)}")
+        elif self.final_output:
             lines.append(clip(self.final_output, MAX_ANSWER))
         return "\n".join(lines)
 
@@ -498,6 +517,8 @@ class RunViewModel:
             f'<span class="mm-elapsed">{self.elapsed:.1f}s</span>',
             f'<span class="mm-tokens">tokens: {escape(tokens)}</span>',
         ]
+        if self.cost_text():
+            parts.append(f'<span class="mm-cost">{escape(self.cost_text())}</span>')
         if self.retries:
             parts.append(f'<span class="mm-retries">retries: {self.retries}</span>')
         return ('<div class="mm-header" style="display:flex;gap:10px;align-items:center;flex-wrap:wrap">'
@@ -632,7 +653,9 @@ class RunViewModel:
             out.append(self._error_html())
         elif self.status == "cancelled":
             out.append('<div class="mm-cancelled" style="color:#6e7781">⏹ the run was cancelled</div>')
-        if self.final_output:
+        if self.output is not None:
+            out.append(f'<div class="mm-output">{output_html(self.output)}</div>')
+        elif self.final_output:
             out.append(f'<div class="mm-answer">{render_markdown(clip(self.final_output, MAX_ANSWER))}</div>')
         out.append("</div>")
         return "".join(out)
@@ -640,3 +663,33 @@ class RunViewModel:
     def record_html(self) -> str:
         """Kept for callers of the old API: the final view."""
         return self.final_html()
+
+
+def _plain(value: Any) -> Any:
+    """A typed output as plain data (pydantic models, dataclasses → dicts)."""
+    import dataclasses
+
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+def output_html(value: Any, depth: int = 0) -> str:
+    """A typed output as a small table (objects), list (sequences) or value; nested levels as a tree."""
+    data = _plain(value)
+    if depth > 4:
+        return f"<code>{escape(clip(json.dumps(data, default=str), 300))}</code>"
+    if isinstance(data, dict):
+        name = type(value).__name__ if depth == 0 and not isinstance(value, dict) else ""
+        caption = f'<caption style="text-align:left;color:#57606a">{escape(name)}</caption>' if name else ""
+        rows = "".join(f'<tr><th style="text-align:left;padding-right:12px">{escape(str(k))}</th>'
+                       f"<td>{output_html(v, depth + 1)}</td></tr>" for k, v in list(data.items())[:100])
+        return f'<table class="mm-output-table">{caption}{rows}</table>'
+    if isinstance(data, (list, tuple)):
+        items = "".join(f"<li>{output_html(v, depth + 1)}</li>" for v in list(data)[:100])
+        more = f"<li>… {len(data) - 100} more</li>" if len(data) > 100 else ""
+        return f'<ol class="mm-output-list" start="0" style="margin:0">{items}{more}</ol>'
+    return f"<code>{escape(clip(str(data), 1000))}</code>"

@@ -521,3 +521,44 @@ def model_events_for_compact() -> list[ev.Event]:
             ev.ApprovalDecided("r", iteration=1, call_id="c1", name="send_email", approved=False, reason=None,
                                by="panel"),
             ev.RunFinished("r", result=finished_result("two"))]
+
+
+async def test_typed_output_is_a_table_and_cost_shows_next_to_tokens() -> None:
+    import pydantic
+
+    from menglong_magic.models import ModelRequest, ModelResponse
+    from menglong_magic.models.base import Model
+    from menglong_magic.usage import Usage
+    from menglong_magic.viewmodel import RunViewModel
+
+    class City(pydantic.BaseModel):
+        name: str
+        districts: list[str]
+
+    class Priced(Model):
+        name = "priced"
+
+        async def request(self, request: ModelRequest, emit: Any) -> ModelResponse:
+            return ModelResponse('{"name": "<b>Oslo</b>", "districts": ["Frogner", "Gamle Oslo"]}', usage=Usage(10, 5))
+
+        def price(self, usage: Usage) -> float | None:
+            return 0.00021
+
+    view = TextView(title="typed", stream=io.StringIO())
+    model = RunViewModel("typed")
+    agent = ChatAgent(model=Priced())
+
+    def both(event: ev.Event) -> None:
+        model.apply(event)
+        view.handle(event)
+
+    result = await agent.arun("Oslo?", output_type=City, on_event=both)
+    view.finish()
+    assert result.usage.cost == pytest.approx(0.00021)
+    html = model.final_html()
+    assert '<table class="mm-output-table">' in html and "<caption" in html and ">City<" in html
+    assert "&lt;b&gt;Oslo&lt;/b&gt;" in html and "<b>Oslo</b>" not in html  # escaped like everything else
+    assert "<li><code>Gamle Oslo</code></li>" in html
+    assert "$0.00021" in model.header_html() and "$0.00021" in model.usage_text()
+    text = view.out.getvalue()  # type: ignore[attr-defined]
+    assert "output: City(name='<b>Oslo</b>'" in text
