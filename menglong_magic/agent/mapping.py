@@ -14,6 +14,11 @@ too (with their error) but requested again on the next run: nothing was paid for
 Pacing: ``max_concurrency="auto"`` lets the agent's adaptive limiter set the pace (see
 :mod:`~menglong_magic.agent.limiter`); items are admitted in input order, never many more than the
 limiter lets run, so a map of 100,000 items holds only a window of them in memory at a time.
+
+Executors: ``executor="local"`` (default) runs the items on this event loop; ``executor="ray"`` or a
+:class:`~menglong_magic.agent.ray_executor.RayExecutor` runs them on Ray workers. Either way the journal,
+dedup, events and the result are handled here, on the driver: an executor only runs :class:`MapItem` s and
+reports each one's :class:`ItemOutcome` to the :class:`MapJob` (see :class:`MapExecutor`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import inspect
 import json
 import sqlite3
 import time
+import typing
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -66,6 +72,115 @@ class MapItemError(RuntimeError):
     def __init__(self, message: str, stop_reason: str):
         super().__init__(message)
         self.stop_reason = stop_reason
+
+
+@dataclass(frozen=True)
+class MapItem:
+    """One distinct item to run: its journal key, its first index in the input and its prompt."""
+
+    key: str
+    index: int
+    prompt: str
+
+
+@dataclass
+class ItemOutcome:
+    """How one item's run ended: ``status`` "ok" (``data``: the output's JSON form, ``text``: the answer
+    text) or "error" (``error``: a message, ``stop_reason``). ``value``/``exception`` are the live objects
+    when the item ran in this process (None when it came back from another one)."""
+
+    status: str
+    data: Any = None
+    text: str | None = None
+    error: str | None = None
+    stop_reason: str = "completed"
+    usage: RunUsage = dataclasses.field(default_factory=RunUsage)
+    duration: float = 0.0
+    value: Any = None
+    exception: BaseException | None = None
+    has_value: bool = False
+
+
+class MapJob:
+    """What an executor is given: the agent, the map's settings and items, and two callbacks that keep the
+    journal, the events and the result on the driver (:meth:`started`, :meth:`finished`)."""
+
+    def __init__(self, agent: ChatAgent, settings: RunSettings, items: list[MapItem], *, batch_id: str,
+                 max_concurrency: int | str | None, on_event: EventCallback | None,
+                 started: Callable[[MapItem], None], finished: Callable[[MapItem, ItemOutcome], None]):
+        self.agent = agent
+        self.settings = settings
+        self.items = items
+        self.batch_id = batch_id
+        self.max_concurrency = max_concurrency
+        self.on_event = on_event
+        self._started = started
+        self._finished = finished
+
+    def started(self, item: MapItem) -> None:
+        """The item's run began (emits BatchItemStarted)."""
+        self._started(item)
+
+    def finished(self, item: MapItem, outcome: ItemOutcome) -> None:
+        """The item's run ended: journal it, emit BatchItemFinished, fill the result. Raises the item's error
+        when the map was called with ``return_exceptions=False`` (the executor should then stop)."""
+        self._finished(item, outcome)
+
+
+@typing.runtime_checkable
+class MapExecutor(typing.Protocol):
+    """Runs a map's items somewhere and reports each outcome with ``job.finished`` (in any order)."""
+
+    async def run(self, job: MapJob) -> None: ...
+
+
+async def run_item(agent: ChatAgent, settings: RunSettings, prompt: str, item_id: str,
+                   on_event: EventCallback | None = None) -> ItemOutcome:
+    """Run one item as an isolated turn and describe how it ended (shared by every executor)."""
+    t0 = time.perf_counter()
+    result = await agent._turn(prompt, settings, kind="batch_item", on_event=on_event, messages=[], run_id=item_id)
+    duration = time.perf_counter() - t0
+    if result.stop_reason == "completed":
+        value, data = _output_value(settings, result)
+        return ItemOutcome("ok", data=data, text=result.final_output, usage=result.usage, duration=duration,
+                           value=value, has_value=True)
+    if result.stop_reason == "cancelled":
+        raise asyncio.CancelledError()
+    message = result.error or result.stop_reason
+    return ItemOutcome("error", error=message, stop_reason=result.stop_reason, usage=result.usage,
+                       duration=duration, exception=result.exception)
+
+
+class LocalExecutor:
+    """Runs the items on the running event loop, paced by the agent's limiter (the default executor)."""
+
+    async def run(self, job: MapJob) -> None:
+        async def one(item: MapItem) -> None:
+            job.started(item)
+            t0 = time.perf_counter()
+            try:
+                outcome = await run_item(job.agent, job.settings, item.prompt, f"{job.batch_id}-{item.index}",
+                                         job.on_event)
+            except asyncio.CancelledError:
+                job.finished(item, ItemOutcome("cancelled", error="cancelled", duration=time.perf_counter() - t0))
+                raise
+            job.finished(item, outcome)
+
+        await _run_admitted(job.agent, job.items, one, job.max_concurrency)
+
+
+def resolve_executor(executor: Any) -> MapExecutor:
+    """``"local"``/None, ``"ray"`` (a :class:`RayExecutor` with its defaults) or an executor object."""
+    if executor is None or executor == "local":
+        return LocalExecutor()
+    if executor == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor()
+    if isinstance(executor, str) or not callable(getattr(executor, "run", None)):
+        raise ValueError(f'executor must be "local", "ray" or an object with an async run(job) method, '
+                         f'not {executor!r}')
+    return executor  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------------- journal
@@ -296,9 +411,11 @@ async def map_async(
     max_concurrency: int | str | None = "auto",
     return_exceptions: bool = True,
     on_event: EventCallback | None = None,
+    executor: Any = "local",
     **overrides: Any,
 ) -> MapResult:
-    """See :meth:`ChatAgent.map_async`."""
+    """See :meth:`ChatAgent.map_async`. ``executor``: "local" (default), "ray", or a :class:`MapExecutor`."""
+    runner = resolve_executor(executor)
     started = time.perf_counter()
     rows, labels, series_name = _rows(inputs)
     prompts = [format_prompt(prompt, row, series_name) for row in rows]
@@ -334,8 +451,8 @@ async def map_async(
         if restored_count or deduplicated:
             emit(MapItemsRestored(batch_id, count=restored_count, deduplicated=deduplicated))
 
-        def finish(key: str, value: Any, error: BaseException | None, status: str, duration: float,
-                   text: str | None, message: str | None) -> None:
+        def fill(key: str, value: Any, error: BaseException | None, status: str, text: str | None,
+                 message: str | None) -> None:
             for index in copies[key]:
                 done[index] = True
                 if error is None:
@@ -346,46 +463,44 @@ async def map_async(
                     emit(BatchItemFinished(batch_id, index=index, status=status, duration=0.0, result=text,
                                            error=message))
 
-        async def one(key: str) -> None:
-            index = first[key]
-            item_id = f"{batch_id}-{index}"
-            emit(BatchItemStarted(batch_id, index=index, message=prompts[index], item_run_id=item_id))
-            t0 = time.perf_counter()
-            try:
-                result = await agent._turn(prompts[index], settings, kind="batch_item", on_event=on_event,
-                                           messages=[], run_id=item_id)
-            except asyncio.CancelledError:
-                emit(BatchItemFinished(batch_id, index=index, status="cancelled",
-                                       duration=time.perf_counter() - t0, result=None, error="cancelled"))
-                raise
-            duration = time.perf_counter() - t0
-            item_usage = result.usage
+        def item_started(item: MapItem) -> None:
+            emit(BatchItemStarted(batch_id, index=item.index, message=item.prompt,
+                                  item_run_id=f"{batch_id}-{item.index}"))
+
+        def item_finished(item: MapItem, outcome: ItemOutcome) -> None:
+            key, index = item.key, item.index
+            if done[index]:
+                return  # reported twice (an executor re-ran it): the first report stands
+            if outcome.status == "cancelled":
+                emit(BatchItemFinished(batch_id, index=index, status="cancelled", duration=outcome.duration,
+                                       result=None, error="cancelled"))
+                return
+            item_usage = outcome.usage
             usage.requests.extend(item_usage.requests)
             if hasattr(usage, "costs"):
                 usage.costs.extend(getattr(item_usage, "costs", []) or [None] * len(item_usage.requests))
-            if result.stop_reason == "completed":
-                value, data = _output_value(settings, result)
+            if outcome.status == "ok":
+                value = outcome.value if outcome.has_value else _restore(settings, outcome.data)
                 if store is not None:
-                    store.record(key, index, prompts[index], data, usage=item_usage)
-                text = result.final_output
-                emit(BatchItemFinished(batch_id, index=index, status="ok", duration=duration, result=text,
-                                       error=None))
-                finish(key, value, None, "ok", duration, text, None)
+                    store.record(key, index, item.prompt, outcome.data, usage=item_usage)
+                emit(BatchItemFinished(batch_id, index=index, status="ok", duration=outcome.duration,
+                                       result=outcome.text, error=None))
+                fill(key, value, None, "ok", outcome.text, None)
                 return
-            if result.stop_reason == "cancelled":
-                raise asyncio.CancelledError()
-            message = result.error or result.stop_reason
-            error: BaseException = result.exception if result.exception is not None else MapItemError(
-                f"item {index}: {message}", result.stop_reason)
+            message = outcome.error or outcome.stop_reason
+            error: BaseException = outcome.exception if outcome.exception is not None else MapItemError(
+                f"item {index}: {message}", outcome.stop_reason)
             if store is not None:
-                store.record(key, index, prompts[index], error=message, usage=item_usage)
-            emit(BatchItemFinished(batch_id, index=index, status="error", duration=duration, result=None,
+                store.record(key, index, item.prompt, error=message, usage=item_usage)
+            emit(BatchItemFinished(batch_id, index=index, status="error", duration=outcome.duration, result=None,
                                    error=message))
-            finish(key, None, error, "error", duration, None, message)
+            fill(key, None, error, "error", None, message)
             if not return_exceptions:
                 raise error
 
-        await _run_admitted(agent, pending, one, max_concurrency)
+        items = [MapItem(key, first[key], prompts[first[key]]) for key in pending]
+        await runner.run(MapJob(agent, settings, items, batch_id=batch_id, max_concurrency=max_concurrency,
+                                on_event=on_event, started=item_started, finished=item_finished))
     finally:
         for index in range(n):
             if not done[index]:
@@ -398,9 +513,9 @@ async def map_async(
                      restored=restored_count, deduplicated=deduplicated, duration=time.perf_counter() - started)
 
 
-async def _run_admitted(agent: ChatAgent, keys: list[str], one: Callable[[str], Any],
+async def _run_admitted(agent: ChatAgent, keys: Sequence[Any], one: Callable[[Any], Any],
                         max_concurrency: int | str | None) -> None:
-    """Start ``one(key)`` for each key in order, never more at once than the pace allows.
+    """Start ``one(key)`` for each key (any item) in order, never more at once than the pace allows.
 
     A fixed ``max_concurrency`` is the bound; with ``"auto"`` the bound follows the agent's limiter (twice
     its window, so items between two model requests, e.g. running tools, keep the window busy). The
