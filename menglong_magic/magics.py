@@ -48,7 +48,6 @@ from .tools import as_tool, is_tool
 _MODULE = "__import__('menglong_magic.magics', fromlist=['run_magic'])"
 _RUNNER = f"{_MODULE}.run_magic"
 _BLOCKING_RUNNER = f"{_MODULE}.run_magic_blocking"
-_LINE_RE = re.compile(r"^(?P<assign>[A-Za-z_][\w.]*\s*=\s*)?%agent_run(?=\s|$)(?P<rest>.*?)(?P<semi>;?)\s*$")
 _CELL_RE = re.compile(r"^%%agent(?=\s|$)(?P<rest>.*)$")
 
 
@@ -140,26 +139,52 @@ def run_magic_blocking(kind: str, line: str, cell: str | None = None, value: boo
     return result if value else None
 
 
-class _AwaitRewriter:
-    """Cleanup input transformer: our magics become ``await run_magic(...)`` (top-level await) in a kernel,
-    ``run_magic_blocking(...)`` elsewhere. A bare magic statement gets a ``;``: the cell shows the run's
-    view, not an ``Out[n]`` repeating the answer.
+def awaited_or_blocking(shell: Any, awaited: str, blocking: str) -> str:
+    """The call a rewritten magic makes: ``await awaited`` in a kernel, ``blocking`` elsewhere.
+
+    A kernel transforms cells inside its running loop; terminal IPython (and ``%autoawait off``) does not:
+    there top-level ``await`` runs ``loop.run_until_complete``, which Ctrl-C leaves with the task pending.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return blocking
+    return f"await {awaited}" if getattr(shell, "autoawait", False) else blocking
+
+
+class LineMagicRewriter:
+    """Cleanup input transformer: column-0 ``%name ...`` lines (also ``x = %name ...``) become a call of our
+    runner (see :func:`awaited_or_blocking`) with the rest of the line as typed. A bare statement passes
+    ``value=False``, so the cell shows the run's view, not an ``Out[n]`` repeating the answer.
     """
 
-    # check_complete() skips transformers with side effects: `%%agent` + Enter then continues the cell
-    # like any cell magic instead of submitting a one-line rewrite.
+    # check_complete() skips transformers with side effects: a magic + Enter is left to IPython's rules.
     has_side_effects = True
 
-    def __init__(self, shell: Any):
-        self.shell = shell
+    def __init__(self, shell: Any, name: str, awaited: str, blocking: str, head: str = ""):
+        self.shell, self.awaited, self.blocking, self.head = shell, awaited, blocking, head
+        self.pattern = re.compile(rf"^(?P<assign>[A-Za-z_][\w.]*\s*=\s*)?%{name}(?=\s|$)(?P<rest>.*?)(?P<semi>;?)\s*$")
 
-    def _call(self) -> str:
-        # A kernel transforms cells inside its running loop; terminal IPython does not (see the module doc).
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return _BLOCKING_RUNNER
-        return f"await {_RUNNER}" if getattr(self.shell, "autoawait", False) else _BLOCKING_RUNNER
+    def call(self) -> str:
+        return awaited_or_blocking(self.shell, self.awaited, self.blocking)
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        out = []
+        for text in lines:
+            m = self.pattern.match(text.rstrip("\n"))
+            if m:
+                assign = m["assign"] or ""
+                value = "" if assign else ", value=False"
+                text = f"{assign}{self.call()}({self.head}{m['rest'].strip()!r}{value}){m['semi']}\n"
+            out.append(text)
+        return out
+
+
+class _AwaitRewriter(LineMagicRewriter):
+    """``%%agent`` cells and ``%agent_run`` lines become calls of :func:`run_magic` (awaited in a kernel)."""
+
+    def __init__(self, shell: Any):
+        super().__init__(shell, "agent_run", _RUNNER, _BLOCKING_RUNNER, head="'line', ")
 
     def __call__(self, lines: list[str]) -> list[str]:
         if not lines:
@@ -168,16 +193,8 @@ class _AwaitRewriter:
         if match:
             body = "".join(lines[1:])
             body = body[:-1] if body.endswith("\n") else body  # as IPython passes a cell body
-            return [f"{self._call()}('cell', {match['rest'].strip()!r}, {body!r}, value=False)\n"]
-        out = []
-        for text in lines:
-            m = _LINE_RE.match(text.rstrip("\n"))
-            if m:
-                assign = m["assign"] or ""
-                value = "" if assign else ", value=False"
-                text = f"{assign}{self._call()}('line', {m['rest'].strip()!r}, None{value}){m['semi']}\n"
-            out.append(text)
-        return out
+            return [f"{self.call()}('cell', {match['rest'].strip()!r}, {body!r}, value=False)\n"]
+        return super().__call__(lines)
 
 
 async def _heartbeat(period: float = 0.2) -> None:

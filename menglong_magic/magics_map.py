@@ -12,7 +12,6 @@ An interrupt stops the map; everything that finished is in the journal (and in `
 from __future__ import annotations
 
 import asyncio
-import re
 import shlex
 from typing import Any
 
@@ -21,13 +20,12 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .agent.mapping import MapResult
-from .magics import _magics, split_options
+from .magics import LineMagicRewriter, _magics, split_options
 from .mapview import make_map_view
 from .models import resolve_model
 from .tools import as_tool
 
 _MODULE = "__import__('menglong_magic.magics_map', fromlist=['run_map_magic'])"
-_LINE_RE = re.compile(r"^(?P<assign>[A-Za-z_][\w.]*\s*=\s*)?%agent_map(?=\s|$)(?P<rest>.*?)(?P<semi>;?)\s*$")
 
 
 async def run_map_magic(line: str, value: bool = True) -> Any:
@@ -47,33 +45,11 @@ def run_map_magic_blocking(line: str, value: bool = True) -> Any:
     return result if value else None
 
 
-class _MapRewriter:
-    """Cleanup transformer: column-0 ``%agent_map`` lines become an awaited call (see magics._AwaitRewriter)."""
-
-    has_side_effects = True
+class _MapRewriter(LineMagicRewriter):
+    """Column-0 ``%agent_map`` lines (also ``x = %agent_map ...``) become a call of :func:`run_map_magic`."""
 
     def __init__(self, shell: Any):
-        self.shell = shell
-
-    def _call(self) -> str:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return f"{_MODULE}.run_map_magic_blocking"
-        if getattr(self.shell, "autoawait", False):
-            return f"await {_MODULE}.run_map_magic"
-        return f"{_MODULE}.run_map_magic_blocking"
-
-    def __call__(self, lines: list[str]) -> list[str]:
-        out = []
-        for text in lines:
-            m = _LINE_RE.match(text.rstrip("\n"))
-            if m:
-                assign = m["assign"] or ""
-                value = "" if assign else ", value=False"
-                text = f"{assign}{self._call()}({m['rest'].strip()!r}{value}){m['semi']}\n"
-            out.append(text)
-        return out
+        super().__init__(shell, "agent_map", f"{_MODULE}.run_map_magic", f"{_MODULE}.run_map_magic_blocking")
 
 
 @magics_class

@@ -20,8 +20,6 @@ kernel's loop (where the server's session lives); elsewhere the magic runs the s
 
 from __future__ import annotations
 
-import asyncio
-import re
 import shlex
 from typing import Any
 
@@ -30,10 +28,10 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .agent import ChatAgent
+from .magics import LineMagicRewriter
 from .mcp import MCPServer, MCPServerError, close_all
 
 _RUNNER = "__import__('menglong_magic.magics_mcp', fromlist=['run_mcp_magic'])"
-_LINE_RE = re.compile(r"^%agent_mcp(?=\s|$)(?P<rest>.*?)(?P<semi>;?)\s*$")
 
 
 class MCPMagicError(Exception):
@@ -200,42 +198,22 @@ def _shell_magics() -> MCPMagics:
     return magics  # type: ignore[no-any-return]
 
 
-async def run_mcp_magic(line: str) -> None:
+async def run_mcp_magic(line: str, value: bool = True) -> None:
     """What a rewritten ``%agent_mcp`` line awaits."""
     magics = _shell_magics()
     await magics.execute(magics.shell.var_expand(line))
 
 
-def run_mcp_magic_blocking(line: str) -> None:
+def run_mcp_magic_blocking(line: str, value: bool = True) -> None:
     magics = _shell_magics()
     magics._blocking(magics.execute(magics.shell.var_expand(line)))
 
 
-class _MCPRewriter:
+class _MCPRewriter(LineMagicRewriter):
     """``%agent_mcp ...`` at column 0 becomes ``await run_mcp_magic(...)`` in a kernel (see magics.py)."""
 
-    has_side_effects = True
-
     def __init__(self, shell: Any):
-        self.shell = shell
-
-    def _call(self) -> str:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return f"{_RUNNER}.run_mcp_magic_blocking"
-        if getattr(self.shell, "autoawait", False):
-            return f"await {_RUNNER}.run_mcp_magic"
-        return f"{_RUNNER}.run_mcp_magic_blocking"
-
-    def __call__(self, lines: list[str]) -> list[str]:
-        out = []
-        for text in lines:
-            match = _LINE_RE.match(text.rstrip("\n"))
-            if match:
-                text = f"{self._call()}({match['rest'].strip()!r});\n"
-            out.append(text)
-        return out
+        super().__init__(shell, "agent_mcp", f"{_RUNNER}.run_mcp_magic", f"{_RUNNER}.run_mcp_magic_blocking")
 
 
 def load_mcp_magics(ipython: Any) -> None:

@@ -174,7 +174,7 @@ def test_rewriter_only_touches_our_magics(shell: InteractiveShell) -> None:
     assert rw(["%%agent -q\n", "hi\n"]) == [
         "__import__('menglong_magic.magics', fromlist=['run_magic']).run_magic_blocking('cell', '-q', 'hi', "
         "value=False)\n"]
-    assert rw(["%agent_run x\n"])[0].endswith("run_magic_blocking('line', 'x', None, value=False)\n")
+    assert rw(["%agent_run x\n"])[0].endswith("run_magic_blocking('line', 'x', value=False)\n")
     assert rw(["  %agent_run x\n"]) == ["  %agent_run x\n"]  # indented: left to the fallback
     assert rw(["%agent_runner x\n"]) == ["%agent_runner x\n"]
     assert rw(["%%agentx\n"]) == ["%%agentx\n"]
