@@ -511,7 +511,7 @@ class AgentMagics(Magics):
                 t = as_tool(func)
                 tools[t.name] = t
             overrides["tools"] = tools
-        if args.output:
+        if getattr(args, "output", None):
             output_type = self._namespace_type(args.output)
             try:
                 from .agent.output import OutputSpec
@@ -520,11 +520,11 @@ class AgentMagics(Magics):
             except TypeError as exc:
                 raise UsageError(f"--output {args.output}: {exc}") from None
             overrides["output_type"] = output_type
-        if args.record:
+        if getattr(args, "record", None):
             from .models import Recorder
 
             overrides["model"] = Recorder(overrides.get("model") or agent.model, args.record)
-        if args.approve:
+        if getattr(args, "approve", False):
             overrides["approve_all"] = True
         if self.approval_timeout is not None:
             overrides["approval_timeout"] = self.approval_timeout

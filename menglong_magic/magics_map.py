@@ -22,8 +22,6 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from .agent.mapping import MapResult
 from .magics import LineMagicRewriter, _magics, split_options
 from .mapview import make_map_view
-from .models import resolve_model
-from .tools import as_tool
 
 _MODULE = "__import__('menglong_magic.magics_map', fromlist=['run_map_magic'])"
 
@@ -87,32 +85,12 @@ class AgentMapMagics(Magics):
         return args, self.shell.user_ns[name], template.strip()
 
     def _agent_and_overrides(self, args: Any) -> tuple[Any, dict[str, Any]]:
+        """The agent and this map's settings, built exactly as for %agent_run (-m/-s/-t/--output)."""
         _, agent_magics = _magics()
         agent = agent_magics._named_agent(args.agent) if args.agent else agent_magics.default_agent()
-        overrides: dict[str, Any] = {}
-        if agent is agent_magics._default_agent:
-            overrides.update(system=agent_magics.system or "", mode=agent_magics.mode,
-                             tools=agent_magics._namespace_tools())
-        if args.model:
-            try:
-                overrides["model"] = resolve_model(args.model)
-            except (ValueError, TypeError) as exc:
-                raise UsageError(f"-m {args.model}: {exc}") from None
-        if args.system:
-            overrides["system"] = args.system
-        if args.tools:
-            tools = {}
-            for name in (n.strip() for n in args.tools.split(",") if n.strip()):
-                func = self.shell.user_ns.get(name)
-                if func is None or not callable(func):
-                    raise UsageError(f"-t: {name!r} is not a function in the namespace")
-                t = as_tool(func)
-                tools[t.name] = t
-            overrides["tools"] = tools
-        if args.output:
-            if args.output not in self.shell.user_ns:
-                raise UsageError(f"--output {args.output}: not defined in the namespace")
-            overrides["output_type"] = self.shell.user_ns[args.output]
+        overrides = agent_magics._overrides(args, agent)
+        for per_request in ("request_timeout", "max_retries", "approval_timeout"):  # not map options
+            overrides.pop(per_request, None)
         return agent, overrides
 
     async def execute(self, line: str) -> MapResult | None:
