@@ -240,3 +240,21 @@ async def test_output_type_from_the_namespace(shell: InteractiveShell) -> None:
     assert type(res.error_in_exec).__name__ == "UsageError" and "Nowhere" in str(res.error_in_exec)
     res = await run(shell, "%agent_run -a bot -q --output bot task")
     assert type(res.error_in_exec).__name__ == "UsageError"
+
+
+async def test_agent_map_magic_with_a_journal_and_a_dataframe(shell: InteractiveShell, tmp_path: Any) -> None:
+    journal = tmp_path / "runs.sqlite"
+    await run(shell, "import pandas as pd\n"
+                     "echo = ScriptedModel([lambda r: r.messages[-1]['content'].upper()] * 5)\n"
+                     "bot = ChatAgent(model=echo)\n"
+                     "reviews = pd.DataFrame({'text': ['good film', 'bad plot', 'good film']})")
+    res = await run(shell, f"%agent_map -a bot -q -o labels --journal {journal} reviews Sentiment of: {{text}}")
+    assert res.error_in_exec is None and res.result is None  # the view shows it; no Out[n]
+    labels = shell.user_ns["labels"]
+    assert list(labels) == ["SENTIMENT OF: GOOD FILM", "SENTIMENT OF: BAD PLOT", "SENTIMENT OF: GOOD FILM"]
+    assert len(shell.user_ns["echo"].requests) == 2  # the repeated prompt was asked once
+    await run(shell, f"again = %agent_map -a bot -q --journal {journal} reviews Sentiment of: {{text}}")
+    assert list(shell.user_ns["again"]) == list(labels)
+    assert len(shell.user_ns["echo"].requests) == 2  # everything came from the journal
+    res = await run(shell, "%agent_map -a bot nothing_here Classify: {text}")
+    assert type(res.error_in_exec).__name__ == "UsageError"
