@@ -398,16 +398,30 @@ class RayExecutor:
         #: Worker deaths seen, and items queued again because their worker died before reporting them.
         self.worker_failures = 0
         self.requeued = 0
+        #: Idle workers kept between maps with the same spec (starting a worker process takes seconds).
+        self.keep_workers = True
+        self._idle: list[Any] = []
+        self._idle_spec: str | None = None
 
     def __repr__(self) -> str:
         where = self.address or os.environ.get("RAY_ADDRESS") or "local"
         return f"RayExecutor({where!r}, num_workers={self.num_workers}, shard_size={self.shard_size})"
 
     def close(self) -> None:
-        """Stop the local Ray this executor started (a Ray it connected to keeps running)."""
+        """Stop the idle workers, and the local Ray this executor started (a Ray it connected to keeps running)."""
+        self._drop_idle()
         if self.owns_ray:
             _stop_owned_ray()
             self.owns_ray = False
+
+    def _drop_idle(self) -> None:
+        idle, self._idle, self._idle_spec = self._idle, [], None
+        if idle:
+            import ray
+
+            for actor in idle:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
 
     def _worker_count(self, ray: Any) -> int:
         if self.num_workers is not None:
@@ -427,6 +441,9 @@ class RayExecutor:
         from ray import cloudpickle
 
         blob = cloudpickle.dumps(spec)
+        spec_hash = hashlib.sha256(blob).hexdigest()
+        if self._idle_spec != spec_hash:
+            self._drop_idle()
         loop = asyncio.get_running_loop()
         self.owns_ray = await loop.run_in_executor(
             None, lambda: ensure_ray(self.address, self.num_cpus, secrets, self.temp_dir)) or self.owns_ray
@@ -454,7 +471,6 @@ class RayExecutor:
                 await actor.ready.remote()
             except ray.exceptions.RayActorError as exc:
                 raise RayExecutorError(f"a Ray worker could not build the agent: {redact(str(exc))}") from None
-            self.workers.append(actor)
             return actor
 
         async def stream(actor: Any) -> None:
@@ -501,17 +517,19 @@ class RayExecutor:
         async def slot() -> None:
             """One worker's life: an actor and its streams; a dead actor is replaced (up to the restarts)."""
             while remaining and not failure:
-                actor = await new_actor()
+                actor = self._idle.pop() if self._idle else await new_actor()
+                if actor not in self.workers:
+                    self.workers.append(actor)
                 results = await asyncio.gather(*(stream(actor) for _ in range(self.shards_in_flight)),
                                                return_exceptions=True)
                 died = [r for r in results if isinstance(r, ray.exceptions.RayActorError)]
                 other = [r for r in results if isinstance(r, BaseException) and r not in died]
-                with contextlib.suppress(ValueError):
-                    self.workers.remove(actor)
                 if other:
                     raise other[0]
                 if not died:
                     return
+                with contextlib.suppress(ValueError):
+                    self.workers.remove(actor)
                 self.worker_failures += 1
                 changed.set()
                 if restarts[0] >= self.max_worker_restarts:
@@ -519,6 +537,7 @@ class RayExecutor:
                 restarts[0] += 1
 
         slots = [asyncio.ensure_future(slot()) for _ in range(n_workers)]
+        succeeded = False
         try:
             outcomes = await asyncio.gather(*slots, return_exceptions=True)
             errors = [o for o in outcomes if isinstance(o, BaseException)]
@@ -529,13 +548,19 @@ class RayExecutor:
             if remaining:
                 raise RayExecutorError(f"{len(remaining)} items were not run: every Ray worker died "
                                        f"({self.worker_failures} failures, {restarts[0]} replacements)")
+            succeeded = True
         finally:
             for task in slots:
                 task.cancel()
             await asyncio.gather(*slots, return_exceptions=True)
-            for actor in self.workers:
-                with contextlib.suppress(Exception):
-                    ray.kill(actor)
+            if succeeded and self.keep_workers:  # idle and healthy: the next map with this spec reuses them
+                self._idle = [*self._idle, *self.workers]
+                self._idle_spec = spec_hash
+            else:
+                for actor in [*self.workers, *self._idle]:
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+                self._idle, self._idle_spec = [], None
             self.workers = []
 
 
