@@ -174,9 +174,9 @@ def resolve_executor(executor: Any) -> MapExecutor:
     if executor is None or executor == "local":
         return LocalExecutor()
     if executor == "ray":
-        from .ray_executor import RayExecutor
+        from .ray_executor import default_executor
 
-        return RayExecutor()
+        return default_executor()
     if isinstance(executor, str) or not callable(getattr(executor, "run", None)):
         raise ValueError(f'executor must be "local", "ray" or an object with an async run(job) method, '
                          f'not {executor!r}')

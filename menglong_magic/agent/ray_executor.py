@@ -278,7 +278,11 @@ class MapWorker:
 
 # ---------------------------------------------------------------------------------------------- the cluster
 _owned_lock = threading.Lock()
-_owned: dict[str, Any] = {"started": False, "secrets": frozenset()}
+_owned: dict[str, Any] = {"started": False, "env": {}}
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def _start_local_ray(ray: Any, num_cpus: int | None, secrets: dict[str, str], temp_dir: str | None) -> None:
@@ -305,14 +309,15 @@ def _start_local_ray(ray: Any, num_cpus: int | None, secrets: dict[str, str], te
                     ray.shutdown()
         else:
             raise RayExecutorError(f"could not start a local Ray: {last}") from last
+        _owned["started"] = True
+        # What Ray's processes inherited (as digests): a later map needing another secret restarts our Ray.
+        _owned["env"] = {k: _digest(v) for k, v in os.environ.items()}
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    _owned["started"] = True
-    _owned["secrets"] = frozenset(secrets.items())
 
 
 def _stop_owned_ray() -> None:
@@ -323,7 +328,7 @@ def _stop_owned_ray() -> None:
             with contextlib.suppress(Exception):
                 ray.shutdown()
             _owned["started"] = False
-            _owned["secrets"] = frozenset()
+            _owned["env"] = {}
 
 
 atexit.register(_stop_owned_ray)
@@ -332,7 +337,7 @@ atexit.register(_stop_owned_ray)
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, secrets: dict[str, str] | None = None,
                temp_dir: str | None = None) -> bool:
     """Connect to Ray: an already initialised one, ``address``/``RAY_ADDRESS``, else a local Ray this module
-    starts (sized to the machine, or ``num_cpus``). Returns True when the Ray in use was started here."""
+    starts (sized to the machine, or ``num_cpus``). Returns True when this call started (or restarted) it."""
     try:
         import ray
     except ImportError:
@@ -342,12 +347,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, secrets:
         if ray.is_initialized():
             if not _owned["started"]:
                 return False
-            if set(secrets.items()) <= set(_owned["secrets"]):
-                return True
+            if all(_owned["env"].get(k) == _digest(v) for k, v in secrets.items()):
+                return False
             ray.shutdown()  # our own Ray was started without a secret this map needs: start it again
             _owned["started"] = False
-            wanted = dict(_owned["secrets"]) | secrets
-            _start_local_ray(ray, num_cpus, wanted, temp_dir)
+            _start_local_ray(ray, num_cpus, secrets, temp_dir)
             return True
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
@@ -562,6 +566,17 @@ class RayExecutor:
                         ray.kill(actor)
                 self._idle, self._idle_spec = [], None
             self.workers = []
+
+
+_default: RayExecutor | None = None
+
+
+def default_executor() -> RayExecutor:
+    """The executor behind ``executor="ray"`` (one per process, so its idle workers serve the next map)."""
+    global _default
+    if _default is None:
+        _default = RayExecutor()
+    return _default
 
 
 def local_ray_running() -> bool:
