@@ -529,6 +529,7 @@ class ChatAgent:
         max_concurrency: int | str | None = "auto",
         return_exceptions: bool = True,
         on_event: EventCallback | None = None,
+        executor: Any = "local",
         **overrides: Any,
     ) -> MapResult:
         """One isolated run per input (strings; dicts, DataFrame rows or a Series formatted into ``prompt``),
@@ -538,10 +539,12 @@ class ChatAgent:
         only what the journal lacks. Identical prompts are requested once. ``output_type`` asks for typed
         answers. ``max_concurrency="auto"`` follows the agent's adaptive limiter; an integer is a fixed bound.
         ``model``/``system``/``tools``/``mode`` and model settings apply to this map only.
+        ``executor="ray"`` (or a ``RayExecutor``) runs the items on Ray workers; the journal, events and
+        result stay here.
         """
         return await map_async(self, inputs, prompt, output_type=output_type, journal=journal,
                                max_concurrency=max_concurrency, return_exceptions=return_exceptions,
-                               on_event=on_event, **overrides)
+                               on_event=on_event, executor=executor, **overrides)
 
     def map(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> MapResult:
         """Blocking :meth:`map_async` (not inside a running loop: use ``await agent.map_async``)."""
