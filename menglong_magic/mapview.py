@@ -13,7 +13,6 @@ display, the widget closed at the end, like :class:`~menglong_magic.panel.RunPan
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from collections import deque
@@ -23,6 +22,7 @@ from typing import Any, TextIO
 
 from . import events as ev
 from .agent.mapping import MapItemsRestored
+from .liveview import LiveWidgetView
 from .viewmodel import clip
 
 LAST_ROWS = 5
@@ -294,66 +294,24 @@ def _map_widget_class() -> Any:
     return MapWidget
 
 
-class MapPanel:
+class MapPanel(LiveWidgetView):
     """The live map panel: throttled trait updates; ``finish()`` leaves one static output; ``close()``."""
 
     def __init__(self, *, title: str, on_stop: Any = None, update_interval: float = 0.2):
+        super().__init__(update_interval)
         self.model = MapViewModel(title)
-        self.update_interval = max(update_interval, 0.0)
         self._on_stop = on_stop
         widget_type = _map_widget_class()
         self.widget: Any = widget_type(title=title, stats=self.model.stats_html(), progress=self.model.progress(),
                                        stop="enabled" if on_stop is not None else "disabled")
         self.widget.on_msg(self._on_msg)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._handle: Any = None
         self._sent_failures = 0
-        self._flushed_version = -1
-        self._finished = False
-        self.flushes = 0
-        self.final_bundle: dict[str, str] | None = None
 
-    def show(self) -> None:
-        from IPython.display import display
+    def is_final(self, event: ev.Event) -> bool:
+        return isinstance(event, ev.BatchFinished)
 
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
-        if self.widget is not None and self._handle is None:
-            bundle = self.widget._repr_mimebundle_()
-            if bundle is not None:
-                data, metadata = bundle
-                self._handle = display(data, metadata=metadata, raw=True, display_id=True)
-
-    def handle(self, event: ev.Event) -> None:
-        loop = self._loop
-        if loop is not None:
-            try:
-                here = asyncio.get_running_loop() is loop
-            except RuntimeError:
-                here = False
-            if not here:
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(self.handle, event)
-                return
-        self.model.apply(event)
-        if self._finished:
-            return
-        if isinstance(event, ev.BatchFinished):
-            self.flush()
-        elif self._timer is None:
-            if loop is None:
-                self.flush()
-            else:
-                self._timer = loop.call_later(self.update_interval, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        self.flush()
-        if not self._finished and not self.model.finished and self._loop is not None:
-            self._timer = self._loop.call_later(max(self.update_interval, 1.0), self._tick)  # elapsed/ETA move
+    def final_bundle_now(self) -> dict[str, str]:
+        return {"text/plain": self.model.summary_text(), "text/html": self.model.final_html()}
 
     def flush(self) -> None:
         """Push the aggregates (O(last rows)) and the failures not sent yet."""
@@ -380,34 +338,6 @@ class MapPanel:
         if new:
             self._sent_failures = len(m.failures)
             w.send({"type": "failures", "html": [m.failure_html(i, t) for i, t in new]})
-
-    def finish(self) -> None:
-        from IPython.display import display
-
-        if self._finished:
-            return
-        self._finished = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.model.mark_cancelled()
-        self.flush()
-        self.final_bundle = {"text/plain": self.model.summary_text(), "text/html": self.model.final_html()}
-        if self._handle is not None:
-            self._handle.update({}, raw=True)
-            display(self.final_bundle, raw=True)
-        self.close()
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        widget, self.widget = self.widget, None
-        if widget is not None:
-            layout = widget._trait_values.get("layout")
-            widget.close()
-            if layout is not None:
-                layout.close()
 
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any = None) -> None:
         if isinstance(content, dict) and content.get("type") == "stop" and self._on_stop is not None:

@@ -46,6 +46,7 @@ import traitlets
 
 from . import events as ev
 from .agent.approval import ApprovalDecision, ApprovalRequest
+from .liveview import LiveWidgetView, on_loop
 from .textview import TextView
 from .viewmodel import RunViewModel, clip
 
@@ -100,12 +101,12 @@ class PanelWidget(anywidget.AnyWidget):
         return f"RunPanel({self.title!r})"
 
 
-class RunPanel:
+class RunPanel(LiveWidgetView):
     """A live panel: header (status, elapsed, tokens), progress + Stop, iterations or batch table."""
 
     def __init__(self, *, title: str, on_stop: Callable[[], None] | None = None, update_interval: float = 0.1):
+        super().__init__(update_interval)
         self.model = RunViewModel(title)
-        self.update_interval = max(update_interval, 0.0)
         self._on_stop = on_stop
         self._stop_lock = threading.Lock()
         self._stopped = False
@@ -117,96 +118,18 @@ class RunPanel:
             title=title, header=self.model.header_html(), blocks=[list(b) for b in self.model.body_blocks()],
             progress=self._progress_state(), stop="enabled" if on_stop is not None else "disabled")
         self.widget.on_msg(self._on_msg)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._idle_tick = False  # the pending timer only refreshes the elapsed time
-        self._handle: Any = None  # the DisplayHandle of the live output
-        self._flushed_version = -1
-        self._finished = False
-        self.flushes = 0
-        self.final_bundle: dict[str, str] | None = None
 
-    # -------------------------------------------------------------- lifecycle
-    def show(self) -> None:
-        from IPython.display import display
+    # -------------------------------------------------------------- LiveWidgetView hooks
+    def is_final(self, event: ev.Event) -> bool:
+        return isinstance(event, _FINAL_EVENTS) and event.run_id == self.model.run_id
 
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
-        if self.widget is not None and self._handle is None:
-            # Raw, so IPython adds no text/plain repr next to the widget mime type (see the module docstring).
-            bundle = self.widget._repr_mimebundle_()
-            if bundle is not None:
-                data, metadata = bundle
-                self._handle = display(data, metadata=metadata, raw=True, display_id=True)
+    def final_bundle_now(self) -> dict[str, str]:
+        return {"text/plain": self.model.summary_text(), "text/html": self.model.final_html()}
 
-    def handle(self, event: ev.Event) -> None:
-        """Fold an event in; schedule a throttled flush. Thread-safe (marshalled to the view's loop)."""
-        loop = self._loop
-        if loop is not None and not _on_loop(loop):
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(self.handle, event)
-            return
-        self.model.apply(event)
-        if self._finished:
-            return
-        if isinstance(event, _FINAL_EVENTS) and event.run_id == self.model.run_id:
-            self.flush()
-        elif self._timer is None or self._idle_tick:
-            # An event arrived: flush within update_interval, not at the next (slow) elapsed-time tick.
-            self._cancel_timer()
-            self._schedule()
-
-    def finish(self) -> None:
-        """The final form: one output with status, steps, usage and the answer once; widgets released."""
-        from IPython.display import display
-
-        if self._finished:
-            return
-        self._finished = True
-        self._cancel_timer()
+    def before_finish(self) -> None:
         self._deny_pending("the panel was closed before anyone answered")
-        self.model.mark_cancelled()
-        self.flush()  # a front end that keeps the widget (a second view of it) shows the final state
-        self.final_bundle = {"text/plain": self.model.summary_text(), "text/html": self.model.final_html()}
-        if self._handle is not None:
-            self._handle.update({}, raw=True)  # the live output vanishes (see the module docstring)
-            display(self.final_bundle, raw=True)
-        self.close()
 
-    def close(self) -> None:
-        """Release the widget model and its Layout (idempotent)."""
-        self._cancel_timer()
-        self._deny_pending("the panel was closed before anyone answered")
-        widget, self.widget = self.widget, None
-        if widget is not None:
-            layout = widget._trait_values.get("layout")
-            widget.close()
-            if layout is not None:
-                layout.close()
-
-    # -------------------------------------------------------------- rendering
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _schedule(self) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            self.flush()
-            return
-        self._timer = loop.call_later(self.update_interval, self._tick)
-        self._idle_tick = False
-
-    def _tick(self) -> None:
-        self._timer = None
-        self.flush()
-        if not self._finished and not self.model.finished and self._loop is not None:
-            # Keep the elapsed time moving while nothing else happens.
-            self._timer = self._loop.call_later(max(self.update_interval, 1.0), self._tick)
-            self._idle_tick = True
+    before_close = before_finish
 
     def _progress_state(self) -> dict[str, Any]:
         done, total, label = self.model.progress()
@@ -294,7 +217,7 @@ class RunPanel:
     def _changed(self) -> None:
         """Something outside the view model changed (the pending approvals): flush soon, from the loop."""
         loop = self._loop
-        if loop is not None and not _on_loop(loop):
+        if loop is not None and not on_loop(loop):
             if not loop.is_closed():
                 loop.call_soon_threadsafe(self._changed)
             return
@@ -324,7 +247,7 @@ class RunPanel:
 
     def _set_stop_state(self, state: str) -> None:
         loop = self._loop
-        if loop is not None and not _on_loop(loop) and not loop.is_closed():
+        if loop is not None and not on_loop(loop) and not loop.is_closed():
             loop.call_soon_threadsafe(self._set_stop_state, state)
             return
         w = self.widget
@@ -352,11 +275,3 @@ def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[
         resolve()
     elif not loop.is_closed():
         loop.call_soon_threadsafe(resolve)
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        # Not inside a running loop: fine when this is the loop's own thread between runs.
-        return threading.current_thread() is threading.main_thread()

@@ -100,3 +100,17 @@ async def pages(ctx: RunContext) -> str:
     run = kernel.ok("%agent_run -a agent read the pages")
     comm = json.dumps([m["content"]["data"] for m in run.of_type("comm_msg") + run.of_type("comm_open")])
     assert "page-2-of-3" in comm
+
+
+def test_finished_runs_hold_no_widget_models(kernel):
+    kernel.ok(SETUP)
+    kernel.ok("from ipywidgets.widgets import widget as _w\n"
+              "agent = ChatAgent(model=ScriptedModel([calls(call('slow', {'seconds': 0.05})), reply('done')] * 5), "
+              "mode='auto', tools=[slow])\nbefore = len(_w._instances)")
+    for _ in range(5):
+        run = kernel.ok("%agent_run -a agent --reset go")
+        assert any(m["content"].get("target_name") == "jupyter.widget" for m in run.of_type("comm_open"))
+        assert run.data("text/html"), "no final view"
+    out = kernel.ok("print(before, len(_w._instances))")
+    before, after = out.stdout.split()
+    assert after == before  # every run's widget model was closed
