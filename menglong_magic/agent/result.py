@@ -135,15 +135,22 @@ class RunResult(Mapping[str, Any]):
             lines.append(text)
         return "\n".join(lines)
 
-    def _repr_markdown_(self) -> str:
+    def _repr_html_(self) -> str:
+        """A RunResult shown in a notebook: the summary, then the answer rendered as Markdown (raw HTML from
+        the model shown as text, as in the panel's final view) or the typed output as a table."""
         from html import escape
 
-        parts = [f"**{escape(self.stop_reason)}** · {escape(self.summary_line().split(' · ', 1)[1])}"]
+        from ..viewmodel import output_html, render_markdown  # pure rendering helpers, no IPython
+
+        parts = [f'<div class="mm-result"><div><b>{escape(self.stop_reason)}</b> · '
+                 f"{escape(self.summary_line().split(' · ', 1)[1])}</div>"]
         if self.error:
-            parts.append(f"> error: {escape(self.error)}")
-        if self.final_output:
-            parts.append(escape(self.final_output))
-        return "\n\n".join(parts)
+            parts.append(f'<div style="color:#cf222e">error: {escape(self.error)}</div>')
+        if self.output is not None:
+            parts.append(output_html(self.output))
+        elif self.final_output:
+            parts.append(render_markdown(self.final_output))
+        return "".join(parts) + "</div>"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for APIs and logs)."""

@@ -562,3 +562,11 @@ async def test_typed_output_is_a_table_and_cost_shows_next_to_tokens() -> None:
     assert "$0.00021" in model.header_html() and "$0.00021" in model.usage_text()
     text = view.out.getvalue()  # type: ignore[attr-defined]
     assert "output: City(name='<b>Oslo</b>'" in text
+
+
+def test_a_run_result_shown_elsewhere_renders_markdown_safely() -> None:
+    result = RunResult(task="t", final_output="## Title\n\n- a\n- b\n\n" + XSS, stop_reason="completed",
+                       iterations=[], usage=RunUsage(), execution_time=0.5)
+    html = result._repr_html_()
+    assert "<h2>Title</h2>" in html and "<li>a</li>" in html
+    assert "<script>" not in html and "<img" not in html and "&lt;script&gt;" in html
