@@ -218,14 +218,14 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options %%agent and %agent_run share (innermost decorators run first: keep help order)."""
     for decorator in reversed((
         argument("-a", "--agent", help="name of a ChatAgent in the namespace (default: the per-kernel agent)"),
-        argument("-m", "--model", help="model for this run (name, 'local' or 'offline')"),
+        argument("-m", "--model", help="model for this run (name, 'local', 'offline' or 'replay:PATH')"),
         argument("-s", "--system", help="system prompt for this run"),
         argument("-t", "--tools", help="comma-separated tool functions from the namespace"),
         argument("--max-iterations", type=int, help="iteration cap"),
         argument("--timeout", type=float, help="timeout in seconds"),
         argument("-o", "--out", help="store the result in this variable"),
         argument("--bg", action="store_true", help="run in the background and return a handle at once"),
-        argument("-q", "--quiet", action="store_true", help="no panel: one summary line"),
+        argument("-q", "--quiet", action="store_true", help="no panel: the summary line and the answer"),
         argument("--reset", action="store_true", help="clear the agent's history first"),
         argument("--output", metavar="TYPE",
                  help="answer as an instance of this type from the namespace (a pydantic model, dataclass, "
@@ -379,12 +379,18 @@ class AgentMagics(Magics):
     def agent_tools(self, line: str) -> None:
         """List the tools an agent would get (default agent: every @tool function in the namespace)."""
         args = parse_argstring(self.agent_tools, line)
+        agent = self._named_agent(args.agent) if args.agent else self._default_agent
         tools = self._named_agent(args.agent).tools if args.agent else self._namespace_tools()
-        if not tools:
+        toolsets = list(agent.toolsets) if agent is not None else []
+        if not tools and not toolsets:
             print("no tools (decorate functions with @tool)")
         for name, t in sorted(tools.items()):
             kind = "async" if t.is_async else "sync"
             print(f"{name} ({kind}): {t.description.splitlines()[0] if t.description else ''}")
+        for toolset in toolsets:  # listed when a run starts; %agent_mcp list shows their tools
+            state = getattr(toolset, "state", "")
+            print(f"+ the tools of {toolset.name!r} ({type(toolset).__name__}{', ' + state if state else ''}; "
+                  f"see %agent_mcp list)")
 
     # ------------------------------------------------------------------ execution
     def _parse(self, kind: str, line: str) -> tuple[Any, str]:
@@ -496,7 +502,7 @@ class AgentMagics(Magics):
         if args.model:
             try:
                 overrides["model"] = resolve_model(args.model)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OSError) as exc:  # OSError: e.g. replay:PATH with no such file
                 raise UsageError(f"-m {args.model}: {exc}") from None
         if args.system:
             overrides["system"] = args.system

@@ -20,7 +20,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .agent.mapping import MapResult
-from .magics import LineMagicRewriter, _magics, split_options
+from .magics import AgentInterrupted, LineMagicRewriter, _magics, split_options
 from .mapview import make_map_view
 
 _MODULE = "__import__('menglong_magic.magics_map', fromlist=['run_map_magic'])"
@@ -56,7 +56,7 @@ class AgentMapMagics(Magics):
 
     @magic_arguments()
     @argument("-a", "--agent", help="name of a ChatAgent in the namespace (default: the per-kernel agent)")
-    @argument("-m", "--model", help="model for this map (name, 'local' or 'offline')")
+    @argument("-m", "--model", help="model for this map (name, 'local', 'offline' or 'replay:PATH')")
     @argument("-s", "--system", help="system prompt for this map")
     @argument("-t", "--tools", help="comma-separated tool functions from the namespace")
     @argument("-o", "--out", help="store the MapResult in this variable")
@@ -102,6 +102,7 @@ class AgentMapMagics(Magics):
                 concurrency = int(concurrency)
             except ValueError:
                 raise UsageError("--max-concurrency: 'auto' or a number") from None
+        _check_template(inputs, template or None)
         _, agent_magics = _magics()
         loop = asyncio.get_running_loop()
         holder: dict[str, asyncio.Task[Any]] = {}
@@ -122,16 +123,41 @@ class AgentMapMagics(Magics):
         try:
             result = await asyncio.shield(task)
         except (asyncio.CancelledError, KeyboardInterrupt):
+            if task.done() and task.cancelled():  # the panel's Stop: the cell completes
+                return None
             if not task.done():
                 task.cancel()
+                current = asyncio.current_task()
+                if current is not None and hasattr(current, "uncancel"):
+                    current.uncancel()
                 await asyncio.wait([task])
-            raise
+            # Like an interrupted Python cell (error reply: Run All stops); finished items are in the journal.
+            kept = f"; finished items are in {args.journal}" if args.journal else ""
+            raise AgentInterrupted(f"the map was interrupted and cancelled{kept}", None,
+                                   args.journal or "_agent_last") from None
         finally:
             view.finish()
             self.shell.user_ns["_agent_last"] = result
             if args.out:
                 self.shell.user_ns[args.out] = result
         return result
+
+
+def _check_template(inputs: Any, template: str | None) -> None:
+    """A template naming a field the rows lack is a usage error, before anything is requested."""
+    from .agent.mapping import _rows, format_prompt
+
+    if not hasattr(inputs, "__len__"):  # an iterator would be consumed by the check
+        return
+    try:
+        rows, _labels, name = _rows(inputs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"%agent_map: {exc}") from None
+    if rows:
+        try:
+            format_prompt(template, rows[0], name)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise UsageError(f"%agent_map: {exc.args[0] if exc.args else exc}") from None
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -755,7 +755,9 @@ class ChatAgent:
         emit = self._emitter(on_event)
         stream = settings.stream if settings.stream is not None else (
             on_event is not None or self.events.has_subscribers)
-        max_iterations = settings.max_iterations if settings.uses_tools else 1
+        # Plain chat is one model call, plus the re-asks a typed answer may need.
+        max_iterations = settings.max_iterations if settings.uses_tools else \
+            1 + (settings.output_retries if settings.output is not None else 0)
         task = asyncio.current_task()
         assert task is not None
         self._active[state.run_id] = (asyncio.get_running_loop(), task, state)

@@ -258,3 +258,19 @@ async def test_agent_map_magic_with_a_journal_and_a_dataframe(shell: Interactive
     assert len(shell.user_ns["echo"].requests) == 2  # everything came from the journal
     res = await run(shell, "%agent_map -a bot nothing_here Classify: {text}")
     assert type(res.error_in_exec).__name__ == "UsageError"
+
+
+async def test_usage_errors_for_a_map_field_and_a_missing_cassette(shell: InteractiveShell) -> None:
+    await run(shell, "rows = [{'text': 'a'}]\nbot = ChatAgent(model=ScriptedModel([]))")
+    res = await run(shell, "%agent_map -a bot -q rows Classify: {nofield}")
+    assert type(res.error_in_exec).__name__ == "UsageError" and "nofield" in str(res.error_in_exec)
+    res = await run(shell, "%agent_run -q -m replay:no-such-file.jsonl task")
+    assert type(res.error_in_exec).__name__ == "UsageError" and "no-such-file" in str(res.error_in_exec)
+
+
+async def test_plain_chat_re_asks_for_a_typed_answer(shell: InteractiveShell) -> None:
+    await run(shell, "import pydantic\nclass City(pydantic.BaseModel):\n    name: str\n"
+                     "bot = ChatAgent(model=ScriptedModel(['not json', '{\"name\": \"Oslo\"}']))")
+    await run(shell, "%%agent -a bot -q --mode normal --output City -o city\nOslo?")
+    assert shell.user_ns["city"].output == shell.user_ns["City"](name="Oslo")
+    assert shell.user_ns["city"].iterations_used == 2
