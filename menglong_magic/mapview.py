@@ -164,9 +164,9 @@ class MapViewModel:
 
     def summary_line(self) -> str:
         parts = [f"[{self.title}] {self.status}: {self.completed}/{self.total}",
-                 f"{self.done} ok", f"{self.failed} failed"]
+                 f"{self.done + self.restored} ok", f"{self.failed} failed"]
         if self.restored:
-            parts.append(f"{self.restored} from the journal")
+            parts.append(f"{self.restored} of them from the journal")
         if not self.finished:
             parts.append(f"{len(self.running)} running")
         rate = self.rate()

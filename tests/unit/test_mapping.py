@@ -166,7 +166,8 @@ def test_map_panel_sends_new_failures_only_and_closes_its_widget() -> None:
     panel.widget.send = lambda content, buffers=None: sent.append(content)
     for event in _events():
         panel.handle(event)  # no loop: each event flushes at once
-    assert "1 ok" in panel.widget.stats and panel.widget.progress["failed"] == 1
+    assert "3 ok" in panel.widget.stats and "2 of them from the journal" in panel.widget.stats
+    assert panel.widget.progress["failed"] == 1
     assert [len(m["html"]) for m in sent] == [1]  # the one failure, sent once
     widget_id = panel.widget.model_id
     panel.finish()
