@@ -77,7 +77,19 @@ class LiveWidgetView:
             return
         if self.is_final(event):
             self.flush()
-        elif self._timer is None or self._idle_tick:
+        else:
+            self.request_flush()
+
+    def request_flush(self) -> None:
+        """Flush within ``update_interval`` (not at the next idle tick). Thread-safe."""
+        loop = self._loop
+        if loop is not None and not on_loop(loop):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self.request_flush)
+            return
+        if self._finished:
+            return
+        if self._timer is None or self._idle_tick:
             self._cancel_timer()
             self._schedule()
 

@@ -88,10 +88,7 @@ class AgentMapMagics(Magics):
         """The agent and this map's settings, built exactly as for %agent_run (-m/-s/-t/--output)."""
         _, agent_magics = _magics()
         agent = agent_magics._named_agent(args.agent) if args.agent else agent_magics.default_agent()
-        overrides = agent_magics._overrides(args, agent)
-        for per_request in ("request_timeout", "max_retries", "approval_timeout"):  # not map options
-            overrides.pop(per_request, None)
-        return agent, overrides
+        return agent, agent_magics._overrides(args, agent)
 
     async def execute(self, line: str) -> MapResult | None:
         args, inputs, template = self._parse(line)

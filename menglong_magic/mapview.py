@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from . import events as ev
 from .agent.mapping import MapItemsRestored
 from .liveview import LiveWidgetView
+from .usage import format_cost
 from .viewmodel import clip
 
 LAST_ROWS = 5
@@ -189,7 +190,7 @@ class MapViewModel:
                 text += f" ({self.unreported} requests unreported)"
         cost = self.cost
         if cost is not None:
-            text += f", ${cost:.4f}"
+            text += f", {format_cost(cost)}"
         return text
 
     # ------------------------------------------------------------------ HTML (everything escaped)

@@ -177,7 +177,7 @@ class RunPanel(LiveWidgetView):
             if request.call_id in self._pending:
                 raise RuntimeError(f"tool call {request.call_id!r} is already awaiting approval")
             self._pending[request.call_id] = (loop, future, _call_label(request))
-        self._changed()
+        self.request_flush()
         try:
             return await future
         finally:
@@ -185,7 +185,7 @@ class RunPanel(LiveWidgetView):
                 entry = self._pending.get(request.call_id)
                 if entry is not None and entry[1] is future:
                     del self._pending[request.call_id]
-            self._changed()
+            self.request_flush()
 
     def approval_clicked(self, call_id: Any, approved: Any, reason: Any = None) -> bool:
         """A click on a card's Approve / Deny. Thread-safe (it may run on a comm/subshell thread).
@@ -213,19 +213,6 @@ class RunPanel(LiveWidgetView):
             entries, self._pending = list(self._pending.values()), {}
         for loop, future, _label in entries:
             _resolve_threadsafe(loop, future, ApprovalDecision(False, reason, "panel"))
-
-    def _changed(self) -> None:
-        """Something outside the view model changed (the pending approvals): flush soon, from the loop."""
-        loop = self._loop
-        if loop is not None and not on_loop(loop):
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(self._changed)
-            return
-        if self._finished:
-            return
-        if self._timer is None or self._idle_tick:
-            self._cancel_timer()
-            self._schedule()
 
     # -------------------------------------------------------------- Stop
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any = None) -> None:

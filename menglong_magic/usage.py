@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,25 @@ class RunUsage:
 
     def __add__(self, other: RunUsage) -> RunUsage:
         """Usage of two runs together (batches and maps sum their items' usage)."""
-        return RunUsage(self.requests + other.requests, self._padded_costs() + other._padded_costs(),
-                        self.tool_calls + other.tool_calls)
+        total = RunUsage(list(self.requests), self._padded_costs(), self.tool_calls)
+        total.extend(other)
+        return total
+
+    def extend(self, other: RunUsage) -> None:
+        """Add another run's requests (and their prices) to this one, in place."""
+        self.costs = self._padded_costs() + other._padded_costs()
+        self.requests.extend(other.requests)
+        self.tool_calls += other.tool_calls
+
+    def to_data(self) -> dict[str, Any]:
+        """JSON-ready: ``{"requests": [[in, out] | null, ...], "costs": [...]}`` (what a map's journal stores)."""
+        return {"requests": [None if u is None else [u.input_tokens, u.output_tokens] for u in self.requests],
+                "costs": self._padded_costs()}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> RunUsage:
+        requests = [None if r is None else Usage(r[0], r[1]) for r in data.get("requests", [])]
+        return cls(requests, list(data.get("costs", [])))
 
     def _padded_costs(self) -> list[float | None]:
         return self.costs + [None] * (len(self.requests) - len(self.costs))
@@ -82,8 +100,13 @@ class RunUsage:
             text += f", {self.unknown_requests} request(s) unreported"
         cost = self.cost
         if cost is not None:
-            text += f", ${cost:.6f}".rstrip("0").rstrip(".") if cost else ", $0"
+            text += f", {format_cost(cost)}"
         return text
+
+
+def format_cost(dollars: float) -> str:
+    """US dollars to six decimals without trailing zeros: "$0.00021", "$1.5", "$0"."""
+    return f"${dollars:.6f}".rstrip("0").rstrip(".") if dollars else "$0"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from html import escape
 from typing import Any
 
 from . import events as ev
+from .usage import format_cost
 
 MAX_TEXT = 4000  # characters of streamed text kept per iteration in the view
 MAX_ANSWER = 20000  # characters of the final answer rendered in the final view
@@ -446,7 +447,7 @@ class RunViewModel:
         """"$0.00021" when every request's price is known (genai-prices), else "" (never a guess)."""
         if self.cost is None or not self.requests:
             return ""
-        return f"${self.cost:.6f}".rstrip("0").rstrip(".") if self.cost else "$0"
+        return format_cost(self.cost)
 
     def progress(self) -> tuple[int, int, str]:
         """(done, total, label) of the progress bar. Complete when the run completed."""

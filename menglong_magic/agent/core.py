@@ -40,7 +40,7 @@ from ..events import (
     dispatch,
 )
 from ..models import Model, ModelError, ModelRequest, ModelResponse, ToolCall, resolve_model
-from ..models.openai_compat import redact
+from ..secrets import redact
 from ..tools import RunContext, Tool, Toolset, as_tool, collect_tools, execute_tool_call, flatten_tools
 from ..usage import UsageLimits
 from .approval import ApprovalDecision, ApprovalRequest, Approver, decide, denial_message
@@ -345,8 +345,7 @@ class ChatAgent:
                 raise RuntimeError(f"workflow step {failed.name!r} failed: {failed.error}")
             return str(workflow.output)
         result = await self._turn(message, settings, kind="chat")
-        if result.stop_reason == "error":
-            raise self._raised(result)
+        result.raise_for_error()
         if settings.output is not None:
             if result.stop_reason != "completed":
                 raise ValueError(f"no {settings.output.name} answer: {result.error or result.stop_reason}")
@@ -625,7 +624,7 @@ class ChatAgent:
             raise
         duration = time.perf_counter() - started
         if result.stop_reason in ("error", "cancelled"):
-            exc = self._raised(result) if result.stop_reason == "error" else asyncio.CancelledError()
+            exc = result.failure() if result.stop_reason == "error" else asyncio.CancelledError()
             emit(BatchItemFinished(batch_id, index=index, status=result.stop_reason, duration=duration,
                                    result=None, error=result.error or result.stop_reason))
             return exc
@@ -1135,8 +1134,4 @@ class ChatAgent:
             bus.emit(event)
 
         return emit
-
-    @staticmethod
-    def _raised(result: RunResult) -> BaseException:
-        return result.exception if result.exception is not None else RuntimeError(result.error or "the run failed")
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import inspect
 import json
 import sqlite3
 import time
@@ -38,8 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from ..events import BatchFinished, BatchItemFinished, BatchItemStarted, BatchStarted, Event, EventCallback
-from ..models.openai_compat import redact
-from ..usage import RunUsage, Usage
+from ..secrets import redact
+from ..usage import RunUsage
 from .settings import ChatMode, RunSettings
 
 if TYPE_CHECKING:
@@ -243,21 +242,11 @@ class Journal:
 
 
 def _usage_to_json(usage: RunUsage | None) -> str | None:
-    if usage is None:
-        return None
-    requests = [None if u is None else [u.input_tokens, u.output_tokens] for u in usage.requests]
-    return json.dumps({"requests": requests, "costs": list(getattr(usage, "costs", []))})
+    return None if usage is None else json.dumps(usage.to_data())
 
 
 def _usage_from_json(text: str | None) -> RunUsage:
-    usage = RunUsage()
-    if not text:
-        return usage
-    data = json.loads(text)
-    usage.requests.extend(None if r is None else Usage(r[0], r[1]) for r in data.get("requests", []))
-    if hasattr(usage, "costs"):
-        usage.costs.extend(data.get("costs", []))
-    return usage
+    return RunUsage.from_data(json.loads(text)) if text else RunUsage()
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -370,11 +359,14 @@ def item_key(fingerprint: str, prompt: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the map
+_RUN_SETTINGS = ("model", "system", "tools", "mode", "request_timeout", "max_retries", "approve", "approve_all",
+                 "approval_timeout", "usage_limits")
+
+
 def _map_settings(agent: ChatAgent, output_type: Any, overrides: dict[str, Any]) -> RunSettings:
-    kwargs = {k: overrides.pop(k) for k in ("model", "system", "tools", "mode") if k in overrides}
+    # Run settings go to agent.settings(); anything else is a model setting (temperature, ...), as for arun.
+    kwargs = {k: overrides.pop(k) for k in _RUN_SETTINGS if k in overrides}
     if output_type is not None:
-        if "output_type" not in inspect.signature(agent.settings).parameters:
-            raise NotImplementedError("output_type needs typed results (not in this version)")
         kwargs["output_type"] = output_type
     if overrides:
         kwargs["model_settings"] = overrides
@@ -476,9 +468,7 @@ async def map_async(
                                        result=None, error="cancelled"))
                 return
             item_usage = outcome.usage
-            usage.requests.extend(item_usage.requests)
-            if hasattr(usage, "costs"):
-                usage.costs.extend(getattr(item_usage, "costs", []) or [None] * len(item_usage.requests))
+            usage.extend(item_usage)
             if outcome.status == "ok":
                 value = outcome.value if outcome.has_value else _restore(settings, outcome.data)
                 if store is not None:

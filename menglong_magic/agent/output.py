@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,16 @@ class OutputSpec:
 
     @classmethod
     def of(cls, output_type: Any) -> OutputSpec:
+        """The spec of ``output_type``; built once per type (a TypeAdapter costs milliseconds, runs are many)."""
+        try:
+            return _cached_spec(output_type)
+        except TypeError as exc:
+            if "unhashable" not in str(exc):
+                raise
+            return cls._build(output_type)
+
+    @classmethod
+    def _build(cls, output_type: Any) -> OutputSpec:
         try:
             adapter = pydantic.TypeAdapter(output_type)
             schema = adapter.json_schema()
@@ -88,6 +99,11 @@ class OutputSpec:
         how = (f"Call the {FINAL_RESULT_TOOL} tool with arguments matching its schema." if tool
                else "Answer again with only the JSON object, nothing else.")
         return f"{problem}. {how}"
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_spec(output_type: Any) -> OutputSpec:
+    return OutputSpec._build(output_type)
 
 
 def _identifier(name: str) -> str:

@@ -97,7 +97,11 @@ class RunResult(Mapping[str, Any]):
     def raise_for_error(self) -> None:
         """Raise the run's exception if it ended with ``stop_reason == "error"``."""
         if self.stop_reason == "error":
-            raise self.exception if self.exception is not None else RuntimeError(self.error or "the run failed")
+            raise self.failure()
+
+    def failure(self) -> BaseException:
+        """The exception a failed run stands for: its own, else a RuntimeError with its error text."""
+        return self.exception if self.exception is not None else RuntimeError(self.error or "the run failed")
 
     @property
     def tool_calls(self) -> list[ToolCallRecord]:

@@ -318,12 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
                 payload["usage"] = usage
             self._send_json(200, payload)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self._begin_event_stream()
 
         def chunk(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
             self.wfile.write(f"data: {json.dumps({**base, 'choices': choices, **(extra or {})})}\n\n".encode())
@@ -339,6 +334,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
+    def _begin_event_stream(self) -> None:
+        """A 200 server-sent-event response; the connection closes after it."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+    def _send_raw_json(self, data: bytes) -> None:
+        """A 200 ``application/json`` response with exactly these bytes (malformed bodies included)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def _malformed(self, body: dict[str, Any], step: Malformed) -> None:
         owner = self.server.owner
         base = {"id": f"chatcmpl-{owner._new_call_id()}", "created": int(time.time()),
@@ -349,19 +361,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not body.get("stream"):
             whole = json.dumps({**base, "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "finish_reason": "stop"}]})
-            data = (step.body if step.body is not None else whole[: whole.index("Hello") + 3]).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._send_raw_json((step.body if step.body is not None else whole[: whole.index("Hello") + 3]).encode())
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self._begin_event_stream()
         for i in range(step.chunks_before):
             payload = {**base, "object": "chat.completion.chunk",
                        "choices": [{"index": 0, "delta": {"content": f"part{i} "}, "finish_reason": None}]}
@@ -381,18 +383,10 @@ class _Handler(BaseHTTPRequestHandler):
 
         whole = json.dumps({**base, "choices": text_choice("Hello there", None if body.get("stream") else "stop")})
         broken = step.body if step.body is not None else whole[: whole.index("Hello") + 3]
-        self.send_response(200)
         if not body.get("stream"):
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(broken.encode())))
-            self.end_headers()
-            self.wfile.write(broken.encode())
+            self._send_raw_json(broken.encode())
             return
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self._begin_event_stream()
         for i in range(step.chunks_before):
             self.wfile.write(f"data: {json.dumps({**base, 'choices': text_choice(f'part{i} ', None)})}\n\n".encode())
         self.wfile.write(f"data: {broken}\n\n".encode())
@@ -402,12 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(
         self, base: dict[str, Any], step: Reply, calls: list[dict[str, Any]], finish: str, usage: dict[str, int] | None
     ) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self._begin_event_stream()
 
         def chunk(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
             payload = {**base, "object": "chat.completion.chunk", "choices": choices, **(extra or {})}
