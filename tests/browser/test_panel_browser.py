@@ -62,7 +62,7 @@ forecast("Paris")
 ```
 
 Source: [example](https://example.com)"""
-md_agent = ChatAgent(model=ScriptedModel([calls(call('slow_step', {'seconds': 0.5}), call('crawl', {'pages': 2})),
+md_agent = ChatAgent(model=ScriptedModel([calls(call('slow_step', {'seconds': 2.0}), call('crawl', {'pages': 2})),
                                           reply(ANSWER)]),
                      mode='auto', tools=[slow_step, crawl], name='weather-agent')
 '''
@@ -129,7 +129,7 @@ def test_final_view_is_one_output_with_markdown(page: Any, lab: Lab, tmp_path: P
     run_all(page)
     cells = page.locator(".jp-Notebook .jp-CodeCell")
     cell = cells.nth(2)
-    cell.locator(".mm-live").wait_for(state="attached", timeout=60_000)  # the live widget first
+    cell.locator(".mm-live").wait_for(state="attached", timeout=60_000)  # the live widget first (2 s)
     final = cell.locator(".mm-final")
     final.wait_for(state="attached", timeout=60_000)
     cells.nth(3).locator(".jp-OutputArea-output").wait_for(state="attached", timeout=60_000)
