@@ -130,7 +130,7 @@ async def rate_limited_1000() -> None:
 
 
 async def with_panel(n: int, server: ScriptedOpenAIServer) -> tuple[float, float, int]:
-    from menglong_magic.mapview import MapViewModel
+    from menglong_magic.ui.mapview import MapViewModel
 
     view = MapViewModel("bench")
     renders = 0

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from menglong_magic.mcp import MCPServer
+from menglong_magic.tools.mcp import MCPServer
 
 EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "mcp_server.py")
 CALLS = 200

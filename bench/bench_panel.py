@@ -11,7 +11,7 @@ import time
 
 from menglong_magic import ChatAgent, tool
 from menglong_magic.models import ScriptedModel, call, calls, reply
-from menglong_magic.panel import RunPanel
+from menglong_magic.ui.panel import RunPanel
 
 TEXT = "word " * 400  # streamed in 4-character deltas: ~500 TextDelta events per answer
 

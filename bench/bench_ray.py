@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from menglong_magic import ChatAgent, ChatMode
-from menglong_magic.agent.ray_executor import RayExecutor, _stop_owned_ray, ensure_ray
+from menglong_magic.maps.ray import RayExecutor, _stop_owned_ray, ensure_ray
 from menglong_magic.models import OpenAIModel
 from menglong_magic.testing import ScriptedOpenAIServer
 from menglong_magic.testing.server import call_tools, reply, tool_call

@@ -30,14 +30,14 @@ __version__ = "0.1.0"
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext menglong_magic``: register the magics (idempotent)."""
-    from .magics import load_ipython_extension as load
+    from .ipython.extension import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext menglong_magic``: remove everything the extension added."""
-    from .magics import unload_ipython_extension as unload
+    from .ipython.extension import unload_ipython_extension as unload
 
     unload(ipython)
 

@@ -267,7 +267,7 @@ MULTI_AGENT = [
     code("# NBVAL_IGNORE_OUTPUT\n%agent_run -a mcp_agent crash the server\nprint(_agent_last.tool_calls[0].error)"),
     code("# NBVAL_IGNORE_OUTPUT\n%agent_run -a mcp_agent count again\n%agent_mcp list -a mcp_agent"),
     md("In code: `MCPServer.stdio(command, args, env=...)` or `MCPServer.http(url, headers=...)` from "
-       "`menglong_magic.mcp`, then `ChatAgent(mcp_servers=[...])` or `agent.add_mcp_server(server)`. "
+       "`menglong_magic.tools.mcp`, then `ChatAgent(mcp_servers=[...])` or `agent.add_mcp_server(server)`. "
        "`await agent.aclose()` (or `async with agent:`) closes them; so do `%agent_mcp remove NAME`, "
        "`%unload_ext menglong_magic` and shutting the kernel down."),
     code("await mcp_agent.aclose()\n[(s.name, s.state) for s in mcp_agent.toolsets]"),

@@ -1,7 +1,7 @@
 """The agent core. Nothing in this package imports IPython or ipywidgets."""
 
 from .approval import ApprovalDecision, ApprovalRequest
-from .core import ChatAgent
+from .chat_agent import ChatAgent
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord, Usage
 from .settings import ChatMode, RunSettings
 from .sync import RunningLoopError

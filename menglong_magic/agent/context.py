@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .core import ChatAgent
+    from .chat_agent import ChatAgent
 
 
 @dataclass

@@ -144,7 +144,7 @@ class RunResult(Mapping[str, Any]):
         the model shown as text, as in the panel's final view) or the typed output as a table."""
         from html import escape
 
-        from ..viewmodel import output_html, render_markdown  # pure rendering helpers, no IPython
+        from ..markup import output_html, render_markdown
 
         parts = [f'<div class="mm-result"><div><b>{escape(self.stop_reason)}</b> · '
                  f"{escape(self.summary_line().split(' · ', 1)[1])}</div>"]

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..models import Model
-from ..tools import Tool
+from ..tools.base import Tool
 
 
 class ChatMode(str, Enum):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..events import Event, WorkflowFinished, WorkflowStepFinished, WorkflowStepStarted
 
 if TYPE_CHECKING:
-    from .core import ChatAgent
+    from .chat_agent import ChatAgent
 
 Action = Callable[..., Any] | str
 Condition = Callable[..., Any]

@@ -122,7 +122,7 @@ DEAF = r'''
 import asyncio
 from menglong_magic import events as ev
 from menglong_magic.agent.approval import ApprovalRequest
-from menglong_magic.panel import RunPanel
+from menglong_magic.ui.panel import RunPanel
 
 deaf = RunPanel(title='deaf', update_interval=0.05)
 deaf.approval_clicked = lambda *a: False  # as if the front end held the click: the kernel never hears it

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.browser
 
 CELLS = [
     "%load_ext menglong_magic",
-    "from menglong_magic.frontend import why, watch\n"
+    "from menglong_magic.ui.frontend import why, watch\n"
     "parent = get_ipython().kernel.get_parent()\n"
     "fw = watch(get_ipython())\n"
     "print('decision', why(get_ipython()))\n"

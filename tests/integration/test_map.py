@@ -20,7 +20,7 @@ import pytest
 from menglong_magic import ChatAgent, tool
 from menglong_magic import events as ev
 from menglong_magic.agent.limiter import AdaptiveLimiter
-from menglong_magic.agent.mapping import MapItemsRestored
+from menglong_magic.maps.run import MapItemsRestored
 from menglong_magic.models import OpenAIModel, RetryPolicy
 from menglong_magic.testing import ScriptedOpenAIServer, call_tools, fault, reply, tool_call
 

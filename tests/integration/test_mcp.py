@@ -23,9 +23,9 @@ pytest.importorskip("mcp")
 
 from menglong_magic import ChatAgent, tool
 from menglong_magic import events as ev
-from menglong_magic.mcp import MCPServer, MCPServerError, close_all, open_servers
 from menglong_magic.models import OpenAIModel, RetryPolicy
 from menglong_magic.testing import call_tools, reply, tool_call
+from menglong_magic.tools.mcp import MCPServer, MCPServerError, close_all, open_servers
 
 HERE = Path(__file__).resolve().parent
 SERVER = str(HERE / "mcp_test_server.py")

@@ -91,7 +91,7 @@ def _assert_widget_view(execution: Execution) -> None:
 def test_a_console_client_that_never_answers_comms_gets_the_text_view(kernel: Kernel) -> None:
     _send(kernel, SETUP)
     _assert_text_view(_send(kernel, RUN))
-    decision = _send(kernel, "from menglong_magic.frontend import why\nprint(why(get_ipython()))")
+    decision = _send(kernel, "from menglong_magic.ui.frontend import why\nprint(why(get_ipython()))")
     assert "(False, 'no sign of a widget front end" in decision.stdout
 
 

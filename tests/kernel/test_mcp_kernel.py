@@ -22,7 +22,7 @@ SETUP = f"""
 %load_ext menglong_magic
 import sys
 from menglong_magic import ChatAgent
-from menglong_magic.mcp import MCPServer
+from menglong_magic.tools.mcp import MCPServer
 from menglong_magic.models import ScriptedModel, reply, calls, call
 SERVER = {SERVER!r}
 """
@@ -147,7 +147,7 @@ def test_no_server_process_left_after_kernel_shutdown(own_kernel: tuple[KernelMa
     kernel.ok(f"%agent_mcp add demo -- {sys.executable} {SERVER}")
     kernel.ok("http_like = MCPServer.stdio(sys.executable, [SERVER], name='second')\n"
               "await http_like.list_tools()")
-    pids = [int(p) for p in value(kernel, "[s.pid for s in __import__('menglong_magic.mcp', "
+    pids = [int(p) for p in value(kernel, "[s.pid for s in __import__('menglong_magic.tools.mcp', "
                                           "fromlist=['x']).open_servers()]").strip("[]").split(",")]
     assert len(pids) == 2 and all(pid_alive(p) for p in pids)
     kernel.client.stop_channels()

@@ -19,8 +19,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from menglong_magic import ChatAgent, ChatMode  # noqa: E402
-from menglong_magic.agent.mapping import Journal  # noqa: E402
-from menglong_magic.agent.ray_executor import (  # noqa: E402
+from menglong_magic.events import BatchItemFinished  # noqa: E402
+from menglong_magic.maps.ray import (  # noqa: E402
     AgentSpec,
     RayExecutor,
     RayExecutorError,
@@ -28,7 +28,7 @@ from menglong_magic.agent.ray_executor import (  # noqa: E402
     ensure_ray,
     local_ray_running,
 )
-from menglong_magic.events import BatchItemFinished  # noqa: E402
+from menglong_magic.maps.run import Journal  # noqa: E402
 from menglong_magic.models import OpenAIModel  # noqa: E402
 from menglong_magic.testing.server import ScriptedOpenAIServer, call_tools, fault, reply, tool_call  # noqa: E402
 

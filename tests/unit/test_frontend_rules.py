@@ -1,4 +1,4 @@
-"""The rules of menglong_magic.frontend, on a stand-in kernel (the real kernel is in tests/kernel/test_frontend.py)."""
+"""The rules of menglong_magic.ui.frontend on a stand-in kernel (the real kernel: tests/kernel/test_frontend.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from menglong_magic import frontend
-from menglong_magic.frontend import FrontendWatch, unwatch, watch, why, widget_frontend
+from menglong_magic.ui import frontend
+from menglong_magic.ui.frontend import FrontendWatch, unwatch, watch, why, widget_frontend
 
 
 class StandInKernel:

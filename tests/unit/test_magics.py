@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from menglong_magic.magics import AgentMagics, _AwaitRewriter
+from menglong_magic.ipython.magics import AgentMagics, AwaitRewriter
 
 
 @pytest.fixture
@@ -151,15 +151,15 @@ def test_load_is_idempotent_and_unload_removes_everything(shell: InteractiveShel
     from menglong_magic import load_ipython_extension
 
     load_ipython_extension(shell)
-    assert sum(isinstance(t, _AwaitRewriter) for t in shell.input_transformers_cleanup) == 1
+    assert sum(isinstance(t, AwaitRewriter) for t in shell.input_transformers_cleanup) == 1
     shell.run_line_magic("unload_ext", "menglong_magic")
-    assert not any(isinstance(t, _AwaitRewriter) for t in shell.input_transformers_cleanup)
+    assert not any(isinstance(t, AwaitRewriter) for t in shell.input_transformers_cleanup)
     assert "agent_run" not in shell.magics_manager.magics["line"]
     assert "agent" not in shell.magics_manager.magics["cell"]
     assert "AgentMagics" not in shell.magics_manager.registry
     shell.run_line_magic("load_ext", "menglong_magic")
     shell.run_line_magic("reload_ext", "menglong_magic")
-    assert sum(isinstance(t, _AwaitRewriter) for t in shell.input_transformers_cleanup) == 1
+    assert sum(isinstance(t, AwaitRewriter) for t in shell.input_transformers_cleanup) == 1
 
 
 def test_help_lists_the_options(shell: InteractiveShell) -> None:
@@ -169,10 +169,10 @@ def test_help_lists_the_options(shell: InteractiveShell) -> None:
 
 
 def test_rewriter_only_touches_our_magics(shell: InteractiveShell) -> None:
-    rw = _AwaitRewriter(shell)
+    rw = AwaitRewriter(shell)
     # No running loop here (as in terminal IPython): the blocking form; bare statements give no value.
     assert rw(["%%agent -q\n", "hi\n"]) == [
-        "__import__('menglong_magic.magics', fromlist=['run_magic']).run_magic_blocking('cell', '-q', 'hi', "
+        "__import__('menglong_magic.ipython.magics', fromlist=['run_magic']).run_magic_blocking('cell', '-q', 'hi', "
         "value=False)\n"]
     assert rw(["%agent_run x\n"])[0].endswith("run_magic_blocking('line', 'x', value=False)\n")
     assert rw(["  %agent_run x\n"]) == ["  %agent_run x\n"]  # indented: left to the fallback
@@ -186,9 +186,9 @@ def test_rewriter_only_touches_our_magics(shell: InteractiveShell) -> None:
 
 
 async def test_rewriter_awaits_inside_a_running_loop(shell: InteractiveShell) -> None:
-    rw = _AwaitRewriter(shell)
+    rw = AwaitRewriter(shell)
     assert rw(["%%agent -q\n", "hi\n"]) == [
-        "await __import__('menglong_magic.magics', fromlist=['run_magic']).run_magic('cell', '-q', 'hi', "
+        "await __import__('menglong_magic.ipython.magics', fromlist=['run_magic']).run_magic('cell', '-q', 'hi', "
         "value=False)\n"]
     out = rw(["y = %agent_run -q a b\n"])
     assert out[0].startswith("y = await ") and not out[0].rstrip().endswith(";")

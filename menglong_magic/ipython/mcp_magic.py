@@ -27,11 +27,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from .agent import ChatAgent
+from ..agent import ChatAgent
+from ..tools.mcp import MCPServer, MCPServerError
 from .magics import LineMagicRewriter
-from .mcp import MCPServer, MCPServerError, close_all
 
-_RUNNER = "__import__('menglong_magic.magics_mcp', fromlist=['run_mcp_magic'])"
+_RUNNER = "__import__('menglong_magic.ipython.mcp_magic', fromlist=['run_mcp_magic'])"
 
 
 class MCPMagicError(Exception):
@@ -209,28 +209,8 @@ def run_mcp_magic_blocking(line: str, value: bool = True) -> None:
     magics._blocking(magics.execute(magics.shell.var_expand(line)))
 
 
-class _MCPRewriter(LineMagicRewriter):
+class MCPRewriter(LineMagicRewriter):
     """``%agent_mcp ...`` at column 0 becomes ``await run_mcp_magic(...)`` in a kernel (see magics.py)."""
 
     def __init__(self, shell: Any):
         super().__init__(shell, "agent_mcp", f"{_RUNNER}.run_mcp_magic", f"{_RUNNER}.run_mcp_magic_blocking")
-
-
-def load_mcp_magics(ipython: Any) -> None:
-    """Register ``%agent_mcp`` (called by ``load_ipython_extension``)."""
-    if "MCPMagics" in ipython.magics_manager.registry:
-        return
-    ipython.register_magics(MCPMagics(ipython))
-    ipython.input_transformers_cleanup.append(_MCPRewriter(ipython))
-
-
-def unload_mcp_magics(ipython: Any) -> None:
-    """Remove ``%agent_mcp`` and close every MCP server of the process (``unload_ipython_extension``)."""
-    magics = ipython.magics_manager.registry.pop("MCPMagics", None)
-    if magics is not None:
-        for kind, names in magics.magics.items():
-            for name in names:
-                ipython.magics_manager.magics[kind].pop(name, None)
-    cleanup = ipython.input_transformers_cleanup
-    cleanup[:] = [t for t in cleanup if not isinstance(t, _MCPRewriter)]
-    close_all()

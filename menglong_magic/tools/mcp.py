@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from .tools import RunContext, Tool
+from .base import RunContext, Tool
 
 __all__ = ["MCPServer", "MCPServerError", "MCPTool", "MCPToolError", "aclose_all", "close_all", "open_servers"]
 

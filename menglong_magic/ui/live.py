@@ -14,7 +14,7 @@ import asyncio
 import threading
 from typing import Any
 
-from . import events as ev
+from .. import events as ev
 
 
 class LiveWidgetView:

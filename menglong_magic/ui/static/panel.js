@@ -1,5 +1,5 @@
 // The live run panel: one anywidget model per run. All HTML comes from the kernel, already escaped
-// (menglong_magic/viewmodel.py); this module only places it and sends the Stop and Approve / Deny clicks back.
+// (menglong_magic/ui/state.py); this module only places it and sends the Stop and Approve / Deny clicks back.
 
 // How long a click may go unanswered before the panel says the front end is holding it.
 const NO_ANSWER_MS = 4000;

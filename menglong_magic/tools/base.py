@@ -40,7 +40,7 @@ class RunContext:
 
     def progress(self, done: float, total: float | None = None, note: str = "") -> None:
         """Report progress (e.g. ``ctx.progress(3, 10, "pages")``); safe from sync tools' threads."""
-        from .events import ToolProgress
+        from ..events import ToolProgress
 
         if self._emit is None:
             return

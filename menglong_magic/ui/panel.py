@@ -3,7 +3,7 @@
 Life of a view
 --------------
 ``show()`` displays one widget (an ``anywidget`` with the ES module ``static/panel.js``) under a
-``display_id``. Events are folded into a :class:`~menglong_magic.viewmodel.RunViewModel` and pushed to
+``display_id``. Events are folded into a :class:`~menglong_magic.ui.state.RunViewModel` and pushed to
 the widget's traits at most every ``update_interval`` seconds (inside ``hold_sync``), then flushed once
 at the end. ``finish()`` turns the run into its final form and releases the widget:
 
@@ -44,11 +44,13 @@ from typing import Any, Protocol
 import anywidget
 import traitlets
 
-from . import events as ev
-from .agent.approval import ApprovalDecision, ApprovalRequest
-from .liveview import LiveWidgetView, on_loop
+from .. import events as ev
+from ..agent.approval import ApprovalDecision, ApprovalRequest
+from ..markup import clip
+from .html import body_blocks, final_html, header_html
+from .live import LiveWidgetView, on_loop
+from .state import RunViewModel
 from .textview import TextView
-from .viewmodel import RunViewModel, clip
 
 _STATIC = Path(__file__).parent / "static"
 _FINAL_EVENTS = (ev.RunFinished, ev.BatchFinished, ev.WorkflowFinished)
@@ -115,7 +117,7 @@ class RunPanel(LiveWidgetView):
         self._approval_lock = threading.Lock()
         self._pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[ApprovalDecision], str]] = {}
         self.widget: PanelWidget | None = PanelWidget(
-            title=title, header=self.model.header_html(), blocks=[list(b) for b in self.model.body_blocks()],
+            title=title, header=header_html(self.model), blocks=[list(b) for b in body_blocks(self.model)],
             progress=self._progress_state(), stop="enabled" if on_stop is not None else "disabled")
         self.widget.on_msg(self._on_msg)
 
@@ -124,7 +126,7 @@ class RunPanel(LiveWidgetView):
         return isinstance(event, _FINAL_EVENTS) and event.run_id == self.model.run_id
 
     def final_bundle_now(self) -> dict[str, str]:
-        return {"text/plain": self.model.summary_text(), "text/html": self.model.final_html()}
+        return {"text/plain": self.model.summary_text(), "text/html": final_html(self.model)}
 
     def before_finish(self) -> None:
         self._deny_pending("the panel was closed before anyone answered")
@@ -140,7 +142,7 @@ class RunPanel(LiveWidgetView):
         if w is None:
             return
         m = self.model
-        header = m.header_html()
+        header = header_html(m)
         changed = m.version != self._flushed_version
         approvals = self._pending_ids()
         if not changed and header == w.header and approvals == w.approvals:
@@ -154,7 +156,7 @@ class RunPanel(LiveWidgetView):
                 progress = self._progress_state()
                 if progress != w.progress:
                     w.progress = progress
-                blocks = [list(b) for b in m.body_blocks()]
+                blocks = [list(b) for b in body_blocks(m)]
                 if blocks != w.blocks:
                     w.blocks = blocks
                 if m.finished and w.stop != "hidden":

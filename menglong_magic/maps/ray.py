@@ -6,7 +6,7 @@ system prompt, tools, output type, mode, limits; pickled with cloudpickle, which
 shard's items on its own event loop under the agent's adaptive limiter (so each worker finds its own
 pace against the API), and streams each finished item back as it finishes (a streaming generator). The
 driver writes the journal, emits the events (the panel) and builds the result exactly as for a local
-map (see :class:`~menglong_magic.agent.mapping.MapJob`).
+map (see :class:`~menglong_magic.maps.run.MapJob`).
 
 Secrets never travel through Ray. Neither task arguments nor ``runtime_env`` carry them: Ray's
 runtime-env agent logs every ``env_vars`` value verbatim at INFO (measured with Ray 2.60:
@@ -42,14 +42,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..agent.settings import ChatMode, RunSettings
 from ..models.offline import OfflineModel
 from ..models.openai_compat import _NO_KEY, OpenAIModel, redact
-from ..tools import Tool
-from .mapping import ItemOutcome, MapItem, MapJob, _run_admitted, _usage_from_json, _usage_to_json, run_item
-from .settings import ChatMode, RunSettings
+from ..tools.base import Tool
+from .run import ItemOutcome, MapItem, MapJob, _run_admitted, _usage_from_json, _usage_to_json, run_item
 
 if TYPE_CHECKING:
-    from .core import ChatAgent
+    from ..agent.chat_agent import ChatAgent
 
 #: Where a secret given in code (not from the environment) is put for the Ray processes this executor starts.
 SECRET_ENV_PREFIX = "MENGLONG_RAY_SECRET_"
@@ -82,7 +82,7 @@ class ModelSpec:
             api_key = os.environ.get(self.api_key_env)
             if not api_key:
                 raise RayExecutorError(f"the API key is not in this Ray worker's environment (${self.api_key_env}); "
-                                       f"set it on every node (see menglong_magic.agent.ray_executor)")
+                                       f"set it on every node (see menglong_magic.maps.ray)")
         headers = {}
         for name, env in self.header_envs.items():
             value = os.environ.get(env)
@@ -181,7 +181,7 @@ class AgentSpec:
 
     def build(self) -> tuple[ChatAgent, RunSettings]:
         """The agent and the run settings on a worker."""
-        from .core import ChatAgent
+        from ..agent.chat_agent import ChatAgent
 
         agent = ChatAgent(model=self.model.build(), system=self.system, mode=ChatMode(self.mode),
                           max_iterations=self.max_iterations, name="ray-worker",

@@ -16,7 +16,7 @@ Pacing: ``max_concurrency="auto"`` lets the agent's adaptive limiter set the pac
 limiter lets run, so a map of 100,000 items holds only a window of them in memory at a time.
 
 Executors: ``executor="local"`` (default) runs the items on this event loop; ``executor="ray"`` or a
-:class:`~menglong_magic.agent.ray_executor.RayExecutor` runs them on Ray workers. Either way the journal,
+:class:`~menglong_magic.maps.ray.RayExecutor` runs them on Ray workers. Either way the journal,
 dedup, events and the result are handled here, on the driver: an executor only runs :class:`MapItem` s and
 reports each one's :class:`ItemOutcome` to the :class:`MapJob` (see :class:`MapExecutor`).
 """
@@ -36,13 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
+from ..agent.settings import ChatMode, RunSettings
 from ..events import BatchFinished, BatchItemFinished, BatchItemStarted, BatchStarted, Event, EventCallback
 from ..secrets import redact
 from ..usage import RunUsage
-from .settings import ChatMode, RunSettings
 
 if TYPE_CHECKING:
-    from .core import ChatAgent
+    from ..agent.chat_agent import ChatAgent
 
 JOURNAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -137,7 +137,7 @@ async def run_item(agent: ChatAgent, settings: RunSettings, prompt: str, item_id
                    on_event: EventCallback | None = None) -> ItemOutcome:
     """Run one item as an isolated turn and describe how it ended (shared by every executor)."""
     t0 = time.perf_counter()
-    result = await agent._turn(prompt, settings, kind="batch_item", on_event=on_event, messages=[], run_id=item_id)
+    result = await agent.run_turn(prompt, settings, kind="batch_item", on_event=on_event, messages=[], run_id=item_id)
     duration = time.perf_counter() - t0
     if result.stop_reason == "completed":
         value, data = _output_value(settings, result)
@@ -173,7 +173,7 @@ def resolve_executor(executor: Any) -> MapExecutor:
     if executor is None or executor == "local":
         return LocalExecutor()
     if executor == "ray":
-        from .ray_executor import default_executor
+        from .ray import default_executor
 
         return default_executor()
     if isinstance(executor, str) or not callable(getattr(executor, "run", None)):
@@ -422,7 +422,7 @@ async def map_async(
 
     own_journal = journal is not None and not isinstance(journal, Journal)
     store = Journal(journal) if own_journal else journal  # type: ignore[arg-type]
-    emit = agent._emitter(on_event)
+    emit = agent.emitter(on_event)
     batch_id = uuid.uuid4().hex[:12]
     n = len(prompts)
     outputs: list[Any] = [None] * n

@@ -38,14 +38,14 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 
-from . import events as ev
-from .agent import ApprovalDecision, ApprovalRequest, ChatAgent, ChatMode, RunResult
-from .agent.sync import drive, run_sync
-from .models import resolve_model
-from .panel import make_view
-from .tools import as_tool, is_tool
+from .. import events as ev
+from ..agent import ApprovalDecision, ApprovalRequest, ChatAgent, ChatMode, RunResult
+from ..agent.sync import drive, run_sync
+from ..models import resolve_model
+from ..tools.base import as_tool, is_tool
+from ..ui.panel import make_view
 
-_MODULE = "__import__('menglong_magic.magics', fromlist=['run_magic'])"
+_MODULE = "__import__('menglong_magic.ipython.magics', fromlist=['run_magic'])"
 _RUNNER = f"{_MODULE}.run_magic"
 _BLOCKING_RUNNER = f"{_MODULE}.run_magic_blocking"
 _CELL_RE = re.compile(r"^%%agent(?=\s|$)(?P<rest>.*)$")
@@ -180,7 +180,7 @@ class LineMagicRewriter:
         return out
 
 
-class _AwaitRewriter(LineMagicRewriter):
+class AwaitRewriter(LineMagicRewriter):
     """``%%agent`` cells and ``%agent_run`` lines become calls of :func:`run_magic` (awaited in a kernel)."""
 
     def __init__(self, shell: Any):
@@ -520,14 +520,14 @@ class AgentMagics(Magics):
         if getattr(args, "output", None):
             output_type = self._namespace_type(args.output)
             try:
-                from .agent.output import OutputSpec
+                from ..agent.output import OutputSpec
 
                 OutputSpec.of(output_type)
             except TypeError as exc:
                 raise UsageError(f"--output {args.output}: {exc}") from None
             overrides["output_type"] = output_type
         if getattr(args, "record", None):
-            from .models import Recorder
+            from ..models import Recorder
 
             overrides["model"] = Recorder(overrides.get("model") or agent.model, args.record)
         if getattr(args, "approve", False):
@@ -610,7 +610,7 @@ class AgentMagics(Magics):
         if self.frontend != "auto":
             return self.frontend == "widgets"
         try:
-            from .frontend import widget_frontend
+            from ..ui.frontend import widget_frontend
         except ImportError:
             return getattr(self.shell, "kernel", None) is not None
         return bool(widget_frontend(self.shell))
@@ -651,39 +651,3 @@ class AgentMagics(Magics):
             self._default_agent.model = spec
             self._default_model_spec = spec
         return self._default_agent
-
-
-def load_ipython_extension(ipython: Any) -> None:
-    if "AgentMagics" in ipython.magics_manager.registry:
-        return  # idempotent
-    ipython.register_magics(AgentMagics(ipython))
-    ipython.input_transformers_cleanup.append(_AwaitRewriter(ipython))
-    from .magics_map import load_ipython_extension as load_map
-
-    load_map(ipython)  # %agent_map
-    from .frontend import watch
-
-    watch(ipython)  # from now on, remember which front ends speak the widget protocol (frontend.py)
-    from .magics_mcp import load_mcp_magics
-
-    load_mcp_magics(ipython)  # %agent_mcp
-
-
-def unload_ipython_extension(ipython: Any) -> None:
-    from .frontend import unwatch
-
-    unwatch(ipython)
-    from .magics_map import unload_ipython_extension as unload_map
-
-    unload_map(ipython)
-    magics = ipython.magics_manager.registry.pop("AgentMagics", None)
-    if magics is not None:
-        for kind, names in magics.magics.items():
-            for name in names:
-                ipython.magics_manager.magics[kind].pop(name, None)
-    cleanup = ipython.input_transformers_cleanup
-    cleanup[:] = [t for t in cleanup if not isinstance(t, _AwaitRewriter)]
-    ipython.user_ns.pop("_agent_last", None)
-    from .magics_mcp import unload_mcp_magics
-
-    unload_mcp_magics(ipython)  # and close every MCP server of the process

@@ -1,5 +1,5 @@
 // The live map panel: one anywidget model per map. All HTML comes from the kernel, already escaped
-// (menglong_magic/mapview.py). Stats, progress and the last rows are traits; failures arrive as appended
+// (menglong_magic/ui/mapview.py). Stats, progress and the last rows are traits; failures arrive as appended
 // messages ({type: "failures", html: [...]}) so an update costs the same at item 10 and item 100,000.
 function render({ model, el }) {
   const root = document.createElement("div");

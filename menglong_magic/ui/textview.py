@@ -6,8 +6,9 @@ import sys
 import time
 from typing import TextIO
 
-from . import events as ev
-from .viewmodel import MAX_ANSWER, TOOL_ICONS, RunViewModel, clip, describe_decision
+from .. import events as ev
+from ..markup import clip
+from .state import MAX_ANSWER, TOOL_ICONS, RunViewModel, describe_decision
 
 
 class TextView:

@@ -7,7 +7,7 @@ reach the live widget as append-only messages (only the new ones per update); th
 them all, once.
 
 Views: :class:`MapPanel` (one ``anywidget`` model, throttled ``hold_sync`` updates, a final static
-display, the widget closed at the end, like :class:`~menglong_magic.panel.RunPanel`) and
+display, the widget closed at the end, like :class:`~menglong_magic.ui.panel.RunPanel`) and
 :class:`MapTextView` (a progress line at most every few seconds, each failure, a summary) for terminals.
 """
 
@@ -20,11 +20,11 @@ from html import escape
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import events as ev
-from .agent.mapping import MapItemsRestored
-from .liveview import LiveWidgetView
-from .usage import format_cost
-from .viewmodel import clip
+from .. import events as ev
+from ..maps.run import MapItemsRestored
+from ..markup import clip
+from ..usage import format_cost
+from .live import LiveWidgetView
 
 LAST_ROWS = 5
 MAX_ROW_TEXT = 160

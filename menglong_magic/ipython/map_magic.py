@@ -19,11 +19,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from .agent.mapping import MapResult
+from ..maps.run import MapResult
+from ..ui.mapview import make_map_view
 from .magics import AgentInterrupted, LineMagicRewriter, _magics, split_options
-from .mapview import make_map_view
 
-_MODULE = "__import__('menglong_magic.magics_map', fromlist=['run_map_magic'])"
+_MODULE = "__import__('menglong_magic.ipython.map_magic', fromlist=['run_map_magic'])"
 
 
 async def run_map_magic(line: str, value: bool = True) -> Any:
@@ -43,7 +43,7 @@ def run_map_magic_blocking(line: str, value: bool = True) -> Any:
     return result if value else None
 
 
-class _MapRewriter(LineMagicRewriter):
+class MapRewriter(LineMagicRewriter):
     """Column-0 ``%agent_map`` lines (also ``x = %agent_map ...``) become a call of :func:`run_map_magic`."""
 
     def __init__(self, shell: Any):
@@ -142,7 +142,7 @@ class AgentMapMagics(Magics):
 
 def _check_template(inputs: Any, template: str | None) -> None:
     """A template naming a field the rows lack is a usage error, before anything is requested."""
-    from .agent.mapping import _rows, format_prompt
+    from ..maps.run import _rows, format_prompt
 
     if not hasattr(inputs, "__len__"):  # an iterator would be consumed by the check
         return
@@ -155,20 +155,3 @@ def _check_template(inputs: Any, template: str | None) -> None:
             format_prompt(template, rows[0], name)
         except (KeyError, ValueError, IndexError) as exc:
             raise UsageError(f"%agent_map: {exc.args[0] if exc.args else exc}") from None
-
-
-def load_ipython_extension(ipython: Any) -> None:
-    if "AgentMapMagics" in ipython.magics_manager.registry:
-        return
-    ipython.register_magics(AgentMapMagics(ipython))
-    ipython.input_transformers_cleanup.append(_MapRewriter(ipython))
-
-
-def unload_ipython_extension(ipython: Any) -> None:
-    magics = ipython.magics_manager.registry.pop("AgentMapMagics", None)
-    if magics is not None:
-        for kind, names in magics.magics.items():
-            for name in names:
-                ipython.magics_manager.magics[kind].pop(name, None)
-    cleanup = ipython.input_transformers_cleanup
-    cleanup[:] = [t for t in cleanup if not isinstance(t, _MapRewriter)]

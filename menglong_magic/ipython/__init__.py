@@ -1,0 +1,1 @@
+"""The IPython side: the extension, running magic cells on the kernel loop, option parsing, the magics."""

@@ -1,0 +1,180 @@
+"""The run view as HTML, from the folded state (:class:`~.viewmodel.RunViewModel`): header, live body blocks,
+tool cards, batch table, progress and the final view. Every piece of model or tool text goes through
+:func:`html.escape` or :func:`~menglong_magic.markup.render_markdown`.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from ..markup import clip, output_html, render_markdown
+from .state import (
+    EXPANDED_ITERATIONS,
+    MAX_ANSWER,
+    MAX_BATCH_ROWS,
+    STATUS_COLORS,
+    STATUS_LABELS,
+    TOOL_ICONS,
+    IterationView,
+    RunViewModel,
+    ToolCard,
+)
+
+
+def badge_html(vm: RunViewModel) -> str:
+    color = STATUS_COLORS.get(vm.status, "#6e7781")
+    label = escape(STATUS_LABELS.get(vm.status, vm.status))
+    return (f'<span class="mm-status mm-status-{escape(vm.status)}" style="background:{color};color:white;'
+            f'border-radius:8px;padding:1px 8px;font-size:85%">{label}</span>')
+
+def header_html(vm: RunViewModel) -> str:
+    tokens = "–" if vm.tokens is None else str(vm.tokens)
+    meta = " · ".join(escape(x) for x in (vm.model, vm.mode) if x)
+    parts = [
+        f"<b>{escape(vm.title)}</b>",
+        badge_html(vm),
+        f'<span class="mm-meta" style="color:#57606a">{meta}</span>',
+        f'<span class="mm-elapsed">{vm.elapsed:.1f}s</span>',
+        f'<span class="mm-tokens">tokens: {escape(tokens)}</span>',
+    ]
+    if vm.cost_text():
+        parts.append(f'<span class="mm-cost">{escape(vm.cost_text())}</span>')
+    if vm.retries:
+        parts.append(f'<span class="mm-retries">retries: {vm.retries}</span>')
+    return ('<div class="mm-header" style="display:flex;gap:10px;align-items:center;flex-wrap:wrap">'
+            + "".join(parts) + "</div>")
+
+def body_blocks(vm: RunViewModel) -> list[tuple[str, str]]:
+    """The live body as keyed blocks: a view replaces only the blocks whose HTML changed."""
+    if vm.batch is not None:
+        return [("batch", batch_html(vm))]
+    blocks = [("task", f'<div class="mm-task" style="color:#57606a">{escape(clip(vm.task, 300))}</div>')]
+    if vm.status == "waiting":
+        blocks.append(("waiting", f'<div class="mm-waiting" style="color:#8250df">⏸ '
+                                  f"{escape(vm.waiting_text())}</div>"))
+    if vm.dropped_iterations:
+        blocks.append(("dropped", f"<div>… {vm.dropped_iterations} earlier iteration(s) not shown</div>"))
+    recent = {it.number for it in vm.iterations[-EXPANDED_ITERATIONS:]}
+    for it in vm.iterations:
+        blocks.append((f"it-{it.number}", iteration_html(vm, it, it.number in recent or not it.finished)))
+    if vm.error:
+        blocks.append(("error", error_html(vm)))
+    return blocks
+
+def body_html(vm: RunViewModel) -> str:
+    return "".join(html for _key, html in body_blocks(vm))
+
+def error_html(vm: RunViewModel) -> str:
+    return f'<div class="mm-error" style="color:#cf222e">{escape(vm.error or "")}</div>'
+
+def iteration_html(vm: RunViewModel, it: IterationView, expanded: bool, skip_text: bool = False) -> str:
+    state = f"{it.duration:.2f}s" if it.duration is not None else ("running…" if not vm.finished else "")
+    summary = " · ".join(x for x in (f"iteration {it.number}", f"{len(it.tools)} tool call(s)", state) if x)
+    inner = []
+    if it.text and not skip_text:
+        inner.append(f'<div class="mm-text">{render_markdown(it.text)}</div>')
+    for card in it.tools.values():
+        inner.append(card_html(card))
+    return (f'<details class="mm-iteration"{" open" if expanded else ""}><summary>{escape(summary)}</summary>'
+            + "".join(inner) + "</details>")
+
+def card_html(card: ToolCard) -> str:
+    icon = TOOL_ICONS.get(card.state, "")
+    dur = f" · {card.duration:.2f}s" if card.duration is not None else ""
+    head = f"{icon} <b>{escape(card.name)}</b> · {escape(card.status_text())}{dur}"
+    if card.approval in ("approved", "denied"):
+        head = (f'<span class="mm-decision mm-decision-{card.approval}" data-by="{escape(card.approval_by or "")}"'
+                f">{head}</span>")
+    body = ""
+    if card.state == "running" and card.progress_done is not None:
+        frac = card.progress_fraction()
+        bar = ""
+        if frac is not None:
+            bar = ('<span class="mm-tool-bar" style="display:inline-block;width:120px;height:8px;'
+                   'background:#eaeef2;border-radius:4px;vertical-align:middle;margin-right:6px">'
+                   f'<span style="display:block;height:8px;width:{frac * 100:.0f}%;background:#1f6feb;'
+                   'border-radius:4px"></span></span>')
+        body += f'<div class="mm-tool-progress">{bar}{escape(card.progress_text())}</div>'
+    body += f'<pre class="mm-args" style="margin:2px 0;white-space:pre-wrap">{escape(card.arguments_json())}</pre>'
+    if card.state == "awaiting":
+        # The panel's Approve / Deny controls go here (static/panel.js); other approvers: the note stays.
+        body += (f'<div class="mm-approval-slot" data-call-id="{escape(card.call_id)}">'
+                 '<span class="mm-approval-wait" style="color:#8250df">✋ waiting for a decision…</span></div>')
+    shown = card.result if card.state == "ok" else (card.error or card.result)
+    if card.state == "denied" and card.approval == "denied":
+        shown = None  # the head says it: "denied (panel): not now"
+    if shown is not None:
+        short = clip(shown, 200)
+        if short == shown:
+            body += f'<pre class="mm-result" style="margin:2px 0;white-space:pre-wrap">{escape(shown)}</pre>'
+        else:
+            body += (f'<details class="mm-result"><summary>{escape(short)}</summary>'
+                     f'<pre style="white-space:pre-wrap">{escape(shown)}</pre></details>')
+    return (f'<div class="mm-tool mm-tool-{escape(card.state)}" style="border:1px solid #d0d7de;'
+            f'border-radius:6px;padding:4px 8px;margin:4px 0"><div>{head}</div>{body}</div>')
+
+def batch_html(vm: RunViewModel) -> str:
+    assert vm.batch is not None
+    c = vm.batch_counts()
+    rows = []
+    for row in vm.batch[:MAX_BATCH_ROWS]:
+        body = row.answer if row.status == "ok" else (row.error or "")
+        dur = f"{row.duration:.2f}s" if row.duration is not None else ""
+        rows.append(f'<tr class="mm-row mm-row-{escape(row.status)}"><td>{row.index + 1}</td>'
+                    f"<td>{escape(clip(row.message, 200))}</td><td>{escape(row.status)}</td><td>{dur}</td>"
+                    f'<td style="white-space:pre-wrap">{escape(clip(body or "", 500))}</td></tr>')
+    more = len(vm.batch) - MAX_BATCH_ROWS
+    if more > 0:
+        rows.append(f'<tr><td colspan="5">+{more} more</td></tr>')
+    counts = (f'<div class="mm-counts">{c["done"]} done · {c["failed"]} failed · {c["running"]} running · '
+              f'{c["pending"]} pending</div>')
+    return (counts + '<table class="mm-batch"><tr><th>#</th><th>message</th><th>status</th><th>time</th>'
+            "<th>answer / error</th></tr>" + "".join(rows) + "</table>")
+
+def progress_html(vm: RunViewModel, with_bar: bool = True) -> str:
+    done, total, label = vm.progress()
+    color = STATUS_COLORS.get(vm.status, "#1f6feb") if vm.finished else "#1f6feb"
+    bar = ""
+    if with_bar:
+        bar = ('<div class="mm-progress" style="display:inline-block;width:240px;height:10px;background:#eaeef2;'
+               'border-radius:5px;vertical-align:middle;margin-right:8px">'
+               f'<div class="mm-progress-fill" style="height:10px;width:{100 * done / max(total, 1):.0f}%;'
+               f'background:{color};border-radius:5px"></div></div>')
+    return f'<div class="mm-progress-row">{bar}<span class="mm-progress-label">{escape(label)}</span></div>'
+
+def final_html(vm: RunViewModel) -> str:
+    """The final view: status, progress, steps (collapsed), usage, and the answer once (Markdown)."""
+    out = [f'<div class="mm-panel mm-final mm-final-{escape(vm.status)}" style="border:1px solid #d0d7de;'
+           f'border-radius:8px;padding:8px 12px">', header_html(vm), progress_html(vm)]
+    if vm.batch is not None:
+        out.append(batch_html(vm))
+    else:
+        out.append(f'<div class="mm-task" style="color:#57606a">{escape(clip(vm.task, 300))}</div>')
+        steps = []
+        if vm.dropped_iterations:
+            steps.append(f"<div>… {vm.dropped_iterations} earlier iteration(s) not shown</div>")
+        answer = vm.final_output.strip()
+        for it in vm.iterations:
+            # The answer is shown once, below: not again inside the step that produced it.
+            steps.append(iteration_html(vm, it, False, skip_text=bool(answer) and it.text.strip() == answer))
+        if steps:
+            summary = (f"{vm.iteration_count} iteration(s) · {vm.tool_call_count} tool call(s) · "
+                       f"{vm.usage_text()}")
+            out.append(f'<details class="mm-steps"><summary>{escape(summary)}</summary>{"".join(steps)}'
+                       "</details>")
+        else:
+            out.append(f'<div class="mm-usage">{escape(vm.usage_text())}</div>')
+        decisions = vm.decision_lines()
+        if decisions:  # visible without opening the steps
+            out.append('<ul class="mm-decisions" style="margin:4px 0;padding-left:18px">'
+                       + "".join(f"<li>{escape(line)}</li>" for line in decisions) + "</ul>")
+    if vm.error:
+        out.append(error_html(vm))
+    elif vm.status == "cancelled":
+        out.append('<div class="mm-cancelled" style="color:#6e7781">⏹ the run was cancelled</div>')
+    if vm.output is not None:
+        out.append(f'<div class="mm-output">{output_html(vm.output)}</div>')
+    elif vm.final_output:
+        out.append(f'<div class="mm-answer">{render_markdown(clip(vm.final_output, MAX_ANSWER))}</div>')
+    out.append("</div>")
+    return "".join(out)
