@@ -305,7 +305,7 @@ class MapResult(Sequence[Any]):
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def _rows(inputs: Any) -> tuple[list[Any], list[Any] | None, str | None]:
+def input_rows(inputs: Any) -> tuple[list[Any], list[Any] | None, str | None]:
     """(rows, index labels or None, a Series' name): strings/scalars, or dicts for frames and mappings."""
     module = type(inputs).__module__
     if module.startswith("pandas"):
@@ -397,7 +397,7 @@ async def map_async(
     """See :meth:`ChatAgent.map_async`. ``executor``: "local" (default), "ray", or a :class:`MapExecutor`."""
     runner = resolve_executor(executor)
     started = time.perf_counter()
-    rows, labels, series_name = _rows(inputs)
+    rows, labels, series_name = input_rows(inputs)
     prompts = [format_prompt(prompt, row, series_name) for row in rows]
     settings = _map_settings(agent, options)
     fingerprint = settings_fingerprint(settings)
