@@ -45,10 +45,17 @@ def prompt_approver(request: ApprovalRequest) -> ApprovalDecision:
 
 
 def headless(shell: Any) -> bool:
-    """A kernel nobody types into (nbclient, papermill): no stdin, and the notebook is saved when the last
-    cell ends, so a ``--bg`` run must end within its cell to be saved as it ended."""
+    """This cell comes from a headless notebook executor (nbclient, papermill): no stdin and no notebook UI's
+    ``cellId``. It saves the notebook when the last cell ends, so a ``--bg`` run must end within its cell to
+    be saved as it ended."""
     kernel = getattr(shell, "kernel", None)
-    return kernel is not None and not getattr(kernel, "_allow_stdin", False)
+    if kernel is None or getattr(kernel, "_allow_stdin", False):
+        return False
+    try:
+        request = kernel.get_parent()
+    except Exception:  # an older kernel without get_parent(): decide on stdin alone
+        request = {}
+    return "cellId" not in ((request.get("metadata") if isinstance(request, dict) else None) or {})
 
 
 @magics_class
@@ -282,7 +289,7 @@ class AgentMagics(Magics):
         kernel = getattr(self.shell, "kernel", None)
         if kernel is None:
             return prompt_approver if sys.stdin is not None and sys.stdin.isatty() else None
-        if headless(self.shell):  # nbclient/papermill: nobody to ask (read during the cell)
+        if not getattr(kernel, "_allow_stdin", False):  # nbclient/papermill: nobody to ask (read during the cell)
             return None
         panel_approver = getattr(view, "request_approval", None)
         if panel_approver is not None and self.approval_via != "prompt":
