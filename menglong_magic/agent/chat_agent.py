@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..events import Event, EventBus, EventCallback, EventSubscription, dispatch
+from ..maps.executors import resolve_executor
 from ..maps.run import MapResult, map_async
 from ..models import Model, resolve_model
 from ..tools.base import Tool, Toolset, as_tool, collect_tools, flatten_tools
@@ -347,7 +348,8 @@ class ChatAgent:
         Ray workers; the journal, events and result stay here.
         """
         return await map_async(self, inputs, prompt, journal=journal, max_concurrency=max_concurrency,
-                               return_exceptions=return_exceptions, on_event=on_event, executor=executor, **options)
+                               return_exceptions=return_exceptions, on_event=on_event,
+                               executor=resolve_executor(executor), **options)
 
     def map(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> MapResult:
         """Blocking :meth:`map_async` (not inside a running loop: use ``await agent.map_async``)."""

@@ -169,14 +169,11 @@ class LocalExecutor:
         await run_admitted(job.agent, job.items, one, job.max_concurrency)
 
 
-def resolve_executor(executor: Any) -> MapExecutor:
-    """``"local"``/None, ``"ray"`` (a :class:`RayExecutor` with its defaults) or an executor object."""
+def local_or_given(executor: Any) -> MapExecutor:
+    """``"local"``/None (a :class:`LocalExecutor`) or an executor object. Names of other executors ("ray") are
+    resolved above this module (:func:`menglong_magic.maps.executors.resolve_executor`): they import it."""
     if executor is None or executor == "local":
         return LocalExecutor()
-    if executor == "ray":
-        from .ray import default_executor
-
-        return default_executor()
     if isinstance(executor, str) or not callable(getattr(executor, "run", None)):
         raise ValueError(f'executor must be "local", "ray" or an object with an async run(job) method, '
                          f'not {executor!r}')
@@ -395,7 +392,7 @@ async def map_async(
     **options: Any,
 ) -> MapResult:
     """See :meth:`ChatAgent.map_async`. ``executor``: "local" (default), "ray", or a :class:`MapExecutor`."""
-    runner = resolve_executor(executor)
+    runner = local_or_given(executor)
     started = time.perf_counter()
     rows, labels, series_name = input_rows(inputs)
     prompts = [format_prompt(prompt, row, series_name) for row in rows]
