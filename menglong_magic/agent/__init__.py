@@ -3,8 +3,10 @@
 from .approval import ApprovalDecision, ApprovalRequest
 from .chat_agent import ChatAgent
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord, Usage
+from .options import RUN_OPTIONS, RunOptions
 from .settings import ChatMode, RunSettings
 from .sync import RunningLoopError
+from .turn import QueuedTurnWarning
 from .workflow import StepResult, WorkflowResult, WorkflowStep
 
 __all__ = [
@@ -13,6 +15,9 @@ __all__ = [
     "ChatAgent",
     "ChatMode",
     "IterationLog",
+    "QueuedTurnWarning",
+    "RUN_OPTIONS",
+    "RunOptions",
     "RunResult",
     "RunSettings",
     "RunUsage",
