@@ -44,20 +44,6 @@ def prompt_approver(request: ApprovalRequest) -> ApprovalDecision:
     return ApprovalDecision(False, answer, "prompt")
 
 
-def headless(shell: Any) -> bool:
-    """This cell comes from a headless notebook executor (nbclient, papermill): no stdin and no notebook UI's
-    ``cellId``. It saves the notebook when the last cell ends, so a ``--bg`` run must end within its cell to
-    be saved as it ended."""
-    kernel = getattr(shell, "kernel", None)
-    if kernel is None or getattr(kernel, "_allow_stdin", False):
-        return False
-    try:
-        request = kernel.get_parent()
-    except Exception:  # an older kernel without get_parent(): decide on stdin alone
-        request = {}
-    return "cellId" not in ((request.get("metadata") if isinstance(request, dict) else None) or {})
-
-
 @magics_class
 class AgentMagics(Magics):
     """Chat with and run agents from cells. Defaults are configurable: ``%config AgentMagics.model = ...``."""
@@ -225,10 +211,6 @@ class AgentMagics(Magics):
             bg.add_done_callback(lambda _t: self.background.remove(handle) if handle in self.background else None)
             if args.out:
                 self.shell.user_ns[args.out] = handle
-            if headless(self.shell):
-                # nbclient/papermill save the notebook when the last cell ends: a run still going then would be
-                # saved as "running" forever. Nobody can interact with it anyway: end it within its cell.
-                await asyncio.wait([bg])
             return handle
         return await finish()
 

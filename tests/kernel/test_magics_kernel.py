@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from test_frontend import _send as send
 
 pytestmark = pytest.mark.kernel
 
@@ -108,10 +106,7 @@ def test_bg_returns_at_once_and_later_cells_run(kernel):
     kernel.ok("agent = ChatAgent(model=ScriptedModel([calls(call('slow', {'seconds': 3})), reply('bg done')]), "
               "mode='auto', tools=[slow])")
     t0 = time.monotonic()
-    # As a notebook UI sends it (a cellId): headless executors instead end a --bg run within its cell.
-    started = send(kernel, "h = %agent_run -a agent -q --bg background work", allow_stdin=False,
-                   metadata={"cellId": "bg-cell"})
-    assert not started.errors, started.errors
+    kernel.ok("h = %agent_run -a agent -q --bg background work")
     out = kernel.ok("print(h.done())")
     assert out.stdout.strip() == "False"
     assert time.monotonic() - t0 < 2.5
@@ -157,24 +152,3 @@ def test_model_failure_is_short_and_partial_result_kept(kernel):
     assert len(run.errors[0]["traceback"]) <= 3
     out = kernel.ok("print(partial.stop_reason, partial.error)")
     assert out.stdout.strip() == "error backend down"
-
-
-def test_a_bg_run_under_nbclient_is_saved_as_it_ended(tmp_path):
-    """Headless (nbclient/papermill): a --bg run still going when its cell ends would be saved "running"
-    forever; it ends within its cell instead, and the saved file shows its final view."""
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell(SETUP),
-        nbformat.v4.new_code_cell("agent = ChatAgent(model=ScriptedModel([calls(call('slow', {'seconds': 1})), "
-                                  "reply('background answer')]), mode='auto', tools=[slow])"),
-        nbformat.v4.new_code_cell("%agent_run --bg -a agent -o job the background task"),
-        nbformat.v4.new_code_cell("print(type(job).__name__, job.done(), job.result() is _agent_last)"),
-    ]
-    NotebookClient(nb, timeout=60, kernel_name="python3").execute(cwd=str(tmp_path))
-    path = tmp_path / "saved.ipynb"
-    nbformat.write(nb, path)
-    saved = nbformat.read(path, as_version=4)
-    record = json.dumps(saved.cells[2].outputs)
-    assert "background answer" in record and "completed" in record
-    assert "running" not in record.lower()
-    assert saved.cells[3].outputs[0]["text"].strip() == "AgentTask True True"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_frontend import _send as send
 from test_magics_kernel import SETUP
 
 pytestmark = pytest.mark.kernel
@@ -37,12 +36,9 @@ def beta(x: str) -> str:
 
 def test_overlapping_bg_runs_with_overrides_leave_the_agent_unchanged(kernel):
     kernel.ok(SETUP + RECORDING)
-    ui = {"allow_stdin": False, "metadata": {"cellId": "c"}}  # a notebook UI: --bg returns at once
-    assert not send(kernel, "a = %agent_run -a shared -q --bg -m offline -s 'first prompt' -t alpha task one",
-                    **ui).errors
+    kernel.ok("a = %agent_run -a shared -q --bg -m offline -s 'first prompt' -t alpha task one")
     kernel.ok("shared_model = shared.model")
-    assert not send(kernel, "%%agent -a shared -q --bg -s 'second prompt' -t beta --mode auto\nmessage two",
-                    **ui).errors
+    kernel.ok("%%agent -a shared -q --bg -s 'second prompt' -t beta --mode auto\nmessage two")
     kernel.ok("first = await a")
     out = kernel.ok("import json\n"
                     "print(json.dumps([shared.system, shared.mode.value, sorted(shared.tools), shared.model.name, "
