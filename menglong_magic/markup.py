@@ -3,6 +3,14 @@
 Used by the result's own ``_repr_html_`` and by the views. Every piece of model or tool text reaches HTML either
 through :func:`html.escape` or through :func:`render_markdown` (markdown-it-py, CommonMark, raw HTML disabled,
 unsafe link schemes refused), so nothing a model or a tool writes is ever executed by a front end.
+
+Math: ``$…$``, ``$$…$$``, ``\\(…\\)``, ``\\[…\\]`` and top-level amsmath environments (``\\begin{align}…``) are
+parsed by mdit-py-plugins (dollarmath, texmath's bracket rules, amsmath) before emphasis and backslash escapes, and
+written back *verbatim* (delimiters included, HTML-escaped) inside ``<span|div class="math … mathjax_process">``.
+Everything else we emit sits inside :data:`NO_TYPESET` (``mathjax_ignore``), so a front end's MathJax (JupyterLab,
+Notebook 7 typeset HTML outputs) typesets exactly those spans and never a stray ``$`` in prose; elsewhere the
+reader sees the source as written. Dollar rule (pandoc's): no space just inside the ``$`` delimiters and no digit
+right after the closing one, so ``$5 and $10`` stays text; ``\\$`` is a literal dollar.
 """
 
 from __future__ import annotations
@@ -11,6 +19,12 @@ import json
 from functools import lru_cache
 from html import escape
 from typing import Any
+
+# MathJax 3/4 skip elements with this class (and their children) unless a child opts back in with
+# ``mathjax_process``; ``tex2jax_ignore`` is the MathJax 2 name (classic Notebook).
+NO_TYPESET = "mathjax_ignore tex2jax_ignore"
+_TYPESET = "mathjax_process tex2jax_process"
+_CLOSING = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
 
 
 def clip(text: str, limit: int) -> str:
@@ -42,14 +56,44 @@ def _markdown() -> Any:
 
     md.add_render_rule("link_open", link_open)
     md.add_render_rule("image", image)
+    _add_math(md)
     return md
+
+
+def _add_math(md: Any) -> None:
+    from mdit_py_plugins.amsmath import amsmath_plugin
+    from mdit_py_plugins.dollarmath import dollarmath_plugin
+    from mdit_py_plugins.texmath import texmath_plugin
+
+    # allow_space/allow_digits off = pandoc's rule, so prices ("$5 and $10") stay text.
+    dollarmath_plugin(md, allow_labels=True, allow_space=False, allow_digits=False, double_inline=True)
+    texmath_plugin(md, delimiters="brackets")  # \(…\) and \[…\]; same token names as dollarmath's
+    amsmath_plugin(md)
+
+    def math(block: bool) -> Any:
+        def render(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+            token = tokens[idx]
+            opening = token.markup or ""
+            source = f"{opening}{token.content}{_CLOSING.get(opening, opening)}"
+            if token.info and token.type in ("math_block_label", "math_block_eqno"):
+                source += f" ({token.info})"
+            if block:
+                return f'<div class="math block {_TYPESET}">{escape(source, quote=False)}</div>\n'
+            # inside a paragraph (``$$…$$`` too: the delimiters tell the typesetter to display it)
+            return f'<span class="math inline {_TYPESET}">{escape(source, quote=False)}</span>'
+        return render
+
+    for name in ("math_inline", "math_inline_double"):
+        md.add_render_rule(name, math(False))
+    for name in ("math_block", "math_block_label", "math_block_eqno", "amsmath"):
+        md.add_render_rule(name, math(True))
 
 
 @lru_cache(maxsize=256)
 def render_markdown(text: str) -> str:
     """Markdown → safe HTML (raw HTML shown as text; ``javascript:``/``vbscript:``/``file:``/non-image
     ``data:`` links refused by markdown-it's ``validateLink``). Cached: views re-render on every flush."""
-    return f'<div class="mm-md">{_markdown().render(text)}</div>'
+    return f'<div class="mm-md {NO_TYPESET}">{_markdown().render(text)}</div>'
 
 
 def _plain(value: Any) -> Any:

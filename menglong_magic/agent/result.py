@@ -144,9 +144,9 @@ class RunResult(Mapping[str, Any]):
         the model shown as text, as in the panel's final view) or the typed output as a table."""
         from html import escape
 
-        from ..markup import output_html, render_markdown
+        from ..markup import NO_TYPESET, output_html, render_markdown
 
-        parts = [f'<div class="mm-result"><div><b>{escape(self.stop_reason)}</b> · '
+        parts = [f'<div class="mm-result {NO_TYPESET}"><div><b>{escape(self.stop_reason)}</b> · '
                  f"{escape(self.summary_line().split(' · ', 1)[1])}</div>"]
         if self.error:
             parts.append(f'<div style="color:#cf222e">error: {escape(self.error)}</div>')

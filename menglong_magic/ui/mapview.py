@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from .. import events as ev
 from ..maps.run import MapItemsRestored
-from ..markup import clip
+from ..markup import NO_TYPESET, clip
 from ..usage import format_cost
 from .live import LiveWidgetView
 
@@ -216,7 +216,7 @@ class MapViewModel:
     def final_html(self) -> str:
         failures = "".join(self.failure_html(i, t) for i, t in self.failures)
         block = f'<details open><summary>{len(self.failures)} failed</summary>{failures}</details>' if failures else ""
-        return f'<div class="mm-panel mm-map">{self.stats_html()}{self.rows_html()}{block}</div>'
+        return f'<div class="mm-panel mm-map {NO_TYPESET}">{self.stats_html()}{self.rows_html()}{block}</div>'
 
     def summary_text(self) -> str:
         lines = [self.summary_line()]
