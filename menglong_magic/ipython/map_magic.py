@@ -142,7 +142,7 @@ class AgentMapMagics(Magics):
 
 def _check_template(inputs: Any, template: str | None) -> None:
     """A template naming a field the rows lack is a usage error, before anything is requested."""
-    from ..maps.run import _rows, format_prompt
+    from ..maps.run import PromptFormatError, _rows, format_prompt
 
     if not hasattr(inputs, "__len__"):  # an iterator would be consumed by the check
         return
@@ -153,5 +153,7 @@ def _check_template(inputs: Any, template: str | None) -> None:
     if rows:
         try:
             format_prompt(template, rows[0], name)
+        except PromptFormatError:
+            pass  # a value this format spec cannot apply to (NaT): that item's error, not the map's
         except (KeyError, ValueError, IndexError) as exc:
             raise UsageError(f"%agent_map: {exc.args[0] if exc.args else exc}") from None
