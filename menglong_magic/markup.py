@@ -27,6 +27,26 @@ _TYPESET = "mathjax_process tex2jax_process"
 _CLOSING = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
 
 
+def _visible(code: int) -> str:
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+# C0 controls except tab and newline, DEL, C1 controls (8-bit CSI/OSC/ST...), and the bidirectional overrides
+# and isolates ("Trojan Source": they reorder what a reader sees). Each becomes its visible escape (ESC → "\x1b"):
+# one character at a time, so a sequence split across streamed chunks is made harmless chunk by chunk.
+_TERMINAL_TABLE = {code: _visible(code) for code in
+                   [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F),
+                    *range(0x2066, 0x206A)]}
+
+
+def terminal_safe(text: str) -> str:
+    """Model, tool or server text made safe to write to a terminal: control characters (ESC and with it every
+    CSI/OSC sequence — cursor moves, screen clears, OSC 52 clipboard writes, OSC 8 hidden links —, other
+    C0/C1 controls, bidi overrides) are shown as visible escapes such as ``\\x1b``, never interpreted. Newline
+    and tab stay; ``\\r\\n`` becomes ``\\n`` (a lone ``\\r`` would let text overwrite its own line)."""
+    return text.replace("\r\n", "\n").translate(_TERMINAL_TABLE)
+
+
 def clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text

@@ -131,13 +131,15 @@ class RunResult(Mapping[str, Any]):
         )
 
     def __repr__(self) -> str:
+        from ..markup import terminal_safe  # a terminal shows this repr: the model's text must not drive it
+
         text = self.final_output if len(self.final_output) <= 400 else self.final_output[:400] + "…"
         lines = [f"RunResult({self.summary_line()})"]
         if self.error:
             lines.append(f"error: {self.error}")
         if text:
             lines.append(text)
-        return "\n".join(lines)
+        return terminal_safe("\n".join(lines))
 
     def _repr_html_(self) -> str:
         """A RunResult shown in a notebook: the summary, then the answer rendered as Markdown (raw HTML from

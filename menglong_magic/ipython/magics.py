@@ -41,6 +41,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 from .. import events as ev
 from ..agent import ApprovalDecision, ApprovalRequest, ChatAgent, ChatMode, RunResult
 from ..agent.sync import drive, run_sync
+from ..markup import terminal_safe
 from ..models import resolve_model
 from ..tools.base import as_tool, is_tool
 from ..ui.panel import make_view
@@ -60,7 +61,7 @@ class AgentRunFailed(Exception):
         self.where = where
 
     def _render_traceback_(self) -> list[str]:  # IPython shows these lines instead of a traceback
-        lines = [f"\x1b[31mAgentRunFailed\x1b[0m: {self}"]
+        lines = [f"\x1b[31mAgentRunFailed\x1b[0m: {terminal_safe(str(self))}"]  # the model's error text
         lines.append(f"the partial result is in `{self.where}`" if self.where else
                      "the partial result is in `_agent_last` (or use -o VAR)")
         return lines
@@ -78,7 +79,7 @@ class AgentInterrupted(KeyboardInterrupt):
         self.where = where
 
     def _render_traceback_(self) -> list[str]:
-        return [f"\x1b[31mAgentInterrupted\x1b[0m: {self}",
+        return [f"\x1b[31mAgentInterrupted\x1b[0m: {terminal_safe(str(self))}",
                 f"the partial result is in `{self.where}`; the history is valid"]
 
 
@@ -288,7 +289,7 @@ def _shell_word(line: str, index: int) -> tuple[str, int]:
 def prompt_approver(request: ApprovalRequest) -> ApprovalDecision:
     """Ask on stdin: y approves; n (or nothing) denies; anything else denies with that text as the reason."""
     arguments = request.arguments if isinstance(request.arguments, str) else json.dumps(request.arguments)
-    answer = input(f"approve {request.tool_name}({arguments})? [y/N/reason] ").strip()
+    answer = input(terminal_safe(f"approve {request.tool_name}({arguments})? [y/N/reason] ")).strip()
     if answer.lower() in ("y", "yes"):
         return ApprovalDecision(True, None, "prompt")
     if answer.lower() in ("", "n", "no"):
@@ -386,7 +387,7 @@ class AgentMagics(Magics):
             print("no tools (decorate functions with @tool)")
         for name, t in sorted(tools.items()):
             kind = "async" if t.is_async else "sync"
-            print(f"{name} ({kind}): {t.description.splitlines()[0] if t.description else ''}")
+            print(terminal_safe(f"{name} ({kind}): {t.description.splitlines()[0] if t.description else ''}"))
         for toolset in toolsets:  # listed when a run starts; %agent_mcp list shows their tools
             state = getattr(toolset, "state", "")
             print(f"+ the tools of {toolset.name!r} ({type(toolset).__name__}{', ' + state if state else ''}; "

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from .. import events as ev
 from ..maps.run import MapItemsRestored
-from ..markup import NO_TYPESET, clip
+from ..markup import NO_TYPESET, clip, terminal_safe
 from ..usage import format_cost
 from .live import LiveWidgetView
 
@@ -249,11 +249,11 @@ class MapTextView:
         if self.compact:
             return
         for index, text in self.model.failures[failures:]:
-            self.out.write(f"[{self.model.title}] item {index} failed: {text}\n")
+            self.out.write(terminal_safe(f"[{self.model.title}] item {index} failed: {text}") + "\n")
         now = time.monotonic()
         if isinstance(event, ev.BatchItemFinished) and now - self._last >= self.interval:
             self._last = now
-            self.out.write(self.model.summary_line() + "\n")
+            self.out.write(terminal_safe(self.model.summary_line()) + "\n")
             self.out.flush()
 
     def finish(self) -> None:
@@ -261,7 +261,7 @@ class MapTextView:
             return
         self._finished = True
         self.model.mark_cancelled()
-        self.out.write((self.model.summary_text() if self.compact else self.model.summary_line()) + "\n")
+        self.out.write(terminal_safe(self.model.summary_text() if self.compact else self.model.summary_line()) + "\n")
         self.out.flush()
 
     def close(self) -> None:
@@ -312,7 +312,7 @@ class MapPanel(LiveWidgetView):
         return isinstance(event, ev.BatchFinished)
 
     def final_bundle_now(self) -> dict[str, str]:
-        return {"text/plain": self.model.summary_text(), "text/html": self.model.final_html()}
+        return {"text/plain": terminal_safe(self.model.summary_text()), "text/html": self.model.final_html()}
 
     def flush(self) -> None:
         """Push the aggregates (O(last rows)) and the failures not sent yet."""

@@ -88,3 +88,30 @@ async def test_a_format_spec_over_nat_fails_only_that_item(openai_server: Script
     assert table["error"].notna().tolist() == [False, True, False]
     with pytest.raises(MapItemError, match="item 1"):
         await make_agent(openai_server).map_async(frame, "{date:%Y-%m-%d}: {text}", return_exceptions=False)
+
+
+async def test_text_view_of_a_real_run_escapes_tool_and_model_control_sequences(
+        openai_server: ScriptedOpenAIServer) -> None:
+    import io
+
+    from menglong_magic.ui.textview import TextView
+
+    @tool
+    def fetch_page(url: str) -> str:
+        """Fetch a page."""
+        return "page\x1b[1A\x1b[K\x1b[2J\x1b]52;c;cm0gLXJmIH4=\x07 end"
+
+    answer = "Read \x1b]8;;https://evil.example\x1b\\the docs\x1b]8;;\x1b\\ now\x1b[2J."
+    for streamed in (True, False):
+        openai_server.enqueue(call_tools(tool_call("fetch_page", {"url": "x\x1b[2Jy"})), reply(answer))
+        out = io.StringIO()
+        view = TextView("t", stream=out)
+        agent = make_agent(openai_server, mode="auto", tools=[fetch_page], stream=streamed)
+        result = await agent.arun("read", on_event=view.handle)
+        view.finish()
+        assert bool(openai_server.requests[-1].get("stream")) is streamed
+        assert result.final_output == answer  # the answer itself is kept as the model wrote it
+        written = out.getvalue()
+        assert "\x1b" not in written and "\x07" not in written
+        assert "page\\x1b[1A\\x1b[K\\x1b[2J\\x1b]52;c;cm0gLXJmIH4=\\x07 end" in written
+        assert "Read \\x1b]8;;https://evil.example\\x1b\\the docs" in written
