@@ -10,12 +10,14 @@ written back *verbatim* (delimiters included, HTML-escaped) inside ``<span|div c
 Everything else we emit sits inside :data:`NO_TYPESET` (``mathjax_ignore``), so a front end's MathJax (JupyterLab,
 Notebook 7 typeset HTML outputs) typesets exactly those spans and never a stray ``$`` in prose; elsewhere the
 reader sees the source as written. Dollar rule (pandoc's): no space just inside the ``$`` delimiters and no digit
-right after the closing one, so ``$5 and $10`` stays text; ``\\$`` is a literal dollar.
+right after the closing one, so ``$5 and $10`` stays text; ``\\$`` is a literal dollar. ``\\[…\\]`` is math
+inside a paragraph too (as in Jupyter's Markdown cells), so a closed pair of escaped brackets is read as math.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from html import escape
 from typing import Any
@@ -89,6 +91,13 @@ def _add_math(md: Any) -> None:
     dollarmath_plugin(md, allow_labels=True, allow_space=False, allow_digits=False, double_inline=True)
     texmath_plugin(md, delimiters="brackets")  # \(…\) and \[…\]; same token names as dollarmath's
     amsmath_plugin(md)
+    # texmath parses \[…\] only as a block starting a paragraph; models also write it inside one (after
+    # "The formula is:" on the line above). Same rule shape as texmath's own \(…\) rule, for display math.
+    from mdit_py_plugins.texmath.index import make_inline_func
+
+    md.inline.ruler.before("escape", "math_inline_brackets", make_inline_func(
+        {"name": "math_inline_double", "rex": re.compile(r"^\\\[(.+?)\\\]", re.DOTALL), "tmpl": "{0}",
+         "tag": "\\["}))
 
     def math(block: bool) -> Any:
         def render(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:

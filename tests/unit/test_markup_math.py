@@ -59,6 +59,25 @@ def test_display_formula_on_its_own_lines_is_kept_verbatim(formula: str) -> None
     assert '<div class="math block' in html
 
 
+@pytest.mark.parametrize("formula", [
+    "\\[\nx_1 * y_1 \\\\ z_{2}\n\\]",
+    "$$\nx_1 * y_1 \\\\ z_{2}\n$$",
+    "\\[x*y\\]",
+    "$$\\{a*b\\}$$",
+])
+def test_display_formula_inside_a_paragraph_is_kept_verbatim(formula: str) -> None:
+    """Models often write display math right below a line of prose, without a blank line."""
+    html = render_markdown(f"The formula is:\n{formula}\nso *that* holds.")
+    assert math_spans(html) == [formula]
+    assert html.count("<em>") == 1
+
+
+@pytest.mark.parametrize("text", ["`\\(a*b\\)` and `\\[c*d\\]` and `$e*f$`", "```\n$$a*b$$ \\[c*d\\]\n```"])
+def test_math_delimiters_in_code_stay_code(text: str) -> None:
+    html = render_markdown(text)
+    assert math_spans(html) == [] and "<code" in html and "*" in html
+
+
 def test_several_formulas_and_prose_markdown_together() -> None:
     text = r"Take $a*b*c$ and **bold** and \(x_{1}*x_{2}\), then $\{x \mid x > 0\}$ with _em_."
     html = render_markdown(text)
