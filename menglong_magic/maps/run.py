@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import decimal
 import hashlib
 import json
 import sqlite3
@@ -334,21 +335,23 @@ class PromptFormatError(ValueError):
 
 
 def is_missing(value: Any) -> bool:
-    """None, a float/Decimal NaN, and pandas' and numpy's missing scalars (``NaT``, ``pd.NA``)."""
+    """None, a float/Decimal NaN, and pandas' and numpy's missing scalars (``NaT``, ``pd.NA``, NaN)."""
     if value is None:
         return True
-    if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)):
-        return False
-    if isinstance(value, float) or type(value).__name__ in ("Decimal", "float16", "float32", "float64",
-                                                             "longdouble"):
-        return bool(value != value)  # NaN is the one value unequal to itself
-    module = type(value).__module__
-    if module.startswith(("pandas", "numpy")):
-        import pandas as pd  # only reached for pandas/numpy values
-
+    if isinstance(value, float):
+        return value != value  # NaN is the one value unequal to itself
+    if isinstance(value, decimal.Decimal):
+        return value.is_nan()
+    if type(value).__module__.startswith(("pandas", "numpy")):
         try:
+            import pandas as pd
+        except ImportError:  # numpy alone: its NaN and NaT are unequal to themselves too
+            pd = None
+        try:
+            if pd is None:
+                return bool(value != value)
             return bool(pd.api.types.is_scalar(value) and pd.isna(value))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError):  # arrays and other non-scalars are values, not gaps
             return False
     return False
 
@@ -410,10 +413,10 @@ def format_prompt(template: str | None, row: Any, name: str | None = None) -> st
     except (KeyError, IndexError, PromptFormatError):
         raise
     except (ValueError, TypeError, AttributeError) as exc:
-        raise PromptFormatError(f"cannot format the prompt from {clip_repr(row)}: {exc}") from None
+        raise PromptFormatError(f"cannot format the prompt from {_clip_repr(row)}: {exc}") from None
 
 
-def clip_repr(value: Any, limit: int = 80) -> str:
+def _clip_repr(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
 

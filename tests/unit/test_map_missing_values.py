@@ -73,7 +73,8 @@ def test_missing_scalars(value: object) -> None:
     assert format_prompt(None, value) == MISSING_TEXT and format_prompt("<{input}>", value) == "<>"
 
 
-@pytest.mark.parametrize("value", [0, 0.0, "", "nan", "None", False, [], {}, [np.nan], pd.Timestamp("2024-01-01"),
+@pytest.mark.parametrize("value", [0, 0.0, "", "nan", "None", False, [], {}, [np.nan], np.array([np.nan]),
+                                   pd.Timestamp("2024-01-01"),
                                    np.float64(1.5), np.int64(0), decimal.Decimal("1.5")])
 def test_present_values_are_not_missing(value: object) -> None:
     assert not is_missing(value)
