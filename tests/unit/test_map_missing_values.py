@@ -106,3 +106,30 @@ def test_a_mistyped_value_is_that_items_error_and_a_missing_field_the_templates(
     assert prompts == ["n=1", "", "n=3"] and list(failures) == [1]
     with pytest.raises(KeyError, match="'nme' is not a field"):
         _prompts("{nme}", [{"name": "x"}], None)
+
+
+async def test_agent_map_magic_runs_a_map_whose_first_row_cannot_be_formatted(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The magic checks the template on the first row before the map: a NaT there is that item's error, not a
+    usage error; a field the rows lack still is one."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setenv("MENGLONG_MODEL", "offline")
+    shell = InteractiveShell.instance()
+    shell.reset()
+    shell.run_line_magic("load_ext", "menglong_magic")
+    try:
+        shell.run_cell("import pandas as pd\nfrom menglong_magic import ChatAgent\n"
+                       "from menglong_magic.models import ScriptedModel\n"
+                       "bot = ChatAgent(model=ScriptedModel([lambda r: r.messages[-1]['content'].upper()] * 2))\n"
+                       "rows = pd.DataFrame({'date': pd.to_datetime([None, '2024-01-02']), 'text': ['a', None]})")
+        code = "%agent_map -a bot -q -o out rows On {date:%Y-%m-%d}: [{text}]"
+        res = await shell.run_cell_async(code, transformed_cell=shell.transform_cell(code))
+        assert res.error_in_exec is None
+        out = shell.user_ns["out"]
+        assert list(out.errors) == [0] and out[1] == "ON 2024-01-02: []"
+        code = "%agent_map -a bot -q rows On {nofield}"
+        res = await shell.run_cell_async(code, transformed_cell=shell.transform_cell(code))
+        assert type(res.error_in_exec).__name__ == "UsageError" and "nofield" in str(res.error_in_exec)
+    finally:
+        shell.run_line_magic("unload_ext", "menglong_magic")
