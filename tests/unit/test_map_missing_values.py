@@ -12,8 +12,8 @@ from menglong_magic.maps.run import (
     MapItemError,
     PromptFormatError,
     _prompts,
-    _rows,
     format_prompt,
+    input_rows,
     is_missing,
 )
 
@@ -40,7 +40,7 @@ TEMPLATE = "{author} on {date} ({stars} stars, {count}x, {kind}, {flag}): {text}
 
 
 def test_every_dtype_renders_missing_as_an_empty_field() -> None:
-    rows, _labels, _name = _rows(gap_frame())
+    rows, _labels, _name = input_rows(gap_frame())
     prompts, failures = _prompts(TEMPLATE, rows, None)
     assert failures == {}
     assert prompts[0] == "ann on 2024-01-02 00:00:00 (4.5 stars, 7x, book, True): good"
@@ -53,9 +53,9 @@ def test_every_dtype_renders_missing_as_an_empty_field() -> None:
 @pytest.mark.parametrize("column", ["stars", "date", "kind", "count", "author", "text", "flag"])
 def test_each_dtype_alone(column: str) -> None:
     frame = gap_frame()[[column]]
-    prompts, failures = _prompts(f"[{{{column}}}]", _rows(frame)[0], None)
+    prompts, failures = _prompts(f"[{{{column}}}]", input_rows(frame)[0], None)
     assert failures == {} and prompts[1] == "[]"
-    series_prompts, _ = _prompts("[{}|{input}]", _rows(frame[column])[0], column)
+    series_prompts, _ = _prompts("[{}|{input}]", input_rows(frame[column])[0], column)
     assert series_prompts[1] == "[|]" and not any(t in series_prompts[1] for t in NEVER)
 
 
@@ -92,7 +92,7 @@ def test_a_format_spec_over_a_missing_value_is_a_prompt_error(template: str, val
 
 
 def test_format_spec_failures_are_the_items_errors_only() -> None:
-    rows, _labels, _name = _rows(gap_frame())
+    rows, _labels, _name = input_rows(gap_frame())
     prompts, failures = _prompts("on {date:%Y-%m-%d}: {stars:.1f} {text}", rows, None)
     assert prompts == ["on 2024-01-02: 4.5 good", "", "on 2024-03-04: 3.0 fine"]
     assert list(failures) == [1]
