@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from IPython.core.error import UsageError
 
 from ..agent.sync import drive, run_sync
+from ..markup import terminal_safe
 
 #: The name of the runner object in the shell's (hidden) namespace; rewritten cells call it.
 RUNNER_NAME = "_menglong_magic"
@@ -46,7 +47,7 @@ class AgentRunFailed(Exception):
         self.where = where
 
     def _render_traceback_(self) -> list[str]:  # IPython shows these lines instead of a traceback
-        lines = [f"\x1b[31mAgentRunFailed\x1b[0m: {self}"]
+        lines = [f"\x1b[31mAgentRunFailed\x1b[0m: {terminal_safe(str(self))}"]  # the model's error text
         lines.append(f"the partial result is in `{self.where}`" if self.where else
                      "the partial result is in `_agent_last` (or use -o VAR)")
         return lines
@@ -64,7 +65,7 @@ class AgentInterrupted(KeyboardInterrupt):
         self.where = where
 
     def _render_traceback_(self) -> list[str]:
-        return [f"\x1b[31mAgentInterrupted\x1b[0m: {self}",
+        return [f"\x1b[31mAgentInterrupted\x1b[0m: {terminal_safe(str(self))}",
                 f"the partial result is in `{self.where}`; the history is valid"]
 
 

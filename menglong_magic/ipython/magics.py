@@ -26,6 +26,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 
 from .. import events as ev
 from ..agent import ApprovalDecision, ApprovalRequest, ChatAgent, ChatMode, RunResult
+from ..markup import terminal_safe
 from ..ui.panel import make_view
 from .cells import AgentInterrupted, AgentRunFailed, AgentTask, await_shielded, heartbeat, run_blocking
 from .options import build_options, interpolate, named_agent, namespace_tools, parse_line, run_arguments
@@ -36,7 +37,7 @@ __all__ = ["AgentInterrupted", "AgentMagics", "AgentRunFailed", "AgentTask", "pr
 def prompt_approver(request: ApprovalRequest) -> ApprovalDecision:
     """Ask on stdin: y approves; n (or nothing) denies; anything else denies with that text as the reason."""
     arguments = request.arguments if isinstance(request.arguments, str) else json.dumps(request.arguments)
-    answer = input(f"approve {request.tool_name}({arguments})? [y/N/reason] ").strip()
+    answer = input(terminal_safe(f"approve {request.tool_name}({arguments})? [y/N/reason] ")).strip()
     if answer.lower() in ("y", "yes"):
         return ApprovalDecision(True, None, "prompt")
     if answer.lower() in ("", "n", "no"):
@@ -132,7 +133,7 @@ class AgentMagics(Magics):
             print("no tools (decorate functions with @tool)")
         for name, t in sorted(tools.items()):
             kind = "async" if t.is_async else "sync"
-            print(f"{name} ({kind}): {t.description.splitlines()[0] if t.description else ''}")
+            print(terminal_safe(f"{name} ({kind}): {t.description.splitlines()[0] if t.description else ''}"))
         for toolset in toolsets:  # listed when a run starts; %agent_mcp list shows their tools
             state = getattr(toolset, "state", "")
             print(f"+ the tools of {toolset.name!r} ({type(toolset).__name__}{', ' + state if state else ''}; "

@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..maps.run import MapResult, format_prompt, input_rows
+from ..maps.run import MapResult, PromptFormatError, format_prompt, input_rows
 from ..ui.mapview import make_map_view
 from .cells import AgentInterrupted, await_shielded, run_blocking
 from .options import interpolate, parse_line, run_arguments
@@ -130,5 +130,7 @@ def _check_template(inputs: Any, template: str | None) -> None:
     if rows:
         try:
             format_prompt(template, rows[0], name)
+        except PromptFormatError:
+            pass  # a value this format spec cannot apply to (NaT): that item's error, not the map's
         except (KeyError, ValueError, IndexError) as exc:
             raise UsageError(f"%agent_map: {exc.args[0] if exc.args else exc}") from None

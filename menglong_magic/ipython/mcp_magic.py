@@ -28,6 +28,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..agent import ChatAgent
+from ..markup import terminal_safe
 from ..tools.mcp import MCPServer, MCPServerError
 from .cells import run_blocking
 from .options import named_agent
@@ -37,7 +38,9 @@ class MCPMagicError(Exception):
     """A server could not be reached: shown as its message, without a traceback."""
 
     def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {line}" if i == 0 else line for i, line in enumerate(str(self).splitlines())]
+        # The message quotes the server's own stderr: shown, never interpreted by the terminal.
+        return [f"{type(self).__name__}: {line}" if i == 0 else line
+                for i, line in enumerate(terminal_safe(str(self)).splitlines())]
 
 
 @magics_class
@@ -156,13 +159,13 @@ class MCPMagics(Magics):
             print(f"{server.name}: {server.transport} {server.describe()} [{server.state}{pid}]")
             print(self._tools_line(server))
             if server.state in ("failed", "dead") and server.error:
-                print("  " + server.error.splitlines()[0])
+                print("  " + terminal_safe(server.error.splitlines()[0]))
 
     @staticmethod
     def _tools_line(server: MCPServer) -> str:
         if server.tools is None:
             return "  tools: (not listed yet: the server starts on the first run)"
-        return f"  tools: {', '.join(t.name for t in server.tools) or '(none)'}"
+        return terminal_safe(f"  tools: {', '.join(t.name for t in server.tools) or '(none)'}")  # names from the server
 
     def _servers(self, agent: ChatAgent, name: str | None) -> list[MCPServer]:
         if name:
