@@ -36,12 +36,13 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
+from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, observe
 
 from .. import events as ev
 from ..agent import ApprovalDecision, ApprovalRequest, ChatAgent, ChatMode, RunResult
 from ..agent.sync import drive, run_sync
 from ..models import resolve_model
+from ..store import set_default_store
 from ..tools.base import as_tool, is_tool
 from ..ui.panel import make_view
 
@@ -235,6 +236,8 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
                       "-m replay:PATH)"),
         argument("--approve", action="store_true",
                  help="every tool call of this run waits for your approval (panel buttons or a prompt)"),
+        argument("--session", metavar="NAME",
+                 help="continue (and save) the stored conversation NAME (see %%agent_history)"),
     )):
         func = decorator(func)
     return func
@@ -334,10 +337,23 @@ class AgentMagics(Magics):
                                help="View for runs: 'widgets' (live panel), 'text' (progress lines), or 'auto' "
                                     "(the panel when the front end shows widgets).").tag(config=True)
     panel_update_interval = Float(0.1, help="Seconds between panel updates (they are coalesced).").tag(config=True)
+    # Persistence (menglong_magic/store.py, %agent_history, %agent_log).
+    store = Unicode(None, allow_none=True,
+                    help="SQLite file for saved sessions and the run log (None: MENGLONG_STORE, else the user's "
+                         "data directory). Setting it turns the run log on for every agent.").tag(config=True)
+    session = Unicode(None, allow_none=True,
+                      help="Save the default agent's conversation under this name, and continue it in later "
+                           "kernels (None: not saved).").tag(config=True)
+
+    @observe("store")
+    def _store_changed(self, change: Any) -> None:
+        set_default_store(change["new"] or None)
 
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell=shell, **kwargs)
         self._default_agent: ChatAgent | None = None
+        self._session_agents: dict[str, ChatAgent] = {}  # the per-kernel agent of each stored session
+        self._session_specs: dict[str, str | None] = {}
         self._default_model_spec: str | None = None
         self.last_result: Any = None
         self.background: list[AgentTask] = []
@@ -368,10 +384,14 @@ class AgentMagics(Magics):
     def agent_reset(self, line: str) -> None:
         """Clear an agent's conversation (system prompt and tools stay)."""
         args = parse_argstring(self.agent_reset, line)
-        agent = self._named_agent(args.agent) if args.agent else self._default_agent
-        if agent is not None:
-            agent.clear_context()
-        print(f"{agent.name if agent else 'agent'}: history cleared")
+        agent = self._named_agent(args.agent) if args.agent else self._kernel_agent()
+        kept = agent.clear_context() if agent is not None else False
+        note = ""
+        if agent is not None and agent.session is not None:
+            note = (f"; the stored session {agent.session!r} was kept (a new kernel starts from here; "
+                    f"%agent_history forget {agent.session} deletes it)" if kept else
+                    f"; nothing was stored for session {agent.session!r}")
+        print(f"{agent.name if agent else 'agent'}: history cleared{note}")
 
     @magic_arguments()
     @argument("-a", "--agent", help="name of a ChatAgent in the namespace")
@@ -412,7 +432,9 @@ class AgentMagics(Magics):
         """
         args, task_text = self._parse(kind, line)
         loop = asyncio.get_running_loop()
-        agent = self._named_agent(args.agent) if args.agent else self.default_agent()
+        if args.agent and args.session:
+            raise UsageError("-a and --session: give that agent its session in Python (ChatAgent(session=...))")
+        agent = self._named_agent(args.agent) if args.agent else self.default_agent(args.session)
         overrides = self._overrides(args, agent)
         if args.reset:
             agent.clear_context()
@@ -497,7 +519,7 @@ class AgentMagics(Magics):
     def _overrides(self, args: Any, agent: ChatAgent) -> dict[str, Any]:
         """This run's settings on top of the agent's defaults (the default agent takes the config's)."""
         overrides: dict[str, Any] = {}
-        if agent is self._default_agent:
+        if agent is self._default_agent or agent in self._session_agents.values():
             overrides.update(system=self.system or "", mode=self.mode, tools=self._namespace_tools())
         if args.model:
             try:
@@ -639,10 +661,27 @@ class AgentMagics(Magics):
                 found[t.name] = t
         return found
 
-    def default_agent(self) -> ChatAgent:
-        """The per-kernel agent. Its model is the config's (resolved on first use: an explicit ``-m`` run
-        never resolves it, so the "no model configured" notice only shows when the default is used)."""
+    def _kernel_agent(self) -> ChatAgent | None:
+        """The per-kernel agent ``%%agent`` uses now (the configured session's), if it exists yet."""
+        return self._session_agents.get(self.session) if self.session else self._default_agent
+
+    def default_agent(self, session: str | None = None) -> ChatAgent:
+        """The per-kernel agent (of ``session``, else of ``%config AgentMagics.session``, if any: it starts
+        from that stored conversation). Its model is the config's (resolved on first use: an explicit ``-m``
+        run never resolves it, so the "no model configured" notice only shows when the default is used)."""
         spec = self.model or None
+        session = session or self.session or None
+        if session is not None:
+            agent = self._session_agents.get(session)
+            if agent is None:
+                agent = self._session_agents[session] = ChatAgent(
+                    model=spec, name=f"agent:{session}", mode=self.mode, max_iterations=self.max_iterations,
+                    session=session)
+                self._session_specs[session] = spec
+            elif spec != self._session_specs.get(session):
+                agent.model = spec
+                self._session_specs[session] = spec
+            return agent
         if self._default_agent is None:
             self._default_agent = ChatAgent(model=spec, name="agent", mode=self.mode,
                                             max_iterations=self.max_iterations)
