@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -352,3 +353,42 @@ def test_two_processes_writing_one_store_lose_and_mix_nothing(server: ScriptedOp
         assert users == [f"{name}-{i}" for i in range(50)]
         assert [t.seq for t in store.turns(name)] == list(range(1, 51))
         assert len(store.runs(session=name, limit=None)) == 50
+
+
+def test_sigkill_while_writing_leaves_only_whole_turns(tmp_path: Path) -> None:
+    """A process killed at a random moment of a stream of tool turns: every stored turn is complete."""
+    path = tmp_path / "killed.sqlite"
+    script = textwrap.dedent(f"""
+        from menglong_magic import ChatAgent, tool
+        from menglong_magic.models import ScriptedModel, call, calls, reply
+
+        @tool
+        def note(text: str) -> str:
+            '''Take a note.'''
+            return "noted: " + text * 50
+
+        steps = []
+        for i in range(100000):
+            steps += [calls(call("note", {{"text": f"n{{i}}"}})), reply(f"done {{i}}")]
+        agent = ChatAgent(model=ScriptedModel(steps), tools=[note], mode="auto", session="s", store={str(path)!r})
+        for i in range(100000):
+            agent.run(f"turn {{i}}")
+            if i == 20:
+                print("running", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "running"
+    time.sleep(0.3)
+    proc.kill()  # SIGKILL, somewhere in a turn or in its commit
+    proc.wait(timeout=30)
+    db = sqlite3.connect(str(path))
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+    store = Store(path)
+    turns = store.turns("s")
+    assert len(turns) > 20
+    for index, turn in enumerate(turns):
+        assert [m["role"] for m in turn.messages] == ["user", "assistant", "tool", "assistant"]
+        assert turn.messages[0]["content"] == f"turn {index}" and turn.messages[3]["content"] == f"done {index}"
+    assert len(store.runs(session="s", limit=None)) == len(turns)
+    store.close()
