@@ -196,8 +196,8 @@ def run_row(result: RunResult, settings: RunSettings | None, *, kind: str, agent
              for it in result.iterations for c in it.tool_calls]
     usage = result.usage
     return {
-        "run_id": result.run_id, "session": session, "agent": agent, "kind": kind, "task": _clip(result.task),
-        "model": result.model,
+        "run_id": result.run_id, "session": session, "agent": redact(agent), "kind": kind,
+        "task": _clip(result.task), "model": redact(result.model),
         "settings": redact(json.dumps(settings_summary(settings) if settings is not None else {}, default=str)),
         "tool_calls": redact(json.dumps(calls, ensure_ascii=False)),
         "usage": json.dumps(usage.to_data()), "input_tokens": usage.input_tokens,
@@ -558,6 +558,8 @@ class AgentPersistence:
     backlog: list[tuple[str, str, str | None, list[dict[str, Any]], float]] = field(default_factory=list)
     run_backlog: list[dict[str, Any]] = field(default_factory=list)
     last_error: str | None = None
+    # Runs of one agent may end on several threads (each with its own loop): the backlogs change under this lock.
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
 
     @property
     def enabled(self) -> bool:
@@ -596,17 +598,26 @@ class AgentPersistence:
         try:
             if not self.enabled:
                 return
-            if committed and self.session is not None and result.messages:
-                self.backlog.append((self.session, "turn", result.run_id, [dict(m) for m in result.messages],
-                                     time.time()))
-            self.run_backlog.append(run_row(result, settings, kind=kind, agent=agent, session=self.session))
-            self.flush()
+            with self._lock:
+                self._finished(result, settings, kind=kind, agent=agent, committed=committed)
         except Exception as exc:  # persistence must never break a run
             problem = f"the run log failed ({type(exc).__name__}: {redact(str(exc))})"
             self._report(problem, problem)
 
+    def _finished(self, result: RunResult, settings: RunSettings | None, *, kind: str, agent: str,
+                  committed: bool) -> None:
+        if committed and self.session is not None and result.messages:
+            self.backlog.append((self.session, "turn", result.run_id, [dict(m) for m in result.messages],
+                                 time.time()))
+        self.run_backlog.append(run_row(result, settings, kind=kind, agent=agent, session=self.session))
+        self.flush()
+
     def flush(self) -> bool:
         """Write the backlog; False (reported once per distinct problem) if the store cannot take it now."""
+        with self._lock:
+            return self._flush()
+
+    def _flush(self) -> bool:
         if not self.backlog and not self.run_backlog:
             return True
         try:
@@ -631,15 +642,19 @@ class AgentPersistence:
         ``%agent_history`` and export). True if a stored session was kept."""
         if self.session is None:
             return False
+        with self._lock:
+            return self._reset(self.session)
+
+    def _reset(self, session: str) -> bool:
         try:
             store = self.store()
-            if store is None or (not self.backlog and not store.has_session(self.session)):
+            if store is None or (not self.backlog and not store.has_session(session)):
                 return False
         except StoreError as exc:
             self._report(str(exc), str(exc))
             return False
-        self.backlog.append((self.session, "reset", None, [], time.time()))
-        self.flush()
+        self.backlog.append((session, "reset", None, [], time.time()))
+        self._flush()
         return True
 
     def _report(self, key: str, message: str) -> None:

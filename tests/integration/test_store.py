@@ -185,6 +185,7 @@ def test_the_run_log_filters(server: ScriptedOpenAIServer, tmp_path: Path) -> No
 # ------------------------------------------------------------------------------------------- secrets
 KEY = "tok-STOREKEY-5a6b7c8d9e"
 HEADER = "hdr-STOREHDR-1f2e3d4c5b"
+BASIC_PASSWORD = "pw-STOREBASIC-0a9b8c7d6e"
 
 
 def encodings(secret: str) -> set[str]:
@@ -202,24 +203,31 @@ def test_no_secret_reaches_the_store_file_in_any_encoding(server: ScriptedOpenAI
     @tool
     def fetch(url: str, token: str) -> str:
         """Fetch a URL with a token."""
-        return f"fetched {url} with {token}; header {HEADER}; basic {b64}; quoted {urllib.parse.quote(KEY, safe='')}"
+        return (f"fetched {url} with {token}; header {HEADER}; basic {b64}; quoted {urllib.parse.quote(KEY, safe='')}; "
+                f"password {BASIC_PASSWORD}")
 
     server.enqueue(call_tools(tool_call("fetch", {"url": f"https://user:{KEY}@example.org/x", "token": KEY})),
                    reply(f"the key was {KEY} and the header {HEADER}"))
     path = tmp_path / "secret.sqlite"
+    basic = base64.b64encode(f"user:{BASIC_PASSWORD}".encode()).decode()
+    basic_model = OpenAIModel("scripted", base_url=server.base_url, retry=FAST,
+                              default_headers={"Authorization": f"Basic {basic}"})
     agent = ChatAgent(model=OpenAIModel("scripted", base_url=server.base_url, api_key=KEY, retry=FAST,
                                         default_headers={"X-Custom": HEADER}),
                       tools=[fetch], mode="auto", session="s", store=path)
     result = agent.run(f"use token {KEY} and {HEADER}")
     assert result.stop_reason == "completed" and result.tool_calls[0].result is not None
+    agent.model = basic_model  # Basic auth in place of the key; its password is planted in this turn too
+    assert agent.chat(f"my password is {BASIC_PASSWORD}").startswith("echo: my password is")
     agent.clear_context()
     data = store_bytes(path)
     assert b"fetched" in data and b"example.org" in data  # the turn was stored (redacted), not skipped
-    for secret in (KEY, HEADER):
+    for secret in (KEY, HEADER, BASIC_PASSWORD):
         for form in encodings(secret):
             assert form.encode() not in data, form
     export = open_store(path).export("s", tmp_path / "s.json")
-    for secret in (KEY, HEADER):
+    assert "my password is ***" in export
+    for secret in (KEY, HEADER, BASIC_PASSWORD):
         assert not any(form in export for form in encodings(secret))
 
 
