@@ -71,7 +71,7 @@ def _v1(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, session TEXT, agent TEXT, "
                "kind TEXT, task TEXT, model TEXT, settings TEXT, tool_calls TEXT, usage TEXT, "
                "input_tokens INTEGER, output_tokens INTEGER, cost REAL, stop_reason TEXT, error TEXT, "
-               "final_output TEXT, iterations INTEGER, started REAL, duration REAL, pid INTEGER)")
+               "final_output TEXT, iterations INTEGER, timings TEXT, started REAL, duration REAL, pid INTEGER)")
     db.execute("CREATE INDEX runs_started ON runs (started)")
     db.execute("CREATE INDEX runs_session ON runs (session)")
 
@@ -134,10 +134,13 @@ _open_lock = threading.Lock()
 
 
 def open_store(path: str | os.PathLike[str] | None = None, timeout: float = 5.0) -> Store:
-    """The process's shared :class:`Store` for ``path`` (default: :func:`default_store_path`)."""
+    """The process's shared :class:`Store` for ``path`` (default: :func:`default_store_path`). A file deleted
+    (or replaced) since it was opened is opened anew: writes never go to a deleted file."""
     resolved = Path(path if path is not None else default_store_path()).expanduser().resolve()
     with _open_lock:
         store = _open.get(resolved)
+        if store is not None and not store.closed and not store.is_current():
+            store.close()
         if store is None or store.closed:
             store = _open[resolved] = Store(resolved, timeout=timeout)
         return store
@@ -192,8 +195,12 @@ def run_row(result: RunResult, settings: RunSettings | None, *, kind: str, agent
             ) -> dict[str, Any]:
     """The run-log row of a finished run (every text redacted, long texts clipped)."""
     calls = [{"iteration": it.iteration, "name": c.name, "arguments": _clip(c.arguments), "result": _clip(c.result),
-              "error": _clip(c.error), "status": c.status, "duration": round(c.duration, 6)}
+              "error": _clip(c.error), "status": c.status, "duration": round(c.duration, 6),
+              "approval": None if c.approval is None else {"approved": c.approval.approved, "by": c.approval.by,
+                                                            "reason": _clip(c.approval.reason, 500)}}
              for it in result.iterations for c in it.tool_calls]
+    timings = [{"iteration": it.iteration, "duration": round(it.duration, 6), "error": _clip(it.error, 500)}
+               for it in result.iterations]
     usage = result.usage
     return {
         "run_id": result.run_id, "session": session, "agent": redact(agent), "kind": kind,
@@ -203,13 +210,14 @@ def run_row(result: RunResult, settings: RunSettings | None, *, kind: str, agent
         "usage": json.dumps(usage.to_data()), "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens, "cost": usage.cost, "stop_reason": result.stop_reason,
         "error": _clip(result.error), "final_output": _clip(result.final_output), "iterations": len(result.iterations),
-        "started": time.time() - result.execution_time, "duration": result.execution_time, "pid": os.getpid(),
+        "timings": json.dumps(timings), "started": time.time() - result.execution_time,
+        "duration": result.execution_time, "pid": os.getpid(),
     }
 
 
 RUN_COLUMNS = ("run_id", "session", "agent", "kind", "task", "model", "settings", "tool_calls", "usage",
                "input_tokens", "output_tokens", "cost", "stop_reason", "error", "final_output", "iterations",
-               "started", "duration", "pid")
+               "timings", "started", "duration", "pid")
 
 
 # ---------------------------------------------------------------------------------------------- the store
@@ -232,6 +240,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA secure_delete=ON")  # forgotten sessions do not linger in free pages
             migrate(self._db)
+            self._inode = os.stat(self.path).st_ino
         except sqlite3.Error as exc:
             raise StoreError(_describe(self.path, exc)) from None
         except OSError as exc:
@@ -239,6 +248,13 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
+
+    def is_current(self) -> bool:
+        """Whether the file this store opened is still the one at its path (not deleted or replaced)."""
+        try:
+            return os.stat(self.path).st_ino == self._inode
+        except OSError:
+            return False
 
     def close(self) -> None:
         with self._lock:
@@ -500,7 +516,8 @@ class RunLog(Sequence[dict[str, Any]]):
 
         frame = pd.DataFrame([{**row, "settings": json.loads(row["settings"] or "{}"),
                                "tool_calls": json.loads(row["tool_calls"] or "[]"),
-                               "usage": json.loads(row["usage"] or "{}")} for row in self.rows],
+                               "usage": json.loads(row["usage"] or "{}"),
+                               "timings": json.loads(row["timings"] or "[]")} for row in self.rows],
                              columns=list(RUN_COLUMNS))
         frame["started"] = pd.to_datetime(frame["started"], unit="s")
         return frame

@@ -151,6 +151,8 @@ def test_the_run_log_records_what_a_run_did(server: ScriptedOpenAIServer, tmp_pa
     assert row["iterations"] == 2 and row["input_tokens"] == 31 and row["output_tokens"] == 5
     assert row["final_output"] == "HELLO"
     assert abs(row["duration"] - result.execution_time) < 1e-6 and row["started"] > 0
+    timings = json.loads(row["timings"])
+    assert [t["iteration"] for t in timings] == [1, 2] and all(t["duration"] > 0 for t in timings)
     settings = json.loads(row["settings"])
     assert settings["tools"] == ["shout"] and settings["max_iterations"] == 4 and settings["system"] == "Be loud."
     (call,) = json.loads(row["tool_calls"])
@@ -400,3 +402,14 @@ def test_sigkill_while_writing_leaves_only_whole_turns(tmp_path: Path) -> None:
         assert turn.messages[0]["content"] == f"turn {index}" and turn.messages[3]["content"] == f"done {index}"
     assert len(store.runs(session="s", limit=None)) == len(turns)
     store.close()
+
+
+def test_a_store_file_deleted_while_in_use_is_created_anew(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    agent = ChatAgent(model=model(server), session="s", store=path)
+    agent.chat("before")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    agent.chat("after")  # written to a new file at the path, not to the deleted one
+    assert path.exists()
+    assert [m["content"] for m in Store(path).load("s")] == ["after", "echo: after"]
