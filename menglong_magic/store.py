@@ -578,6 +578,10 @@ class AgentPersistence:
     # Runs of one agent may end on several threads (each with its own loop): the backlogs change under this lock.
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.session is not None and (not isinstance(self.session, str) or not self.session.strip()):
+            raise ValueError(f"session must be a non-empty name, not {self.session!r}")
+
     @property
     def enabled(self) -> bool:
         return self.session is not None or self.store_spec is not None or configured_store_path() is not None

@@ -662,8 +662,9 @@ class AgentMagics(Magics):
         return found
 
     def _kernel_agent(self) -> ChatAgent | None:
-        """The per-kernel agent ``%%agent`` uses now (the configured session's), if it exists yet."""
-        return self._session_agents.get(self.session) if self.session else self._default_agent
+        """The per-kernel agent ``%%agent`` uses now: the configured session's (made now, so a reset before its
+        first turn still starts the stored conversation afresh), else the default one if it exists yet."""
+        return self.default_agent() if self.session else self._default_agent
 
     def default_agent(self, session: str | None = None) -> ChatAgent:
         """The per-kernel agent (of ``session``, else of ``%config AgentMagics.session``, if any: it starts

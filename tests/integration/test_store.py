@@ -65,6 +65,12 @@ def test_a_new_agent_with_the_session_name_continues_the_conversation(server: Sc
     assert ChatAgent(model=model(server), store=path).messages == []
 
 
+@pytest.mark.parametrize("name", ["", "   ", 42])
+def test_a_session_needs_a_name(name: Any) -> None:
+    with pytest.raises(ValueError, match="non-empty name"):
+        ChatAgent(model="offline", session=name)
+
+
 def test_tool_rounds_are_saved_whole_and_reload_identically(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
     @tool
     def lookup(city: str) -> str:

@@ -76,3 +76,19 @@ def test_history_of_a_store_that_does_not_exist_creates_nothing(shell: Interacti
     assert "no stored sessions" in capsys.readouterr().out
     assert len(shell.run_line_magic("agent_log", f"--store {missing}")) == 0
     assert not missing.exists() and not missing.parent.exists()
+
+
+def test_reset_before_the_first_turn_of_a_configured_session_starts_it_afresh(
+        shell: InteractiveShell, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ChatAgent(model=ScriptedModel(["old answer"]), session="s").chat("old question")  # an earlier kernel's turn
+    shell.run_line_magic("config", "AgentMagics.session = 's'")
+    shell.run_line_magic("agent_reset", "")
+    assert "stored session 's' was kept" in capsys.readouterr().out
+    shell.run_cell_magic("agent", "-q", "new question")
+    sent = shell.user_ns["_agent_last"]
+    assert sent.stop_reason == "completed"
+    agent = shell.magics_manager.registry["AgentMagics"].default_agent()
+    assert [m["content"] for m in agent.messages if m["role"] == "user"] == ["new question"]
+    store = Store(tmp_path / "store.sqlite")
+    assert [m["content"] for m in store.load("s") if m["role"] == "user"] == ["new question"]
+    store.close()
