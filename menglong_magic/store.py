@@ -292,25 +292,39 @@ class Store:
 
     # -------------------------------------------------------------- writing
     def save(self, turns: Iterable[tuple[str, str, str | None, list[dict[str, Any]], float]] = (),
-             runs: Iterable[dict[str, Any]] = ()) -> None:
-        """Write turns ``(session, kind, run_id, messages, created)`` and run-log rows in one transaction."""
+             runs: Iterable[dict[str, Any]] = ()) -> dict[str, tuple[int, int]]:
+        """Write turns ``(session, kind, run_id, messages, created)`` and run-log rows in one transaction.
+
+        Returns, per session written, its last turn number before and after the write."""
         turn_rows = [(session, kind, run_id, redact(json.dumps(messages, ensure_ascii=False, default=str)), created)
                      for session, kind, run_id, messages, created in turns]
         run_rows = [tuple(row.get(c) for c in RUN_COLUMNS) for row in runs]
 
+        seqs: dict[str, tuple[int, int]] = {}
+
         def work(db: sqlite3.Connection) -> None:
             for session, kind, run_id, text, created in turn_rows:
+                if session not in seqs:
+                    before = db.execute("SELECT COALESCE(MAX(seq), 0) FROM turns WHERE session = ?",
+                                        (session,)).fetchone()[0]
+                    seqs[session] = (before, before)
                 db.execute("INSERT INTO sessions (name, created, updated) VALUES (?, ?, ?) "
                            "ON CONFLICT(name) DO UPDATE SET updated = excluded.updated", (session, created, created))
                 db.execute("INSERT INTO turns (session, seq, kind, run_id, messages, created) VALUES "
                            "(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM turns WHERE session = ?), ?, ?, ?, ?)",
                            (session, session, kind, run_id, text, created))
+                seqs[session] = (seqs[session][0], seqs[session][1] + 1)
             if run_rows:
                 db.executemany(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES "
                                f"({', '.join('?' * len(RUN_COLUMNS))})", run_rows)
 
         if turn_rows or run_rows:
             self._write(work)
+        return seqs
+
+    def last_seq(self, session: str) -> int:
+        """The number of ``session``'s last turn (0: none)."""
+        return int(self._read("SELECT COALESCE(MAX(seq), 0) FROM turns WHERE session = ?", (session,))[0][0])
 
     def save_turn(self, session: str, messages: list[dict[str, Any]], run_id: str | None = None) -> None:
         """Append one turn (its messages) to ``session``."""
@@ -575,6 +589,10 @@ class AgentPersistence:
     backlog: list[tuple[str, str, str | None, list[dict[str, Any]], float]] = field(default_factory=list)
     run_backlog: list[dict[str, Any]] = field(default_factory=list)
     last_error: str | None = None
+    #: The session's last turn number as this agent knows it (None: not loaded): a write that finds another
+    #: number means another kernel or agent changed the session meanwhile (reported once).
+    known_seq: int | None = None
+    shared_reported: bool = field(default=False, init=False)
     # Runs of one agent may end on several threads (each with its own loop): the backlogs change under this lock.
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
 
@@ -603,7 +621,11 @@ class AgentPersistence:
             return []
         try:
             store = self.store()
-            return store.load(self.session) if store is not None else []
+            if store is None:
+                return []
+            with self._lock:
+                self.known_seq = store.last_seq(self.session)
+                return store.load(self.session)
         except StoreError as exc:
             self._report(str(exc), f"{exc}; session {self.session!r} starts empty and continues in memory")
             return []
@@ -647,7 +669,7 @@ class AgentPersistence:
                 self.backlog.clear()
                 self.run_backlog.clear()
                 return True
-            store.save(self.backlog, self.run_backlog)
+            seqs = store.save(self.backlog, self.run_backlog)
         except StoreError as exc:
             where = f"session {self.session!r}" if self.session else "the run"
             self._report(str(exc), f"{exc}; {where} continues in memory (turns not saved yet are kept and "
@@ -656,6 +678,14 @@ class AgentPersistence:
         self.backlog.clear()
         self.run_backlog.clear()
         self.last_error = None
+        if self.session in seqs:
+            before, after = seqs[self.session]
+            if self.known_seq is not None and before != self.known_seq and not self.shared_reported:
+                self.shared_reported = True
+                report(f"session {self.session!r} was also changed elsewhere "
+                             "(another kernel or agent) since this agent loaded it: both append to it, in the order "
+                             "their turns end; this agent's conversation does not include the other's turns")
+            self.known_seq = after
         return True
 
     def reset(self) -> bool:

@@ -71,6 +71,26 @@ def test_a_session_needs_a_name(name: Any) -> None:
         ChatAgent(model="offline", session=name)
 
 
+def test_two_agents_continuing_one_session_are_told_once(server: ScriptedOpenAIServer, tmp_path: Path,
+                                                         capfd: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.sqlite"
+    first = ChatAgent(model=model(server), session="s", store=path)
+    first.chat("a1")
+    second = ChatAgent(model=model(server), session="s", store=path)  # sees a1
+    second.chat("b1")
+    assert capfd.readouterr().err == ""  # one after the other: nothing to say
+    first.chat("a2")  # first does not know b1
+    first.chat("a3")
+    second.chat("b2")
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 2 and all("was also changed elsewhere" in line for line in lines), lines
+    assert user_texts_of(open_store(path).load("s")) == ["a1", "b1", "a2", "a3", "b2"]  # nothing lost
+
+
+def user_texts_of(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["content"] for m in messages if m["role"] == "user"]
+
+
 def test_tool_rounds_are_saved_whole_and_reload_identically(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
     @tool
     def lookup(city: str) -> str:
