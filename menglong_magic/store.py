@@ -241,10 +241,16 @@ class Store:
             self._db.execute("PRAGMA secure_delete=ON")  # forgotten sessions do not linger in free pages
             migrate(self._db)
             self._inode = os.stat(self.path).st_ino
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            db = self.__dict__.get("_db")
+            if db is not None:
+                db.close()  # an unusable file: no connection left open on it
+            self.closed = True
+            if isinstance(exc, StoreError):
+                raise
+            if isinstance(exc, OSError):
+                raise StoreError(f"cannot open the store {self.path}: {exc.strerror or exc}") from None
             raise StoreError(_describe(self.path, exc)) from None
-        except OSError as exc:
-            raise StoreError(f"cannot open the store {self.path}: {exc.strerror or exc}") from None
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
