@@ -92,3 +92,22 @@ def test_reset_before_the_first_turn_of_a_configured_session_starts_it_afresh(
     store = Store(tmp_path / "store.sqlite")
     assert [m["content"] for m in store.load("s") if m["role"] == "user"] == ["new question"]
     store.close()
+
+
+def test_session_flag_is_shared_by_the_running_magics(shell: InteractiveShell, tmp_path: Path) -> None:
+    # --session is in the magics' shared flags (ipython/options.py): %agent_map takes it too. Its items are
+    # isolated turns: logged under the session, never added to the conversation.
+    shell.user_ns["cities"] = ["Lyon", "Oslo", "Quito"]
+    result = shell.run_line_magic("agent_map", "-q --session mapped cities Describe {}")
+    assert len(result) == 3
+    store = Store(tmp_path / "store.sqlite")
+    rows = store.runs(session="mapped").rows
+    assert sorted(row["task"] for row in rows) == ["Describe Lyon", "Describe Oslo", "Describe Quito"]
+    assert not store.has_session("mapped")
+    store.close()
+    shell.user_ns["helper"] = ChatAgent(model=ScriptedModel([]), name="helper")
+    for run in (lambda: shell.run_line_magic("agent_map", "-a helper --session s cities Describe {}"),
+                lambda: shell.run_line_magic("agent_run", "-a helper --session s a task"),
+                lambda: shell.run_cell_magic("agent", "-a helper --session s", "a message")):
+        with pytest.raises(UsageError, match="-a and --session"):
+            run()
