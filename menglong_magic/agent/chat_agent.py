@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import uuid
 import warnings
 import weakref
@@ -17,6 +18,7 @@ from ..events import Event, EventBus, EventCallback, EventSubscription, dispatch
 from ..maps.executors import resolve_executor
 from ..maps.run import MapResult, map_async
 from ..models import Model, resolve_model
+from ..store import AgentPersistence, Store
 from ..tools.base import Tool, Toolset, as_tool, collect_tools, flatten_tools
 from ..usage import UsageLimits
 from .approval import Approver
@@ -58,6 +60,10 @@ class ChatAgent:
     (``arun(task, model=..., system=..., tools=..., mode=...)``); runs never write them back.
     Turns that commit to this agent's history run one at a time, in the order they started; use
     :meth:`fork` (or a batch) for independent parallel work.
+
+    ``session="analysis"`` saves every committed turn to a store (``store=``: a path or a
+    :class:`~menglong_magic.store.Store`; default ``MENGLONG_STORE``, else the user's data directory) and starts
+    from the turns saved earlier under that name, in this process or another (see :mod:`menglong_magic.store`).
     """
 
     _names = itertools.count(1)
@@ -87,6 +93,8 @@ class ChatAgent:
         output_type: Any = None,
         output_retries: int = 2,
         usage_limits: UsageLimits | None = None,
+        session: str | None = None,
+        store: Store | str | os.PathLike[str] | None = None,
     ):
         options = {k: v for k, v in (("base_url", base_url), ("api_key", api_key),
                                      ("default_headers", default_headers)) if v}
@@ -119,7 +127,10 @@ class ChatAgent:
         self.output_type = output_type
         self.output_retries = output_retries
         self.usage_limits = usage_limits
-        self.messages: list[dict[str, Any]] = []  # the conversation, without the system prompt
+        #: Saved turns of ``session`` and the run log (:mod:`menglong_magic.store`); off unless a session is
+        #: named or a store is given or configured (``MENGLONG_STORE``).
+        self.persistence = AgentPersistence(session, store)
+        self.messages: list[dict[str, Any]] = self.persistence.load()  # the conversation, without the system prompt
         self.events = EventBus()
         self.last_result: RunResult | None = None
         self.workflow: list[WorkflowStep] = []
@@ -170,6 +181,7 @@ class ChatAgent:
         twin.events = EventBus()
         twin.last_result = None
         twin.turns = TurnLine()
+        twin.persistence = self.persistence.detached()  # its runs are logged; its turns are not the session's
         return twin  # _limiters is shared on purpose: one bound for the agent and its forks
 
     # ----------------------------------------------------------------- history and events
@@ -387,12 +399,19 @@ class ChatAgent:
         await self.aclose()
 
     # ----------------------------------------------------------------- context and tools
-    def clear_context(self) -> None:
-        """Forget the conversation; the system prompt and the tools stay."""
+    def clear_context(self) -> bool:
+        """Forget the conversation; the system prompt and the tools stay. A stored session keeps its turns (a new
+        process starts after this point); returns True if there was one (``store.forget`` deletes it)."""
         self.messages.clear()
+        return self.persistence.reset()
 
-    async def clear_context_async(self) -> None:
-        self.clear_context()
+    @property
+    def session(self) -> str | None:
+        """The name this conversation is saved under (None: not saved)."""
+        return self.persistence.session
+
+    async def clear_context_async(self) -> bool:
+        return self.clear_context()
 
     def get_context_summary(self) -> ContextSummary:
         """Messages by role, tool calls, tokens used (last run) and the last exchange."""

@@ -225,6 +225,8 @@ class Turn:
             output=state.output if state.stop_reason == "completed" else None,
         )
         self.agent.last_result = result
+        # Saved at the turn's end, in one transaction (menglong_magic/store.py): no half turn is ever stored.
+        self.agent.persistence.finished(result, settings, kind=kind, agent=self.agent.name, committed=messages is None)
         emit(RunFinished(state.run_id, result=result))
         if cancelled is not None:
             raise cancelled

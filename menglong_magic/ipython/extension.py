@@ -7,11 +7,13 @@ from typing import Any
 from ..tools.mcp import close_all
 from ..ui.frontend import unwatch, watch
 from .cells import CellMagicRewriter, install_runner, uninstall_runner
+from .history_magic import HistoryMagics
 from .magics import AgentMagics
 from .map_magic import AgentMapMagics
 from .mcp_magic import MCPMagics
 
-_MAGICS: tuple[type, ...] = (AgentMagics, AgentMapMagics, MCPMagics)
+#: HistoryMagics (%agent_history, %agent_log) runs no agent: no cell of it is rewritten.
+_MAGICS: tuple[type, ...] = (AgentMagics, AgentMapMagics, MCPMagics, HistoryMagics)
 #: The magics whose cells are rewritten to run on the kernel's loop (%%agent is the cell magic).
 _REWRITTEN = ("agent_run", "agent_map", "agent_mcp")
 

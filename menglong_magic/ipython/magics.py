@@ -22,11 +22,12 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
+from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, observe
 
 from .. import events as ev
 from ..agent import ApprovalDecision, ApprovalRequest, ChatAgent, ChatMode, RunResult
 from ..markup import terminal_safe
+from ..store import set_default_store
 from ..ui.panel import make_view
 from .cells import AgentInterrupted, AgentRunFailed, AgentTask, await_shielded, heartbeat, run_blocking
 from .options import build_options, interpolate, named_agent, namespace_tools, parse_line, run_arguments
@@ -77,10 +78,23 @@ class AgentMagics(Magics):
                                help="View for runs: 'widgets' (live panel), 'text' (progress lines), or 'auto' "
                                     "(the panel when the front end shows widgets).").tag(config=True)
     panel_update_interval = Float(0.1, help="Seconds between panel updates (they are coalesced).").tag(config=True)
+    # Persistence (menglong_magic/store.py, %agent_history, %agent_log).
+    store = Unicode(None, allow_none=True,
+                    help="SQLite file for saved sessions and the run log (None: MENGLONG_STORE, else the user's "
+                         "data directory). Setting it turns the run log on for every agent.").tag(config=True)
+    session = Unicode(None, allow_none=True,
+                      help="Save the default agent's conversation under this name, and continue it in later "
+                           "kernels (None: not saved).").tag(config=True)
+
+    @observe("store")
+    def _store_changed(self, change: Any) -> None:
+        set_default_store(change["new"] or None)
 
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell=shell, **kwargs)
         self._default_agent: ChatAgent | None = None
+        self._session_agents: dict[str, ChatAgent] = {}  # the per-kernel agent of each stored session
+        self._session_specs: dict[str, str | None] = {}
         self._default_model_spec: str | None = None
         self.last_result: Any = None
         self.background: list[AgentTask] = []
@@ -115,10 +129,14 @@ class AgentMagics(Magics):
     def agent_reset(self, line: str) -> None:
         """Clear an agent's conversation (system prompt and tools stay)."""
         args = parse_argstring(self.agent_reset, line)
-        agent = self.named_agent(args.agent) if args.agent else self._default_agent
-        if agent is not None:
-            agent.clear_context()
-        print(f"{agent.name if agent else 'agent'}: history cleared")
+        agent = self.named_agent(args.agent) if args.agent else self._kernel_agent()
+        kept = agent.clear_context() if agent is not None else False
+        note = ""
+        if agent is not None and agent.session is not None:
+            note = (f"; the stored session {agent.session!r} was kept (a new kernel starts from here; "
+                    f"%agent_history forget {agent.session} deletes it)" if kept else
+                    f"; nothing was stored for session {agent.session!r}")
+        print(f"{agent.name if agent else 'agent'}: history cleared{note}")
 
     @magic_arguments()
     @argument("-a", "--agent", help="name of a ChatAgent in the namespace")
@@ -145,12 +163,18 @@ class AgentMagics(Magics):
         return await self.execute("cell" if name == "agent" else "line", line, cell)
 
     def agent_and_options(self, args: Any) -> tuple[ChatAgent, dict[str, Any]]:
-        """The agent ``-a`` names (or the per-kernel one) and this run's options from the flags and the config.
+        """The agent ``-a`` names (or the per-kernel one: of ``--session NAME``, else of the configured session,
+        else the default) and this run's options from the flags and the config.
 
-        Nothing here writes to the agent: ``-m/-s/-t/--mode`` and the config are this run's options.
+        Nothing here writes to the agent: ``-m/-s/-t/--mode`` and the config are this run's options. The session
+        is the agent's, not a run option: it picks which conversation the run continues and saves to.
         """
-        agent = self.named_agent(args.agent) if args.agent else self.default_agent()
-        return agent, build_options(args, self, self.shell.user_ns, agent, default_agent=agent is self._default_agent)
+        session = getattr(args, "session", None)
+        if args.agent and session:
+            raise UsageError("-a and --session: give that agent its session in Python (ChatAgent(session=...))")
+        agent = self.named_agent(args.agent) if args.agent else self.default_agent(session)
+        per_kernel = agent is self._default_agent or agent in self._session_agents.values()
+        return agent, build_options(args, self, self.shell.user_ns, agent, default_agent=per_kernel)
 
     async def execute(self, kind: str, line: str, cell: str | None) -> Any:
         """Parse, pick the agent and this run's options, run with a view; shared by every path."""
@@ -296,10 +320,28 @@ class AgentMagics(Magics):
         """The ChatAgent called ``name`` in the namespace (``-a NAME``)."""
         return named_agent(self.shell.user_ns, name)
 
-    def default_agent(self) -> ChatAgent:
-        """The per-kernel agent. Its model is the config's (resolved on first use: an explicit ``-m`` run
-        never resolves it, so the "no model configured" notice only shows when the default is used)."""
+    def _kernel_agent(self) -> ChatAgent | None:
+        """The per-kernel agent ``%%agent`` uses now: the configured session's (made now, so a reset before its
+        first turn still starts the stored conversation afresh), else the default one if it exists yet."""
+        return self.default_agent() if self.session else self._default_agent
+
+    def default_agent(self, session: str | None = None) -> ChatAgent:
+        """The per-kernel agent (of ``session``, else of ``%config AgentMagics.session``, if any: it starts
+        from that stored conversation). Its model is the config's (resolved on first use: an explicit ``-m``
+        run never resolves it, so the "no model configured" notice only shows when the default is used)."""
         spec = self.model or None
+        session = session or self.session or None
+        if session is not None:
+            agent = self._session_agents.get(session)
+            if agent is None:
+                agent = self._session_agents[session] = ChatAgent(
+                    model=spec, name=f"agent:{session}", mode=self.mode, max_iterations=self.max_iterations,
+                    session=session)
+                self._session_specs[session] = spec
+            elif spec != self._session_specs.get(session):
+                agent.model = spec
+                self._session_specs[session] = spec
+            return agent
         if self._default_agent is None:
             self._default_agent = ChatAgent(model=spec, name="agent", mode=self.mode,
                                             max_iterations=self.max_iterations)

@@ -64,6 +64,11 @@ def run_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
                       "-m replay:PATH)"),
         argument("--approve", action="store_true",
                  help="every tool call of this run waits for your approval (panel buttons or a prompt)"),
+        # Not a run option: it picks the per-kernel agent whose conversation is saved under NAME (menglong_magic/
+        # store.py); an agent's session is set where it is made (ChatAgent(session=...)).
+        argument("--session", metavar="NAME",
+                 help="run with the per-kernel agent of the stored conversation NAME: a chat or task continues "
+                      "and saves it, a map's runs are logged under it (see %%agent_history)"),
     )):
         func = decorator(func)
     return func
