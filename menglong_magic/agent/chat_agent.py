@@ -175,8 +175,12 @@ class ChatAgent:
         approval_timeout: float | None = None,
         output_type: Any = None,
         usage_limits: UsageLimits | None = None,
+        toolsets: Iterable[Toolset] | None = None,
     ) -> RunSettings:
-        """This agent's defaults with a run's overrides (None: the default). ``system=""`` means none."""
+        """This agent's defaults with a run's overrides (None: the default). ``system=""`` means none.
+
+        ``toolsets`` join the agent's own for this run only (e.g. the notebook's kernel tools).
+        """
         if isinstance(tools, Mapping):
             run_tools = {t.name: t for t in (as_tool(v) for v in tools.values())}
         elif tools is not None:
@@ -199,7 +203,7 @@ class ChatAgent:
             approve=approve if approve is not None else self.approve,
             approve_all=approve_all,
             approval_timeout=approval_timeout if approval_timeout is not None else self.approval_timeout,
-            toolsets=tuple(self.toolsets),
+            toolsets=(*self.toolsets, *(toolsets or ())),
             output=_output_spec(output_type if output_type is not None else self.output_type),
             output_retries=self.output_retries,
             usage_limits=usage_limits if usage_limits is not None else self.usage_limits,
@@ -306,6 +310,7 @@ class ChatAgent:
         approve_all: bool = False,
         output_type: Any = None,
         usage_limits: UsageLimits | None = None,
+        toolsets: Iterable[Toolset] | None = None,
         **model_kwargs: Any,
     ) -> RunResult:
         """An autonomous task (AUTO mode unless ``mode`` says otherwise); always returns a RunResult.
@@ -318,7 +323,7 @@ class ChatAgent:
                                  max_iterations=max_iterations,
                                  timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs,
                                  approve=approve, approve_all=approve_all, output_type=output_type,
-                                 usage_limits=usage_limits)
+                                 usage_limits=usage_limits, toolsets=toolsets)
         if settings.mode is ChatMode.WORKFLOW:
             raise ValueError("arun runs a task; for workflows use execute_workflow_async(input)")
         return await self.run_turn(task, settings, kind="run", on_event=on_event)
@@ -338,13 +343,14 @@ class ChatAgent:
         approve_all: bool = False,
         output_type: Any = None,
         usage_limits: UsageLimits | None = None,
+        toolsets: Iterable[Toolset] | None = None,
         **model_kwargs: Any,
     ) -> RunResult:
         """Like :meth:`chat_async` but returns the full RunResult (used by the magics)."""
         settings = self.settings(model=model, system=system, tools=tools, mode=mode, max_iterations=max_iterations,
                                  timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs,
                                  approve=approve, approve_all=approve_all, output_type=output_type,
-                                 usage_limits=usage_limits)
+                                 usage_limits=usage_limits, toolsets=toolsets)
         if settings.mode is ChatMode.WORKFLOW:
             raise ValueError("workflow mode: use execute_workflow_async(input) (or chat_async)")
         return await self.run_turn(message, settings, kind="chat", on_event=on_event)

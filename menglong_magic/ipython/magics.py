@@ -235,6 +235,9 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
                       "-m replay:PATH)"),
         argument("--approve", action="store_true",
                  help="every tool call of this run waits for your approval (panel buttons or a prompt)"),
+        argument("--kernel", action="store_true",
+                 help="give the agent the notebook as its workspace: list/inspect variables, run code (asks "
+                      "first, see AgentMagics.run_code), the last error, propose a cell"),
     )):
         func = decorator(func)
     return func
@@ -334,6 +337,11 @@ class AgentMagics(Magics):
                                help="View for runs: 'widgets' (live panel), 'text' (progress lines), or 'auto' "
                                     "(the panel when the front end shows widgets).").tag(config=True)
     panel_update_interval = Float(0.1, help="Seconds between panel updates (they are coalesced).").tag(config=True)
+    kernel_tools = Bool(False, help="Every run gets the kernel tools, as with --kernel (variables, run code, "
+                                    "last error, propose a cell).").tag(config=True)
+    run_code = CaselessStrEnum(["ask", "allow", "never"], default_value="ask",
+                               help="The kernel tools' run_code: 'ask' (approve each snippet; denied where nobody "
+                                    "can be asked), 'allow' (no approval) or 'never' (not offered).").tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell=shell, **kwargs)
@@ -532,6 +540,10 @@ class AgentMagics(Magics):
             overrides["model"] = Recorder(overrides.get("model") or agent.model, args.record)
         if getattr(args, "approve", False):
             overrides["approve_all"] = True
+        if getattr(args, "kernel", False) or self.kernel_tools:
+            from .kernel_tools import KernelTools
+
+            overrides["toolsets"] = (KernelTools(self.shell, run_code=self.run_code.lower()),)  # type: ignore[arg-type]
         if self.approval_timeout is not None:
             overrides["approval_timeout"] = self.approval_timeout
         if self.request_timeout is not None:

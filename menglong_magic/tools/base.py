@@ -44,8 +44,24 @@ class RunContext:
 
         if self._emit is None:
             return
-        event = ToolProgress(self.run_id, iteration=self.iteration, call_id=self.call_id, name=self.tool_name,
-                             done=done, total=total, note=note)
+        self._send(ToolProgress(self.run_id, iteration=self.iteration, call_id=self.call_id, name=self.tool_name,
+                                done=done, total=total, note=note))
+
+    def attach(self, mime: str, data: bytes, description: str = "") -> None:
+        """Show a rich output (``"image/png"`` bytes, e.g. a figure) on the tool call's card; safe from threads.
+
+        It is not sent to the model: say in the tool's text result what was attached.
+        """
+        import base64
+
+        from ..events import ToolAttachment
+
+        self._send(ToolAttachment(self.run_id, iteration=self.iteration, call_id=self.call_id, name=self.tool_name,
+                                  mime=mime, data=base64.b64encode(data).decode(), description=description))
+
+    def _send(self, event: Any) -> None:
+        if self._emit is None:
+            return
         loop = self._loop
         try:
             running = asyncio.get_running_loop()

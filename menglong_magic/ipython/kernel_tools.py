@@ -1,0 +1,474 @@
+"""The notebook as the agent's workspace: a toolset that sees the live kernel's variables, runs code in the
+user's namespace (with approval), reads the last error and proposes cells.
+
+``KernelTools(shell)`` is a toolset (like an MCP server): ``%agent_run --kernel ...``, ``%%agent --kernel``,
+``%config AgentMagics.kernel_tools = True``, or ``ChatAgent(toolsets=[KernelTools(get_ipython())])``.
+
+Everything it returns is bounded in size and passes through :func:`menglong_magic.secrets.redact`; variables
+named like credentials (and any value the secret registry knows) are shown as ``***`` and never sent.
+
+The tools run on the kernel's main thread (they are ``async`` functions that do not await): user objects are
+read and user code runs where a cell would run it, so matplotlib, signal handlers and thread-unsafe
+libraries behave as in a cell. The cost: while ``run_code`` executes, the loop is busy, so the panel does not
+update and Stop waits until the code finishes; Kernel → Interrupt stops the code (and the run) at once.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import base64
+import contextlib
+import functools
+import inspect
+import io
+import itertools
+import linecache
+import re
+import reprlib
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from ..secrets import MASK, redact, register_secret
+from ..tools.base import RunContext, Tool
+
+RunCodePolicy = Literal["ask", "allow", "never"]
+
+#: Names that look like credentials: their values are never listed, inspected or sent.
+SECRET_NAME = re.compile(r"(?i)(key|token|passw|pwd|secret|credential|auth|cookie|session_id|private)")
+LIST_LIMIT = 4000
+INSPECT_LIMIT = 6000
+RUN_OUTPUT_LIMIT = 6000
+#: Rows above which inspect works on a sample (describe/null counts stay fast on 10M-row frames).
+SAMPLE_ROWS = 100_000
+MAX_FIGURES = 4
+_codes = itertools.count(1)
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxtuple, _short.maxset = (
+    60, 60, 6, 6, 6, 6)
+_long = reprlib.Repr()
+_long.maxstring, _long.maxother, _long.maxlist, _long.maxdict, _long.maxtuple, _long.maxset = (
+    400, 400, 20, 20, 20, 20)
+_long.maxlevel = 3
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n… [{len(text) - limit} more characters cut]"
+
+
+def _is_secret_value(value: Any) -> bool:
+    """A string the secret registry (or its key-shaped patterns) would hide."""
+    return isinstance(value, (str, bytes)) and redact(value if isinstance(value, str) else
+                                                      value.decode("utf-8", "replace")) != (
+        value if isinstance(value, str) else value.decode("utf-8", "replace"))
+
+
+def _pandas_kind(value: Any) -> str | None:
+    pd = sys.modules.get("pandas")
+    if pd is None:
+        return None
+    if isinstance(value, pd.DataFrame):
+        return "DataFrame"
+    if isinstance(value, pd.Series):
+        return "Series"
+    return None
+
+
+def _is_ndarray(value: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(value, np.ndarray)
+
+
+class KernelTools:
+    """A toolset over an IPython shell's namespace: list/inspect variables, run code, last error, propose a cell.
+
+    ``run_code``: "ask" (each snippet waits for approval: the panel's card shows the code with Approve /
+    Deny; denied at once where nobody can be asked), "allow" (runs without asking) or "never" (not offered).
+    """
+
+    name = "kernel"
+
+    def __init__(self, shell: Any = None, *, run_code: RunCodePolicy = "ask") -> None:
+        if shell is None:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+        if shell is None:
+            raise RuntimeError("KernelTools needs an IPython shell (run it in a notebook or IPython)")
+        if run_code not in ("ask", "allow", "never"):
+            raise ValueError(f"run_code must be 'ask', 'allow' or 'never', not {run_code!r}")
+        self.shell = shell
+        self.run_code_policy: RunCodePolicy = run_code
+        self._proposed_in: tuple[int, int] = (-1, 0)  # (execution count, proposals in that cell)
+
+    def __repr__(self) -> str:
+        return f"KernelTools(run_code={self.run_code_policy!r})"
+
+    # ------------------------------------------------------------------ toolset protocol
+    async def list_tools(self) -> list[Tool]:
+        tools = [
+            Tool(self.list_variables, name="list_variables"),
+            Tool(self.inspect_variable, name="inspect_variable"),
+            Tool(self.last_error, name="last_error"),
+            Tool(self.propose_cell, name="propose_cell"),
+        ]
+        if self.run_code_policy != "never":
+            tools.insert(2, Tool(self.run_code, name="run_code", requires_approval=self.run_code_policy == "ask"))
+        return tools
+
+    async def aclose(self) -> None:
+        """Nothing to release (the shell belongs to the user)."""
+
+    # ------------------------------------------------------------------ the namespace
+    def _hidden(self) -> set[str]:
+        return set(getattr(self.shell, "user_ns_hidden", {}) or {})
+
+    def _visible(self, name: str, value: Any, hidden: set[str]) -> bool:
+        if name.startswith("_") or name in hidden:
+            return False
+        if inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value):
+            return False
+        if isinstance(value, functools.partial):
+            return False
+        module = type(value).__module__ or ""
+        if module.startswith("menglong_magic.") and type(value).__name__ != "RunResult":
+            return False  # the extension's own objects (agents, run handles, toolsets)
+        return not module.startswith("IPython.")
+
+    def _register_secrets(self) -> None:
+        """String values of credential-named variables join the secret registry: redacted everywhere."""
+        for name, value in list(self.shell.user_ns.items()):
+            if isinstance(value, str) and SECRET_NAME.search(name):
+                register_secret(value)
+
+    def _masked(self, name: str, value: Any) -> bool:
+        return bool(SECRET_NAME.search(name)) or _is_secret_value(value)
+
+    async def list_variables(self) -> str:
+        """List the user's variables in the notebook: name, type, shape or size, and a one-line preview.
+
+        Modules, functions, classes and private names are left out. Use inspect_variable for details.
+        """
+        self._register_secrets()
+        hidden = self._hidden()
+        lines: list[str] = []
+        size = 0
+        shown = 0
+        items = [(k, v) for k, v in list(self.shell.user_ns.items()) if self._visible(k, v, hidden)]
+        for name, value in items:
+            line = f"{name}: {MASK}" if self._masked(name, value) else redact(f"{name}: {summary(value)}")
+            if size + len(line) + 1 > LIST_LIMIT:
+                break
+            lines.append(line)
+            size += len(line) + 1
+            shown += 1
+        if not items:
+            return "No user variables are defined in the notebook yet."
+        if shown < len(items):
+            lines.append(f"… {len(items) - shown} more variables not shown (answer limit {LIST_LIMIT} characters): "
+                         + redact(", ".join(k for k, _ in items[shown:shown + 50]))[:500])
+        return "\n".join(lines)
+
+    async def inspect_variable(self, name: str) -> str:
+        """Details of one variable: a DataFrame's shape, dtypes, null counts, head and describe(); an array's
+        shape, dtype and statistics; a container's length and a sample; otherwise its repr (clipped).
+
+        Args:
+            name: the variable's name in the notebook
+        """
+        self._register_secrets()
+        ns = self.shell.user_ns
+        if name not in ns or name.startswith("_") or name in self._hidden():
+            close = [k for k in ns if not k.startswith("_") and k.lower() == name.lower()]
+            hint = f" (did you mean {close[0]!r}?)" if close else " (call list_variables to see what exists)"
+            return f"Error: no variable named {name!r} in the notebook{hint}."
+        value = ns[name]
+        if self._masked(name, value):
+            return f"{name}: {MASK} (hidden: it looks like a credential)"
+        return _clip(redact(f"{name}: {describe(value)}"), INSPECT_LIMIT)
+
+    # ------------------------------------------------------------------ running code
+    async def run_code(self, code: str, ctx: RunContext) -> str:
+        """Run Python code in the notebook's namespace (like a cell; the user approves it first). Returns the
+        printed output, the value of the last expression, any figure drawn, or the error's traceback.
+        Variables it assigns stay defined in the notebook.
+
+        Args:
+            code: Python source to execute (no top-level await)
+        """
+        self._register_secrets()
+        filename = f"<agent-code-{next(_codes)}>"
+        try:
+            tree = ast.parse(code, filename, "exec")
+        except SyntaxError as exc:
+            return redact("Error: " + "".join(traceback.format_exception_only(SyntaxError, exc)).strip())
+        last: ast.Expression | None = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)  # type: ignore[attr-defined]
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        ns = self.shell.user_ns
+        out, err = io.StringIO(), io.StringIO()
+        before = _figure_numbers()
+        value: Any = None
+        failure: str | None = None
+        interrupted = False
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            with _sigint_raises(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    exec(compile(tree, filename, "exec"), ns)  # the user's namespace, approved code
+                    if last is not None:
+                        value = eval(compile(last, filename, "eval"), ns)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # SystemExit too: the kernel must survive the snippet
+                    failure = _short_traceback(exc)
+        except KeyboardInterrupt:
+            interrupted = True
+        figures = _new_figures(before)
+        if interrupted:
+            await _interrupt_cell(previous)
+            return "Error: interrupted by the user (Kernel → Interrupt); the code was stopped."
+        parts = []
+        if out.getvalue():
+            parts.append("stdout:\n" + _clip(out.getvalue(), RUN_OUTPUT_LIMIT // 2))
+        if err.getvalue():
+            parts.append("stderr:\n" + _clip(err.getvalue(), RUN_OUTPUT_LIMIT // 4))
+        if failure is not None:
+            parts.append(failure)
+        elif value is not None:
+            parts.append("value:\n" + _clip(_value_text(value), RUN_OUTPUT_LIMIT // 2))
+        for number, (png, width, height) in enumerate(figures, 1):
+            ctx.attach("image/png", png, f"figure {number} ({width}×{height})")
+            parts.append(f"[figure {number}: a {width}×{height} PNG, shown to the user]")
+        if not parts:
+            parts.append("(no output)")
+        return _clip(redact("\n".join(parts)), RUN_OUTPUT_LIMIT)
+
+    # ------------------------------------------------------------------ errors and cells
+    async def last_error(self) -> str:
+        """The exception and traceback of the most recent failing cell, and the sources of the last few cells."""
+        self._register_secrets()
+        exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+        parts = []
+        if exc is None:
+            parts.append("No cell has failed in this session.")
+        else:
+            parts.append("Last error:\n" + _short_traceback(exc, skip_first=False, limit=12))
+        sources = list(getattr(self.shell, "user_ns", {}).get("In", []) or [])[1:]
+        recent = [s for s in sources[:-1] if s.strip()][-3:]  # the current cell is the last one
+        if recent:
+            count = len(sources) - 1
+            parts.append("Recent cells (oldest first):")
+            for offset, src in enumerate(recent):
+                parts.append(f"--- cell {count - len(recent) + offset} ---\n" + _clip(src, 1200))
+        return _clip(redact("\n".join(parts)), INSPECT_LIMIT)
+
+    async def propose_cell(self, code: str) -> str:
+        """Put code into a new cell below the current one for the user to review and run. It is not executed.
+
+        Args:
+            code: the cell's source
+        """
+        count = getattr(self.shell, "execution_count", 0)
+        seen, proposals = self._proposed_in
+        proposals = proposals + 1 if seen == count else 1
+        self._proposed_in = (count, proposals)
+        self.shell.set_next_input(code, replace=False)
+        where = ("a new cell below the current one" if getattr(self.shell, "kernel", None) is not None
+                 else "the next input prompt")
+        note = " (it replaces the cell proposed earlier in this run: one proposal per cell)" if proposals > 1 else ""
+        return f"The code was put into {where}, not executed{note}."
+
+
+# ---------------------------------------------------------------------- summaries (list) and details (inspect)
+def _dtypes(frame: Any, limit: int = 12) -> str:
+    items = [f"{col}:{dtype}" for col, dtype in itertools.islice(frame.dtypes.items(), limit)]
+    more = frame.shape[1] - len(items)
+    return ", ".join(items) + (f", … {more} more columns" if more > 0 else "")
+
+
+def summary(value: Any) -> str:
+    """One line: type, size or shape, a preview. Constant time for frames and arrays."""
+    kind = _pandas_kind(value)
+    if kind == "DataFrame":
+        rows, cols = value.shape
+        return f"DataFrame {rows}×{cols} [{_dtypes(value)}]"
+    if kind == "Series":
+        return f"Series len={len(value)} dtype={value.dtype} name={value.name!r}"
+    if _is_ndarray(value):
+        return f"ndarray shape={value.shape} dtype={value.dtype}"
+    type_name = type(value).__name__
+    if isinstance(value, (str, bytes)):
+        return f"{type_name} len={len(value)} {_short.repr(value)}"
+    if isinstance(value, (list, tuple, dict, set, frozenset)):
+        return f"{type_name} len={len(value)} {_short.repr(value)}"
+    return f"{type_name} {_short.repr(value)}"
+
+
+def describe(value: Any) -> str:
+    kind = _pandas_kind(value)
+    if kind == "DataFrame":
+        return _describe_frame(value)
+    if kind == "Series":
+        return _describe_frame(value.to_frame(), series=True)
+    if _is_ndarray(value):
+        return _describe_array(value)
+    type_name = type(value).__name__
+    if isinstance(value, (list, tuple, dict, set, frozenset)):
+        return f"{type_name}, len={len(value)}\nsample: {_long.repr(value)}"
+    if isinstance(value, (str, bytes)):
+        return f"{type_name}, len={len(value)}\n{_long.repr(value)}"
+    return f"{type_name}\n{_long.repr(value)}"
+
+
+def _describe_frame(frame: Any, series: bool = False) -> str:
+    import numpy as np
+
+    rows, cols = frame.shape
+    sample = frame
+    note = ""
+    if rows > SAMPLE_ROWS:
+        # A random sample (with a fixed seed): describe() and null counts stay fast on huge frames.
+        picks = np.sort(np.random.default_rng(0).integers(0, rows, SAMPLE_ROWS))
+        sample = frame.iloc[picks]
+        note = f" (estimated from a random sample of {SAMPLE_ROWS:,} of {rows:,} rows)"
+    shown_cols = sample.iloc[:, :30] if cols > 30 else sample
+    nulls = shown_cols.isna().sum()
+    if sample is not frame:
+        nulls = (nulls * (rows / SAMPLE_ROWS)).round().astype(int)
+    parts = [f"{'Series' if series else 'DataFrame'}, shape {rows}×{cols}" if not series else
+             f"Series, length {rows}, dtype {frame.dtypes.iloc[0]}"]
+    parts.append("dtypes: " + _dtypes(frame, 30))
+    nonzero = {str(k): int(v) for k, v in nulls.items() if v}
+    parts.append(f"null counts{note}: " + (", ".join(f"{k}={v}" for k, v in nonzero.items()) if nonzero else "none"))
+    with _pandas_display():
+        parts.append("head():\n" + frame.head(5).iloc[:, :20].to_string(max_colwidth=40))
+        try:
+            numeric = shown_cols.select_dtypes("number")
+            stats = numeric.describe() if numeric.shape[1] else shown_cols.describe()
+            parts.append(f"describe(){note}:\n" + stats.iloc[:, :12].to_string(max_colwidth=30))
+        except Exception as exc:  # odd dtypes: the rest of the answer still helps
+            parts.append(f"describe() failed: {type(exc).__name__}: {exc}")
+    return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def _pandas_display() -> Iterator[None]:
+    import pandas as pd
+
+    with pd.option_context("display.width", 120, "display.max_columns", 20, "display.precision", 4):
+        yield
+
+
+def _describe_array(array: Any) -> str:
+    import numpy as np
+
+    parts = [f"ndarray, shape {array.shape}, dtype {array.dtype}, {array.size:,} elements"]
+    if array.size and np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating):
+        flat = array.reshape(-1)
+        note = ""
+        if flat.size > SAMPLE_ROWS * 10:
+            flat = flat[np.random.default_rng(0).integers(0, flat.size, SAMPLE_ROWS)]
+            note = f" (mean/std from a random sample of {SAMPLE_ROWS:,})"
+        with np.errstate(all="ignore"):
+            parts.append(f"min {np.nanmin(array):.6g}, max {np.nanmax(array):.6g}, mean {np.nanmean(flat):.6g}, "
+                         f"std {np.nanstd(flat):.6g}{note}")
+        if np.issubdtype(array.dtype, np.floating):
+            parts.append(f"NaN: {int(np.isnan(flat).sum()):,}{' in the sample' if note else ''}")
+    parts.append(np.array2string(array, threshold=40, edgeitems=3, max_line_width=100))
+    return "\n".join(parts)
+
+
+def _value_text(value: Any) -> str:
+    kind = _pandas_kind(value)
+    if kind is not None:
+        with _pandas_display():
+            return value.to_string(max_rows=30, max_cols=12) if kind == "DataFrame" else value.to_string(max_rows=30)
+    if _is_ndarray(value):
+        import numpy as np
+
+        return np.array2string(value, threshold=200, edgeitems=5, max_line_width=100)
+    return _long.repr(value)
+
+
+def _short_traceback(exc: BaseException, skip_first: bool = True, limit: int = 8) -> str:
+    """The last ``limit`` frames (without our own exec frame) and the exception line."""
+    tb = exc.__traceback__
+    if skip_first and tb is not None:
+        tb = tb.tb_next
+    frames = traceback.extract_tb(tb)[-limit:]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames),
+             *traceback.format_exception_only(type(exc), exc)]
+    return _clip("".join(lines).rstrip(), 2500)
+
+
+# ---------------------------------------------------------------------- figures
+def _figure_numbers() -> dict[int, Any]:
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return {}
+    return {n: plt.figure(n) for n in plt.get_fignums()}
+
+
+def _new_figures(before: dict[int, Any]) -> list[tuple[bytes, int, int]]:
+    """PNGs of the figures the code opened (or drew on), closed so the cell does not show them twice."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return []
+    images = []
+    for number in plt.get_fignums():
+        figure = plt.figure(number)
+        if number in before and before[number] is figure and not figure.stale:
+            continue
+        if len(images) < MAX_FIGURES:
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+            png = buffer.getvalue()
+            width, height = _png_size(png)
+            images.append((png, width, height))
+        plt.close(figure)
+    return images
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+# ---------------------------------------------------------------------- interrupts
+@contextlib.contextmanager
+def _sigint_raises() -> Iterator[None]:
+    """While user code runs on the main thread, SIGINT raises KeyboardInterrupt in it (as in a plain cell).
+
+    ipykernel's own handler for async cells only schedules a cancellation on the loop, which a blocking
+    ``time.sleep(30)`` would never see (the sleep resumes after the handler returns).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+async def _interrupt_cell(previous: Any) -> None:
+    """Hand the interrupt to whoever owned SIGINT before the code ran (ipykernel: cancel the cell; an
+    ``asyncio.Runner``: cancel its main task), then wait for that cancellation to reach this run."""
+    if callable(previous) and previous is not signal.default_int_handler:
+        previous(signal.SIGINT, None)
+        await asyncio.sleep(10)  # normally cancelled long before this
+        return
+    raise asyncio.CancelledError  # nobody else to tell: stop the run as Stop would
