@@ -38,13 +38,19 @@ from ..tools.base import RunContext, Tool
 
 RunCodePolicy = Literal["ask", "allow", "never"]
 
-#: Names that look like credentials: their values are never listed, inspected or sent.
-SECRET_NAME = re.compile(r"(?i)(key|token|passw|pwd|secret|credential|auth|cookie|session_id|private)")
+#: Words of a variable's name (split at ``_``, digits and camelCase) that mark a credential: its value is never
+#: listed, inspected or sent. ``keys`` or ``tokens`` (plural: data) are not on the list; see :func:`secret_name`.
+SECRET_WORDS = frozenset({"key", "apikey", "token", "password", "passwd", "pwd", "passphrase", "secret", "secrets",
+                          "credential", "credentials", "auth", "cookie", "cookies", "private", "bearer"})
+_SECRET_INSIDE = re.compile(r"(?i)password|passwd|secret|apikey|api_key|credential|accesstoken|authtoken")
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
 LIST_LIMIT = 4000
 INSPECT_LIMIT = 6000
 RUN_OUTPUT_LIMIT = 6000
 #: Rows above which inspect works on a sample (describe/null counts stay fast on 10M-row frames).
 SAMPLE_ROWS = 100_000
+#: Cells (rows × columns) up to which null counts are exact (above: estimated from the sample).
+EXACT_NULL_CELLS = 40_000_000
 MAX_FIGURES = 4
 _codes = itertools.count(1)
 
@@ -61,6 +67,11 @@ def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return text[:limit] + f"\n… [{len(text) - limit} more characters cut]"
+
+
+def secret_name(name: str) -> bool:
+    """``api_key``, ``OPENAI_API_KEY``, ``dbPassword``, ``client_secret``, ``authToken``: named like a credential."""
+    return bool(_SECRET_INSIDE.search(name)) or any(w.lower() in SECRET_WORDS for w in _WORDS.findall(name))
 
 
 def _is_secret_value(value: Any) -> bool:
@@ -145,11 +156,11 @@ class KernelTools:
     def _register_secrets(self) -> None:
         """String values of credential-named variables join the secret registry: redacted everywhere."""
         for name, value in list(self.shell.user_ns.items()):
-            if isinstance(value, str) and SECRET_NAME.search(name):
+            if isinstance(value, str) and secret_name(name):
                 register_secret(value)
 
     def _masked(self, name: str, value: Any) -> bool:
-        return bool(SECRET_NAME.search(name)) or _is_secret_value(value)
+        return secret_name(name) or _is_secret_value(value)
 
     async def list_variables(self) -> str:
         """List the user's variables in the notebook: name, type, shape or size, and a one-line preview.
@@ -341,20 +352,27 @@ def _describe_frame(frame: Any, series: bool = False) -> str:
         sample = frame.iloc[picks]
         note = f" (estimated from a random sample of {SAMPLE_ROWS:,} of {rows:,} rows)"
     shown_cols = sample.iloc[:, :30] if cols > 30 else sample
-    nulls = shown_cols.isna().sum()
-    if sample is not frame:
-        nulls = (nulls * (rows / SAMPLE_ROWS)).round().astype(int)
+    if rows * min(cols, 30) <= EXACT_NULL_CELLS:  # counting nulls is one vectorised pass: exact while cheap
+        nulls, null_note = frame.iloc[:, :30].isna().sum(), ""
+    else:
+        nulls = (shown_cols.isna().sum() * (rows / SAMPLE_ROWS)).round().astype(int)
+        null_note = note
     parts = [f"{'Series' if series else 'DataFrame'}, shape {rows}×{cols}" if not series else
              f"Series, length {rows}, dtype {frame.dtypes.iloc[0]}"]
     parts.append("dtypes: " + _dtypes(frame, 30))
     nonzero = {str(k): int(v) for k, v in nulls.items() if v}
-    parts.append(f"null counts{note}: " + (", ".join(f"{k}={v}" for k, v in nonzero.items()) if nonzero else "none"))
+    counts = ", ".join(f"{k}={v}" for k, v in nonzero.items()) if nonzero else "none"
+    parts.append(f"null counts{null_note}: {counts}")
     with _pandas_display():
         parts.append("head():\n" + frame.head(5).iloc[:, :20].to_string(max_colwidth=40))
         try:
             numeric = shown_cols.select_dtypes("number")
-            stats = numeric.describe() if numeric.shape[1] else shown_cols.describe()
-            parts.append(f"describe(){note}:\n" + stats.iloc[:, :12].to_string(max_colwidth=30))
+            if numeric.shape[1]:
+                parts.append(f"describe(){note}:\n" + numeric.describe().iloc[:, :12].to_string(max_colwidth=30))
+            other = shown_cols.select_dtypes(exclude=["number", "datetime", "timedelta"]).iloc[:, :10]
+            if other.shape[1]:  # text and categories: count, unique, top, freq
+                parts.append(f"describe() of the other columns{note}:\n"
+                             + other.describe().to_string(max_colwidth=30))
         except Exception as exc:  # odd dtypes: the rest of the answer still helps
             parts.append(f"describe() failed: {type(exc).__name__}: {exc}")
     return "\n".join(parts)
@@ -391,7 +409,9 @@ def _value_text(value: Any) -> str:
     kind = _pandas_kind(value)
     if kind is not None:
         with _pandas_display():
-            return value.to_string(max_rows=30, max_cols=12) if kind == "DataFrame" else value.to_string(max_rows=30)
+            if kind == "DataFrame":
+                return f"DataFrame {value.shape[0]}×{value.shape[1]}\n" + value.to_string(max_rows=30, max_cols=12)
+            return f"Series length {len(value)}\n" + value.to_string(max_rows=30)
     if _is_ndarray(value):
         import numpy as np
 
