@@ -450,7 +450,7 @@ def _new_figures(before: dict[int, Any]) -> list[tuple[bytes, int, int]]:
             continue
         if len(images) < MAX_FIGURES:
             buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+            figure.savefig(buffer, format="png", dpi=80)  # no "tight" box: the size does not depend on fonts
             png = buffer.getvalue()
             width, height = _png_size(png)
             images.append((png, width, height))
