@@ -390,11 +390,14 @@ class AgentMagics(Magics):
         agent = self._named_agent(args.agent) if args.agent else self._default_agent
         tools = self._named_agent(args.agent).tools if args.agent else self._namespace_tools()
         toolsets = list(agent.toolsets) if agent is not None else []
-        if not tools and not toolsets:
+        if not tools and not toolsets and not self.kernel_tools:
             print("no tools (decorate functions with @tool)")
         for name, t in sorted(tools.items()):
             kind = "async" if t.is_async else "sync"
             print(f"{name} ({kind}): {t.description.splitlines()[0] if t.description else ''}")
+        if self.kernel_tools:
+            print(f"+ the kernel tools (AgentMagics.kernel_tools; run_code: {self.run_code}): list_variables, "
+                  "inspect_variable, run_code, last_error, propose_cell")
         for toolset in toolsets:  # listed when a run starts; %agent_mcp list shows their tools
             state = getattr(toolset, "state", "")
             print(f"+ the tools of {toolset.name!r} ({type(toolset).__name__}{', ' + state if state else ''}; "
