@@ -54,13 +54,42 @@ EXACT_NULL_CELLS = 40_000_000
 MAX_FIGURES = 4
 _codes = itertools.count(1)
 
-_short = reprlib.Repr()
-_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxtuple, _short.maxset = (
-    60, 60, 6, 6, 6, 6)
-_long = reprlib.Repr()
-_long.maxstring, _long.maxother, _long.maxlist, _long.maxdict, _long.maxtuple, _long.maxset = (
-    400, 400, 20, 20, 20, 20)
-_long.maxlevel = 3
+class _Preview(reprlib.Repr):
+    """reprlib without its sorting of dicts and sets (O(n log n) on a million keys): the first items in
+    iteration order, and ``***`` for the value of any key named like a credential."""
+
+    def _items(self, x: Any, limit: int, level: int, show: Any) -> str:
+        if level <= 0:
+            return "..."
+        items = [show(item) for item in itertools.islice(x, limit)]
+        if len(x) > limit:
+            items.append(self.fillvalue)
+        return ", ".join(items)
+
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
+        def show(key: Any) -> str:
+            value = MASK if isinstance(key, str) and secret_name(key) else self.repr1(x[key], level - 1)
+            return f"{self.repr1(key, level - 1)}: {value}"
+
+        return "{" + self._items(x, self.maxdict, level, show) + "}" if x else "{}"
+
+    def repr_set(self, x: set[Any], level: int) -> str:
+        return "{" + self._items(x, self.maxset, level, lambda v: self.repr1(v, level - 1)) + "}" if x else "set()"
+
+    def repr_frozenset(self, x: frozenset[Any], level: int) -> str:
+        return f"frozenset({self.repr_set(set(itertools.islice(x, self.maxset + 1)), level)})" if x else "frozenset()"
+
+
+def _preview(width: int, items: int, levels: int) -> _Preview:
+    r = _Preview()
+    r.maxstring = r.maxother = width
+    r.maxlist = r.maxdict = r.maxtuple = r.maxset = r.maxdeque = r.maxarray = items
+    r.maxlevel = levels
+    return r
+
+
+_short = _preview(60, 6, 2)
+_long = _preview(400, 20, 3)
 
 
 def _clip(text: str, limit: int) -> str:
@@ -75,10 +104,10 @@ def secret_name(name: str) -> bool:
 
 
 def _is_secret_value(value: Any) -> bool:
-    """A string the secret registry (or its key-shaped patterns) would hide."""
-    return isinstance(value, (str, bytes)) and redact(value if isinstance(value, str) else
-                                                      value.decode("utf-8", "replace")) != (
-        value if isinstance(value, str) else value.decode("utf-8", "replace"))
+    """A (short enough) string the secret registry, or its key-shaped patterns, would hide."""
+    if isinstance(value, bytes):
+        value = value[:10_000].decode("utf-8", "replace")
+    return isinstance(value, str) and len(value) <= 10_000 and redact(value) != value
 
 
 def _pandas_kind(value: Any) -> str | None:
@@ -118,21 +147,24 @@ class KernelTools:
         self.shell = shell
         self.run_code_policy: RunCodePolicy = run_code
         self._proposed_in: tuple[int, int] = (-1, 0)  # (execution count, proposals in that cell)
+        self._tools: list[Tool] | None = None
 
     def __repr__(self) -> str:
         return f"KernelTools(run_code={self.run_code_policy!r})"
 
     # ------------------------------------------------------------------ toolset protocol
     async def list_tools(self) -> list[Tool]:
-        tools = [
-            Tool(self.list_variables, name="list_variables"),
-            Tool(self.inspect_variable, name="inspect_variable"),
-            Tool(self.last_error, name="last_error"),
-            Tool(self.propose_cell, name="propose_cell"),
-        ]
-        if self.run_code_policy != "never":
-            tools.insert(2, Tool(self.run_code, name="run_code", requires_approval=self.run_code_policy == "ask"))
-        return tools
+        if self._tools is None:
+            tools = [
+                Tool(self.list_variables, name="list_variables"),
+                Tool(self.inspect_variable, name="inspect_variable"),
+                Tool(self.last_error, name="last_error"),
+                Tool(self.propose_cell, name="propose_cell"),
+            ]
+            if self.run_code_policy != "never":
+                tools.insert(2, Tool(self.run_code, name="run_code", requires_approval=self.run_code_policy == "ask"))
+            self._tools = tools
+        return list(self._tools)
 
     async def aclose(self) -> None:
         """Nothing to release (the shell belongs to the user)."""

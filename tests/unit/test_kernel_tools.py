@@ -64,7 +64,8 @@ async def test_list_variables_shapes_exclusions_and_secrets(shell: InteractiveSh
     shell.run_cell(
         "import json, os\nimport pandas as pd, numpy as np\n"
         "df = pd.DataFrame({'a': [1, 2], 'b': ['x', None]})\ns = df.a\narr = np.zeros((3, 4))\n"
-        "items = list(range(100))\nconfig = {'host': 'db', 'auth': 'Bearer abcdefghijklmnop'}\n"
+        "items = list(range(100))\nconfig = {'host': 'db', 'header': 'Bearer abcdefghijklmnop'}\n"
+        "settings = {'db': {'password': 'plainpw-998877', 'port': 5432}}\nbig = dict.fromkeys(range(10**6), 0)\n"
         f"innocent = {registered!r}\napi_key = 'zz-plain-value-123456'\nGITHUB_TOKEN = 'ghp-abc-def-ghi'\n"
         "def helper(): pass\nclass Thing: pass\n_private = 1\n"
         "from menglong_magic import ChatAgent\nagent = ChatAgent(model='offline')")
@@ -76,6 +77,8 @@ async def test_list_variables_shapes_exclusions_and_secrets(shell: InteractiveSh
     assert lines["items"].startswith("list len=100 [0, 1, 2")
     assert lines["innocent"] == lines["api_key"] == lines["GITHUB_TOKEN"] == "***"
     assert "abcdefghijklmnop" not in listed  # a credential inside a container's preview is redacted
+    assert lines["settings"] == "dict len=1 {'db': {'password': ***, 'port': 5432}}"  # by its key's name
+    assert lines["big"] == "dict len=1000000 {0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, ...}"  # first items, unsorted
     for hidden in ("json", "os", "pd", "np", "helper", "Thing", "_private", "agent", "ChatAgent", "In", "Out",
                    "get_ipython", "exit"):
         assert hidden not in lines
