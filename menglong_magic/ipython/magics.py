@@ -574,6 +574,8 @@ class AgentMagics(Magics):
             raise UsageError("choose one of --batch and --sequential")
         batch_overrides = {k: v for k, v in overrides.items() if k in ("model", "system", "tools", "mode")}
         if args.batch or args.sequential:
+            if getattr(args, "kernel", False):
+                raise UsageError("--kernel applies to one run, not to --batch/--sequential")
             messages = [m.strip() for m in body.splitlines() if m.strip()]
             if not messages:
                 raise UsageError("--batch/--sequential need one message per line in the cell")

@@ -194,3 +194,35 @@ async def test_a_run_with_the_toolset_keeps_the_history_valid(shell: Interactive
     assert status == {"inspect_variable": "ok", "run_code": "denied"}
     assert shell.user_ns["n"] == 5
     assert [m["role"] for m in agent.messages] == ["user", "assistant", "tool", "tool", "assistant"]
+
+
+async def test_the_magics_flag_config_and_usage_errors(shell: InteractiveShell,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MENGLONG_MODEL", "offline")
+    shell.run_line_magic("load_ext", "menglong_magic")
+
+    async def run(code: str) -> Any:
+        return await shell.run_cell_async(code, store_history=True, transformed_cell=shell.transform_cell(code))
+
+    def scripted() -> ChatAgent:
+        return ChatAgent(model=ScriptedModel([calls(call("list_variables")), reply("seen")]), mode="auto")
+
+    try:
+        shell.user_ns.update(agent=scripted(), n=3)
+        await run("r = %agent_run -a agent --kernel -q look")
+        assert [(c.name, c.status) for c in shell.user_ns["r"].tool_calls] == [("list_variables", "ok")]
+        assert "n: int 3" in shell.user_ns["r"].tool_calls[0].result
+        # without --kernel the tools are not there (the model's call is answered "unknown tool")
+        shell.user_ns["agent"] = scripted()
+        await run("r = %agent_run -a agent -q look")
+        assert shell.user_ns["r"].tool_calls[0].status == "error"
+        # %config turns them on for every run
+        shell.run_line_magic("config", "AgentMagics.kernel_tools = True")
+        shell.user_ns["agent"] = scripted()
+        await run("r = %agent_run -a agent -q look")
+        assert shell.user_ns["r"].tool_calls[0].status == "ok"
+        result = await run("%%agent -a agent --kernel --batch\none\ntwo")
+        assert "--kernel applies to one run" in str(result.error_in_exec)
+    finally:
+        shell.run_line_magic("config", "AgentMagics.kernel_tools = False")
+        shell.run_line_magic("unload_ext", "menglong_magic")
