@@ -305,13 +305,14 @@ class KernelTools:
             parts.append("No cell has failed in this session.")
         else:
             parts.append("Last error:\n" + _short_traceback(exc, skip_first=False, limit=12))
-        sources = list(getattr(self.shell, "user_ns", {}).get("In", []) or [])[1:]
-        recent = [s for s in sources[:-1] if s.strip()][-3:]  # the current cell is the last one
+        history = getattr(self.shell, "history_manager", None)
+        raw = list(getattr(history, "input_hist_raw", None) or [])  # as typed (``In`` holds transformed code)
+        # Index = execution count; the last entry is the cell running now.
+        recent = [(number, source) for number, source in enumerate(raw[:-1]) if number and source.strip()][-3:]
         if recent:
-            count = len(sources) - 1
             parts.append("Recent cells (oldest first):")
-            for offset, src in enumerate(recent):
-                parts.append(f"--- cell {count - len(recent) + offset} ---\n" + _clip(src, 1200))
+            for number, source in recent:
+                parts.append(f"--- In [{number}] ---\n" + _clip(source, 1200))
         return _clip(redact("\n".join(parts)), INSPECT_LIMIT)
 
     async def propose_cell(self, code: str) -> str:

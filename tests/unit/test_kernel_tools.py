@@ -180,6 +180,7 @@ async def test_propose_cell_and_last_error(shell: InteractiveShell) -> None:
     report = await kt.last_error()
     assert "IndexError: list index out of range" in report and "values[5]" in report
     assert "Recent cells" in report and "values = [1, 2]" in report
+    assert "'the current cell'" not in report  # the cell asking is not one of the "last cells"
 
 
 async def test_a_run_with_the_toolset_keeps_the_history_valid(shell: InteractiveShell) -> None:
