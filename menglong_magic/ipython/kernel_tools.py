@@ -238,7 +238,7 @@ class KernelTools:
         return _clip(redact(f"{name}: {describe(value)}"), INSPECT_LIMIT)
 
     # ------------------------------------------------------------------ running code
-    async def run_code(self, code: str, ctx: RunContext) -> str:
+    async def run_code(self, code: str, ctx: RunContext | None = None) -> str:
         """Run Python code in the notebook's namespace (like a cell; the user approves it first). Returns the
         printed output, the value of the last expression, any figure drawn, or the error's traceback.
         Variables it assigns stay defined in the notebook.
@@ -289,7 +289,8 @@ class KernelTools:
         elif value is not None:
             parts.append("value:\n" + _clip(_value_text(value), RUN_OUTPUT_LIMIT // 2))
         for number, (png, width, height) in enumerate(figures, 1):
-            ctx.attach("image/png", png, f"figure {number} ({width}×{height})")
+            if ctx is not None:  # called by a run: the card shows it (and a model that accepts images gets it)
+                ctx.attach("image/png", png, f"figure {number} ({width}×{height})")
             parts.append(f"[figure {number}: a {width}×{height} PNG, shown to the user]")
         if not parts:
             parts.append("(no output)")
