@@ -10,6 +10,7 @@ nothing a model or a tool writes is ever executed by a front end.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ MAX_TEXT = 4000  # characters of streamed text kept per iteration in the view
 MAX_ANSWER = 20000  # characters of the final answer rendered in the final view
 MAX_RESULT = 2000  # characters of a tool result kept in the view
 MAX_ATTACHMENTS = 4  # images kept per tool card
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 MAX_ATTACHMENT_BYTES = 2_000_000  # base64 characters of one attachment shown (larger: described only)
 EXPANDED_ITERATIONS = 3  # the most recent iterations stay expanded
 MAX_ITERATIONS_SHOWN = 50  # older iterations are summarised in one line
@@ -273,7 +275,9 @@ class RunViewModel:
         elif isinstance(event, ev.ToolAttachment):
             card = self._card(event.call_id)
             if card is not None and len(card.attachments) < MAX_ATTACHMENTS:
-                data = event.data if len(event.data) <= MAX_ATTACHMENT_BYTES else ""
+                # Only well-formed base64 is kept: it is placed inside an HTML attribute as a data: URI.
+                ok = len(event.data) <= MAX_ATTACHMENT_BYTES and _BASE64.fullmatch(event.data) is not None
+                data = event.data if ok else ""
                 card.attachments.append((event.mime, data, clip(event.description, 200)))
         elif isinstance(event, ev.ToolCallFinished):
             card = self._card(event.call_id)

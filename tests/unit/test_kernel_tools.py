@@ -227,3 +227,29 @@ async def test_the_magics_flag_config_and_usage_errors(shell: InteractiveShell,
     finally:
         shell.run_line_magic("config", "AgentMagics.kernel_tools = False")
         shell.run_line_magic("unload_ext", "menglong_magic")
+
+
+def test_the_card_shows_code_and_attachments_escaped() -> None:
+    from menglong_magic import events as ev
+    from menglong_magic.ui.html import card_html
+    from menglong_magic.ui.state import RunViewModel
+
+    xss = '<img src=x onerror="alert(1)">'
+    vm = RunViewModel()
+    for event in (
+        ev.RunStarted("r", agent="a", model="m", mode="auto", task="t", max_iterations=2),
+        ev.IterationStarted("r", iteration=1, max_iterations=2),
+        ev.ToolCallStarted("r", iteration=1, call_id="c", name="run_code", arguments={"code": f"print('{xss}')"}),
+        ev.ToolAttachment("r", iteration=1, call_id="c", name="run_code", mime="image/png",
+                          data=base64.b64encode(b"\x89PNG fake").decode(), description=xss),
+        ev.ToolAttachment("r", iteration=1, call_id="c", name="run_code", mime="image/png",
+                          data='"><script>alert(1)</script>', description="hostile data"),
+        ev.ToolAttachment("r", iteration=1, call_id="c", name="run_code", mime="text/html",
+                          data=base64.b64encode(xss.encode()).decode(), description="html is never inlined"),
+    ):
+        vm.apply(event)
+    html = card_html(vm.iterations[0].tools["c"])
+    assert xss not in html and "<script>" not in html
+    assert 'class="mm-code"' in html and "print" in html  # the code, highlighted, not a JSON string
+    assert html.count("<img ") == 1 and "[image/png: hostile data]" in html  # not base64: described only
+    assert "[text/html: html is never inlined]" in html
