@@ -197,7 +197,7 @@ async def test_a_run_with_the_toolset_keeps_the_history_valid(shell: Interactive
     assert [m["role"] for m in agent.messages] == ["user", "assistant", "tool", "tool", "assistant"]
 
 
-async def test_the_magics_flag_config_and_usage_errors(shell: InteractiveShell,
+async def test_the_magics_flag_and_config(shell: InteractiveShell,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MENGLONG_MODEL", "offline")
     shell.run_line_magic("load_ext", "menglong_magic")
@@ -222,8 +222,17 @@ async def test_the_magics_flag_config_and_usage_errors(shell: InteractiveShell,
         shell.user_ns["agent"] = scripted()
         await run("r = %agent_run -a agent -q look")
         assert shell.user_ns["r"].tool_calls[0].status == "ok"
-        result = await run("%%agent -a agent --kernel --batch\none\ntwo")
-        assert "--kernel applies to one run" in str(result.error_in_exec)
+        # toolsets are a run option: --kernel gives every message of --sequential / --batch the kernel tools
+        shell.run_line_magic("config", "AgentMagics.kernel_tools = False")
+        for how in ("--sequential", "--batch"):
+            def step(request: Any) -> Any:  # parallel items interleave: answer by where each one is
+                return reply("seen") if request.messages[-1]["role"] == "tool" else calls(call("list_variables"))
+
+            shell.user_ns["agent"] = ChatAgent(model=ScriptedModel([step] * 4), mode="auto")
+            result = await run(f"%%agent -a agent --kernel -q {how} -o rs\none\ntwo")
+            assert result.error_in_exec is None, result.error_in_exec
+            assert [[(c.name, c.status) for c in r.tool_calls] for r in shell.user_ns["rs"]] == \
+                [[("list_variables", "ok")]] * 2, how
     finally:
         shell.run_line_magic("config", "AgentMagics.kernel_tools = False")
         shell.run_line_magic("unload_ext", "menglong_magic")
