@@ -31,7 +31,7 @@ from ..tools.base import Tool, Toolset, as_tool, collect_tools, flatten_tools
 from ..usage import UsageLimits
 from .approval import Approver
 from .context import ContextSummary
-from .limiter import AdaptiveLimiter
+from .limiter import AdaptiveLimiter, endpoint_key
 from .output import OutputSpec
 from .result import RunResult
 from .settings import ChatMode, RunSettings, env_max_retries, env_request_timeout
@@ -245,7 +245,8 @@ class ChatAgent:
         loop = asyncio.get_running_loop()
         sem = self._limiters.get(loop)
         if sem is None:
-            sem = self._limiters[loop] = (AdaptiveLimiter() if self.max_concurrency == "auto"
+            sem = self._limiters[loop] = (AdaptiveLimiter(endpoint=endpoint_key(self.model))
+                                          if self.max_concurrency == "auto"
                                           else asyncio.Semaphore(self.max_concurrency))
         return sem
 
