@@ -338,7 +338,8 @@ async def test_a_locked_journal_costs_no_answer_and_does_not_block_the_loop(
         tmp_path: Path, items: int, busy_timeout: float | None, stall_bound: float) -> None:
     path = tmp_path / "locked.sqlite"
     Journal(path).close()  # an existing journal, as a re-run would find it
-    journal: Path | Journal = path if busy_timeout is None else Journal(path, busy_timeout=busy_timeout)
+    store = None if busy_timeout is None else Journal(path, busy_timeout=busy_timeout)
+    journal: Path | Journal = path if store is None else store
     prompts = [f"item {i}" for i in range(items)]
     with ScriptedOpenAIServer(responder=lambda body: reply(f"answer to {last_user(body)}", delay=0.05)) as server:
         agent = make_agent(server)
@@ -364,9 +365,9 @@ async def test_a_locked_journal_costs_no_answer_and_does_not_block_the_loop(
         while committed(path) != sorted(prompts):  # the writer writes them once the lock is free
             assert time.monotonic() < deadline, committed(path)
             await asyncio.sleep(0.05)
-        if isinstance(journal, Journal):
-            assert journal.pending == 0 and journal.last_error is None
-            journal.close()
+        if store is not None:
+            assert store.pending == 0 and store.last_error is None
+            store.close()
         server.reset_stats()
         again = await make_agent(server).map_async(prompts, journal=path)
         assert again.restored == items and server.requests == []  # nothing asked twice
