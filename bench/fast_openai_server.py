@@ -172,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
     app = App(args.latency, args.limit, args.retry_after)
     uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", log_level="warning",
-                access_log=False, backlog=4096)
+                access_log=False, backlog=4096, timeout_keep_alive=600)  # no idle-close races mid-benchmark
 
 
 if __name__ == "__main__":

@@ -245,9 +245,10 @@ class ChatAgent:
         loop = asyncio.get_running_loop()
         sem = self._limiters.get(loop)
         if sem is None:
-            sem = self._limiters[loop] = (AdaptiveLimiter(endpoint=endpoint_key(self.model))
-                                          if self.max_concurrency == "auto"
+            sem = self._limiters[loop] = (AdaptiveLimiter() if self.max_concurrency == "auto"
                                           else asyncio.Semaphore(self.max_concurrency))
+        if isinstance(sem, AdaptiveLimiter) and sem.endpoint is None and self._model is not None:
+            sem.bind(endpoint_key(self._model))  # the default model once resolved (never resolved just for this)
         return sem
 
     def add_tool(self, obj: Any, name: str | None = None, description: str | None = None) -> Tool:

@@ -111,6 +111,17 @@ class AdaptiveLimiter:
         return (f"AdaptiveLimiter(limit={self.limit}, in_flight={self.in_flight}, peak={self.peak_in_flight}, "
                 f"congestion_signals={self.congestion_signals}, decreases={self.decreases})")
 
+    def bind(self, endpoint: str | None) -> None:
+        """Learn and remember under ``endpoint`` from now on; a limiter that has not been pushed back yet and
+        started wide open takes the window already learned for it."""
+        if self.endpoint is not None or endpoint is None:
+            return
+        self.endpoint = endpoint
+        learned = learned_limit(endpoint)
+        if learned is not None and self.slow_start and self._limit >= self.maximum:
+            self._limit = min(max(learned, float(self.minimum)), float(self.maximum))
+            self.slow_start = False
+
     @property
     def limit(self) -> int:
         """The current window: how many requests may be in flight."""

@@ -5,11 +5,14 @@ is formatted into the prompt template and run as an isolated chat turn (no conve
 agent's tools if it has any). Outputs come back in input order in a :class:`MapResult`.
 
 The journal (``journal="runs.sqlite"``) is the source of truth: every item that finishes is committed
-to SQLite at once, keyed by a hash of everything that determines its answer (the model, the system
-prompt, the mode, the tools' schemas, the model settings, the output type and the item's prompt text).
+to SQLite within milliseconds by the journal's writer thread (never on the event loop), keyed by a hash
+of everything that determines its answer (the model, the system prompt, the mode, the tools' schemas, the
+model settings, the output type and the item's prompt text).
 Running the same map again after a crash, an interrupt or a kernel restart requests only the items not
 in the journal yet; identical prompts within one call are requested once. Failed items are recorded
-too (with their error) but requested again on the next run: nothing was paid for them.
+too (with their error) but requested again on the next run: nothing was paid for them. A journal that
+another process keeps locked costs no answer: the map completes with every answer in its result, warns
+once, and the writer commits the rows as soon as the lock is free (see :class:`Journal`).
 
 Pacing: ``max_concurrency="auto"`` lets the agent's adaptive limiter set the pace (see
 :mod:`~menglong_magic.agent.limiter`); items are admitted in input order, never many more than the
@@ -622,6 +625,8 @@ async def map_async(
     try:
         emit(BatchStarted(batch_id, messages=tuple(prompts), mode="map"))
         restored = await asyncio.to_thread(store.answered, first) if store is not None else {}
+        if store is not None and store.last_error is not None:
+            warn_journal("cannot be read now, so every item is requested")
         for key, (data, _paid) in restored.items():
             value = _restore(settings, data)
             for index in copies[key]:

@@ -138,6 +138,9 @@ async def test_limiter_remembers_per_endpoint() -> None:
     assert AdaptiveLimiter(endpoint="http://a/v1 other-model").limit == DEFAULT_MAXIMUM
     assert AdaptiveLimiter(endpoint="http://b/v1 m").limit == DEFAULT_MAXIMUM
     assert AdaptiveLimiter(initial=3, endpoint="http://a/v1 m").limit == 3  # an explicit start wins
+    late = AdaptiveLimiter()  # an agent whose default model is resolved after its limiter was made
+    late.bind("http://a/v1 m")
+    assert late.limit == 13 and late.endpoint == "http://a/v1 m"
     forget_learned("http://a/v1 m")
     assert AdaptiveLimiter(endpoint="http://a/v1 m").limit == DEFAULT_MAXIMUM
 
