@@ -197,14 +197,14 @@ async def test_adaptive_limiter_against_a_rate_limited_server() -> None:
         assert isinstance(limiter, AdaptiveLimiter)
         assert result.errors == {} and list(result) == ["ok"] * 200
         assert server.rate_limited > 0 and limiter.decreases > 0
-        # It starts wide open (one burst of 429s), then learns: a window near the server's 8.
+        # It starts wide open (one burst of 429s), then learns: a window near the server's 8, far below 1,000.
         assert server.rate_limited < 200, server.rate_limited
-        assert limiter.limit <= 16, limiter
+        assert limiter.limit <= 24, limiter
         # A later agent on the same endpoint (base URL + model) starts at the learned window: few rejections.
         server.reset_stats()
         later = make_agent(server)
         again = await later.map_async([f"s{i}" for i in range(200)])
-        assert again.errors == {} and later.limiter().limit <= 16
+        assert again.errors == {} and later.limiter().limit <= 24
         assert server.rate_limited < 30, server.rate_limited
         # The raw SDK at the same server, all at once, with its own retries: many items fail.
         import openai
@@ -352,8 +352,9 @@ async def test_a_locked_journal_costs_no_answer_and_does_not_block_the_loop(
             took = time.monotonic() - t
             assert locker.poll() is None, "the lock was released before the map ended: nothing was tested"
             assert list(result) == [f"answer to {p}" for p in prompts] and result.errors == {}
-            assert len([w for w in caught if w.category is JournalUnavailableWarning]) == 1  # warned once
-            assert "still locked" in str(caught[0].message) or "cannot be written" in str(caught[0].message)
+            journal_warnings = [str(w.message) for w in caught if w.category is JournalUnavailableWarning]
+            assert len(journal_warnings) == 1, journal_warnings  # warned once
+            assert "still locked" in journal_warnings[0] or "cannot be written" in journal_warnings[0]
             assert took < 7.5  # it did not wait for the lock
             assert stalls.longest < stall_bound, stalls.longest
             assert committed(path) == []  # still locked
