@@ -9,7 +9,8 @@
 - evidence of congestion, a 429 or 503 answer or a refused connection, sets the window to ``decrease``
   times the requests in flight at that moment (each rejected request gives its slot back as it fails,
   so a burst of rejections from one overshoot converges on what the server accepted, in one round
-  trip); from then on the window grows by one slot per round trip (``1/limit`` per success);
+  trip); from then on the window grows by one slot per round trip (``1/limit`` per success) while it is
+  full (a window the client does not fill is not grown: no evidence it would be accepted);
 - it never goes below ``minimum`` nor above ``maximum``;
 - ``Retry-After`` is honoured by the request that got it (the model waits it out before retrying,
   and gives its slot back meanwhile, see :class:`~menglong_magic.models.base.RequestGate`); when the
@@ -231,6 +232,8 @@ class AdaptiveLimiter:
             self._holders[task] = held
 
     def _succeeded(self) -> None:
+        if self.in_flight < self.limit:
+            return  # the window was not full: a success says nothing about a larger one (RFC 7661)
         if self.slow_start:
             self._limit += 1.0
         else:

@@ -745,6 +745,10 @@ async def _run_admitted(agent: ChatAgent, keys: Sequence[Any], one: Callable[[An
             task = asyncio.ensure_future(one(key))
             running.add(task)
             task.add_done_callback(finished)
+            # Let the new item take its first step (building and sending its request) before the next one
+            # starts: 1,000 items started in one loop iteration would hold the loop for all their first steps
+            # (seconds on a busy machine), and the panel, a Stop click or other cells' tasks with it.
+            await asyncio.sleep(0)
         while running and not failure:
             room.clear()
             await room.wait()

@@ -98,28 +98,35 @@ async def test_limiter_halves_on_429_and_never_goes_below_the_floor() -> None:
     await rejected(429)  # 41 in flight when the server said no
     assert limiter.limit == 20 and limiter.decreases == 1 and not limiter.slow_start
     release.set()
-    await asyncio.gather(*tasks)  # 40 successes: + 1/window each, about 2 round trips' worth
-    assert limiter.limit == 22  # from 20.5
+    await asyncio.gather(*tasks)  # 40 successes, 20 of them with the window full: + 1/window each
+    assert limiter.limit == 21  # from 20.5
     await rejected(500)  # not a congestion signal
     await rejected(None)  # no HTTP answer (a timeout): not one either
-    assert limiter.limit == 22 and limiter.congestion_signals == 1
+    assert limiter.limit == 21 and limiter.congestion_signals == 1
     await rejected(503)  # 1 in flight
     assert limiter.limit == 1
     await rejected(None, refused=True)  # a refused connection is congestion too
     assert limiter.limit == 1 and limiter.congestion_signals == 3
     assert current_gate.get() is None
-    for _ in range(4):  # additive increase once congested: one slot per window's worth of successes
+    for _ in range(4):  # one at a time: the window (1) is full only for the first, which grows it to 2
         async with limiter:
             pass
-    assert limiter.limit == 3
+    assert limiter.limit == 2
 
 
 async def test_limiter_with_an_explicit_start_grows_until_pushed_back() -> None:
     limiter = AdaptiveLimiter(initial=4, maximum=10)
-    for _ in range(10):
+    for _ in range(10):  # one at a time never fills the window: no reason to grow it
         async with limiter:
             pass
-    assert limiter.limit == 10 and limiter.slow_start  # +1 per success up to the maximum
+    assert limiter.limit == 4
+
+    async def work() -> None:
+        async with limiter:
+            await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(work() for _ in range(40)))
+    assert limiter.limit == 10 and limiter.slow_start  # +1 per success while full, up to the maximum
 
 
 async def test_limiter_remembers_per_endpoint() -> None:
