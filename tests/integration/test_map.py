@@ -189,7 +189,7 @@ async def test_fixed_bounds(openai_server: ScriptedOpenAIServer) -> None:
 
 
 async def test_adaptive_limiter_against_a_rate_limited_server() -> None:
-    with ScriptedOpenAIServer(responder=lambda body: reply("ok", delay=0.03), rate_limit=8,
+    with ScriptedOpenAIServer(responder=lambda body: reply("ok", delay=0.2), rate_limit=8,
                               rate_limit_retry_after=0.05) as server:
         agent = make_agent(server)
         result = await agent.map_async([f"r{i}" for i in range(200)])
