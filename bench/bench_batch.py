@@ -81,7 +81,7 @@ async def timed(coro: Any, into: list[Any] | None = None, kind: str = "") -> flo
 
 async def batch(latency: float) -> dict[str, float]:
     with FastServer(latency=latency) as server:
-        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench")  # the SDK retries, as the agent does
         item = hand_written(client)
         agent = make_agent(server)
         old = make_agent(server)  # the previous default: slow start from 32 in flight
@@ -102,7 +102,7 @@ async def batch(latency: float) -> dict[str, float]:
 
 async def sequential(latency: float) -> dict[str, float]:
     with FastServer(latency=latency) as server:
-        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench", max_retries=0)
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench")  # the SDK retries, as the agent does
         item = hand_written(client)
         agent = make_agent(server)
         texts = [f"s{i}" for i in range(SEQUENTIAL)]
