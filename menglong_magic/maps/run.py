@@ -226,6 +226,8 @@ class _Row:
 
 
 _open_journals: weakref.WeakSet[Journal] = weakref.WeakSet()
+#: How long the journal's writer collects rows before committing them together (seconds).
+BATCH_WINDOW = 0.01
 
 
 class Journal:
@@ -316,6 +318,12 @@ class Journal:
         while True:
             with self._lock:
                 self._changed.wait_for(lambda: self._pending or self._closed)
+                closed = self._closed
+            if not closed:
+                # Gather the rows of the next few ms into this transaction: one wake-up (and one GIL hand-off
+                # with the event loop's thread) per batch, not per row.
+                time.sleep(BATCH_WINDOW)
+            with self._lock:
                 if not self._pending:
                     break  # closed, and everything is written
                 self._writing, self._pending = self._pending, {}
