@@ -217,11 +217,35 @@ async def test_adaptive_limiter_against_a_rate_limited_server() -> None:
 
 
 async def test_batch_default_is_adaptive(openai_server: ScriptedOpenAIServer) -> None:
-    openai_server.responder = lambda body: reply("ok", delay=0.05)
+    # 200 ms answers: the batch starts its items one loop step apart, so on a loaded machine a short answer
+    # could end before the ninth item is sent and the test would not see more than 8 in flight.
+    openai_server.responder = lambda body: reply("ok", delay=0.2)
     agent = make_agent(openai_server)
     answers = await agent.batch_chat_async([str(i) for i in range(40)])
     assert answers == ["ok"] * 40
     assert openai_server.max_in_flight > 8  # no longer paced by the old fixed default of 8
+
+
+async def test_batch_starts_its_items_one_loop_step_apart(openai_server: ScriptedOpenAIServer) -> None:
+    # Another task on the loop (the panel, a Stop click, another cell) gets its turns while a big batch starts:
+    # it sees the count of started items grow step by step, not jump from none to all in one loop iteration.
+    openai_server.responder = lambda body: reply("ok", delay=0.05)
+    agent = make_agent(openai_server)
+    started: list[int] = []
+    seen: set[int] = set()
+    n = 100
+
+    async def ticker() -> None:
+        while len(started) < n:
+            seen.add(len(started))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.ensure_future(ticker())
+    answers = await agent.batch_chat_async([str(i) for i in range(n)], on_event=lambda e: (
+        started.append(e.index) if isinstance(e, ev.BatchItemStarted) else None))
+    await watcher
+    assert answers == ["ok"] * n and sorted(started) == list(range(n))
+    assert len(seen) > n // 2, sorted(seen)  # all at once would show about two counts (0 and n)
 
 
 CHILD = textwrap.dedent("""
