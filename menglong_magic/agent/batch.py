@@ -32,16 +32,27 @@ async def run_batch(agent: ChatAgent, items: list[str], settings: RunSettings, m
     snapshot = list(agent.messages)
     results: list[RunResult | BaseException | None] = [None] * len(items)
 
+    failed_early: list[BaseException] = []
+
     async def one(index: int) -> None:
         async with gate if gate is not None else contextlib.nullcontext():
             results[index] = await _item(agent, batch_id, index, items[index], settings, list(snapshot), emit,
                                          on_event)
         outcome = results[index]
         if not return_exceptions and isinstance(outcome, BaseException):
+            failed_early.append(outcome)
             raise outcome
 
-    tasks = [asyncio.ensure_future(one(i)) for i in range(len(items))]
+    tasks: list[asyncio.Task[None]] = []
     try:
+        for i in range(len(items)):
+            if failed_early:
+                break  # the gather below raises it; the items not started yet are reported cancelled
+            tasks.append(asyncio.ensure_future(one(i)))
+            # Let the new item take its first step (building and sending its request) before the next one
+            # starts, as map admission does: 1,000 items started in one loop iteration would hold the loop
+            # for all their first steps at once (the panel, a Stop click and other cells' tasks with it).
+            await asyncio.sleep(0)
         await asyncio.gather(*tasks)
     finally:
         for t in tasks:

@@ -24,7 +24,7 @@ from ..usage import UsageLimits
 from .approval import Approver
 from .batch import run_batch, run_sequential
 from .context import ContextSummary
-from .limiter import AdaptiveLimiter
+from .limiter import AdaptiveLimiter, endpoint_key
 from .options import RunOptions, check_options, merge_options, resolve_settings
 from .result import RunResult
 from .settings import ChatMode, RunSettings
@@ -207,6 +207,8 @@ class ChatAgent:
         if sem is None:
             sem = self._limiters[loop] = (AdaptiveLimiter() if self.max_concurrency == "auto"
                                           else asyncio.Semaphore(self.max_concurrency))
+        if isinstance(sem, AdaptiveLimiter) and sem.endpoint is None and self._model is not None:
+            sem.bind(endpoint_key(self._model))  # the default model once resolved (never resolved just for this)
         return sem
 
     def add_tool(self, obj: Any, name: str | None = None, description: str | None = None) -> Tool:

@@ -7,11 +7,14 @@ agent's tools if it has any). Outputs come back in input order in a :class:`MapR
 (``{date:%Y-%m-%d}`` on NaT) is that item's :class:`MapItemError`, not the map's (see :func:`format_prompt`).
 
 The journal (``journal="runs.sqlite"``) is the source of truth: every item that finishes is committed
-to SQLite at once, keyed by a hash of everything that determines its answer (the model, the system
-prompt, the mode, the tools' schemas, the model settings, the output type and the item's prompt text).
+to SQLite within milliseconds by the journal's writer thread (never on the event loop), keyed by a hash
+of everything that determines its answer (the model, the system prompt, the mode, the tools' schemas, the
+model settings, the output type and the item's prompt text).
 Running the same map again after a crash, an interrupt or a kernel restart requests only the items not
 in the journal yet; identical prompts within one call are requested once. Failed items are recorded
-too (with their error) but requested again on the next run: nothing was paid for them.
+too (with their error) but requested again on the next run: nothing was paid for them. A journal that
+another process keeps locked costs no answer: the map completes with every answer in its result, warns
+once, and the writer commits the rows as soon as the lock is free (see :class:`Journal`).
 
 Pacing: ``max_concurrency="auto"`` lets the agent's adaptive limiter set the pace (see
 :mod:`~menglong_magic.agent.limiter`); items are admitted in input order, never many more than the
@@ -26,14 +29,19 @@ reports each one's :class:`ItemOutcome` to the :class:`MapJob` (see :class:`MapE
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import dataclasses
 import decimal
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 import typing
 import uuid
+import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +67,11 @@ CREATE TABLE IF NOT EXISTS items (
     created REAL NOT NULL
 )
 """
+
+
+#: How long a map waits at its end for its journal rows to be committed before it returns without them
+#: (they stay queued in the journal's writer, which writes them once the file is free).
+JOURNAL_FLUSH_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -184,25 +197,185 @@ def local_or_given(executor: Any) -> MapExecutor:
 
 
 # ---------------------------------------------------------------------------------------------- journal
+class JournalUnavailableWarning(UserWarning):
+    """The journal could not be written for a while (locked by another process, busy, ...): the answers
+    are in the map's result, and the journal's writer keeps trying to write them."""
+
+
+_UPSERT = ("INSERT INTO items (key, idx, prompt, output, error, usage, created) VALUES (?, ?, ?, ?, ?, ?, ?) "
+           "ON CONFLICT(key) DO UPDATE SET idx=excluded.idx, output=excluded.output, error=excluded.error, "
+           "usage=excluded.usage, created=excluded.created WHERE items.error IS NOT NULL")
+
+
+@dataclass(frozen=True)
+class _Row:
+    key: str
+    index: int
+    prompt: str
+    output: Any
+    error: str | None
+    usage: RunUsage | None
+    created: float
+
+    def keeps_over(self, newer: _Row) -> bool:
+        """An answer is never replaced (as in the table); anything replaces an error."""
+        return self.error is None
+
+    def params(self) -> tuple[Any, ...]:
+        return (self.key, self.index, self.prompt, None if self.error is not None else json.dumps(self.output),
+                self.error, usage_to_json(self.usage), self.created)
+
+
+_open_journals: weakref.WeakSet[Journal] = weakref.WeakSet()
+#: How long the journal's writer collects rows before committing them together (seconds).
+BATCH_WINDOW = 0.01
+
+
 class Journal:
     """A SQLite file (WAL) with one row per finished map item: key, index, prompt, output JSON, error,
-    usage, created. One journal may serve many maps (keys are content hashes)."""
+    usage, created. One journal may serve many maps (keys are content hashes).
 
-    def __init__(self, path: str | Path):
+    :meth:`record` never touches the file: it queues the row and returns (O(1), no I/O on the caller's
+    thread, so a map's event loop never waits for the disk or for a lock). A writer thread commits what
+    is queued in one transaction at a time (rows that arrive during a commit go in the next one), within
+    milliseconds when the file is free. When another process holds the write lock, each attempt waits
+    up to ``busy_timeout`` seconds and the writer retries with a growing pause (at most
+    ``retry_pause``): queued rows are kept in memory, :attr:`last_error` says why, and they are written
+    as soon as the lock is free. :meth:`answered` sees queued rows too. :meth:`flush` waits (bounded)
+    until everything queued is on disk; :meth:`close` flushes (bounded) and, if rows are still queued
+    then, leaves the writer running until they are written (and tries again at interpreter exit).
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 1.0, retry_pause: float = 1.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives the process being killed (not a power cut before checkpoint).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute(JOURNAL_SCHEMA)
+        self.busy_timeout = busy_timeout
+        self.retry_pause = retry_pause
+        #: Why the last write attempt failed (None: the journal keeps up).
+        self.last_error: str | None = None
+        #: Write attempts that failed (the rows were kept and tried again).
+        self.failed_writes = 0
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._pending: dict[str, _Row] = {}
+        self._writing: dict[str, _Row] = {}
+        self._closed = False
+        self._read_lock = threading.Lock()
+        self._reader = self._connect(create=False)
+        with contextlib.suppress(sqlite3.Error):  # a locked file: the writer creates the table once it can
+            self._reader.execute(JOURNAL_SCHEMA)
+        self._writer = threading.Thread(target=self._write_loop, name=f"journal-writer {self.path.name}", daemon=True)
+        self._writer.start()
+        _open_journals.add(self)
+
+    def _connect(self, create: bool = True) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                             timeout=self.busy_timeout)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer, nor it for them
+            # NORMAL in WAL mode: a commit survives the process being killed (not a power cut before checkpoint).
+            db.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                db.execute(JOURNAL_SCHEMA)
+        except sqlite3.Error:
+            if create:
+                db.close()
+                raise
+        return db
 
     def __repr__(self) -> str:
-        return f"Journal({str(self.path)!r})"
+        queued = self.pending
+        return f"Journal({str(self.path)!r}{f', {queued} rows queued' if queued else ''})"
 
-    def close(self) -> None:
-        self._db.close()
+    # ------------------------------------------------------------------ writing
+    def record(self, key: str, index: int, prompt: str, output: Any = None, error: str | None = None,
+               usage: RunUsage | None = None) -> None:
+        """Queue one finished item for the writer (an answer replaces an earlier error; an error never
+        replaces an answer). Returns at once."""
+        row = _Row(key, index, prompt, output, error, usage, time.time())
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"{self!r} is closed")
+            earlier = self._pending.get(key) or self._writing.get(key)
+            if earlier is not None and earlier.keeps_over(row):
+                return
+            self._pending[key] = row
+            self._changed.notify_all()
+
+    @property
+    def pending(self) -> int:
+        """Rows queued or being written, not yet committed."""
+        with self._lock:
+            return len(self._pending) + len(self._writing)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued row is committed (at most ``timeout`` seconds); whether they all were."""
+        with self._lock:
+            return self._changed.wait_for(lambda: not self._pending and not self._writing, timeout)
+
+    def _write_loop(self) -> None:
+        db: sqlite3.Connection | None = None
+        pause = 0.0
+        while True:
+            with self._lock:
+                self._changed.wait_for(lambda: self._pending or self._closed)
+                closed = self._closed
+            if not closed:
+                # Gather the rows of the next few ms into this transaction: one wake-up (and one GIL hand-off
+                # with the event loop's thread) per batch, not per row.
+                time.sleep(BATCH_WINDOW)
+            with self._lock:
+                if not self._pending:
+                    break  # closed, and everything is written
+                self._writing, self._pending = self._pending, {}
+                batch = list(self._writing.values())
+            try:
+                if db is None:
+                    db = self._connect()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany(_UPSERT, [row.params() for row in batch])
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+            except Exception as exc:  # locked, busy, disk full, ...: keep the rows and try again
+                with self._lock:
+                    for key, row in self._writing.items():
+                        newer = self._pending.get(key)
+                        if newer is None or row.keeps_over(newer):
+                            self._pending[key] = row
+                    self._writing = {}
+                    self.last_error = redact(f"{type(exc).__name__}: {exc}")
+                    self.failed_writes += 1
+                    self._changed.notify_all()
+                if db is not None and not isinstance(exc, sqlite3.OperationalError):
+                    with contextlib.suppress(sqlite3.Error):
+                        db.close()
+                    db = None
+                pause = min(max(pause * 2, 0.05), self.retry_pause)
+                time.sleep(pause)
+                continue
+            pause = 0.0
+            with self._lock:
+                self._writing = {}
+                self.last_error = None
+                self._changed.notify_all()
+        if db is not None:
+            db.close()
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Stop taking rows, wait (at most ``timeout`` s) for the queued ones to be written, close the file.
+        Rows still queued then (the file stays locked) are written by the writer when it can."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._changed.notify_all()
+        self._writer.join(timeout)
+        with self._read_lock:
+            self._reader.close()
 
     def __enter__(self) -> Journal:
         return self
@@ -210,36 +383,53 @@ class Journal:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM items WHERE error IS NULL").fetchone()[0])
+        """How many answers are committed (after waiting, bounded, for the queued rows)."""
+        self.flush(self.busy_timeout * 5)
+        with self._read_lock:
+            return int(self._reader.execute("SELECT COUNT(*) FROM items WHERE error IS NULL").fetchone()[0])
 
     def answered(self, keys: Iterable[str]) -> dict[str, tuple[Any, RunUsage]]:
-        """The successful rows among ``keys``: key -> (output JSON value, usage)."""
+        """The successful rows among ``keys`` (committed or queued): key -> (output JSON value, usage).
+
+        A journal that cannot be read (locked in rollback mode, ...) counts as empty: the map asks again
+        rather than failing."""
         found: dict[str, tuple[Any, RunUsage]] = {}
         keys = list(keys)
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, output, usage in self._db.execute(
-                    f"SELECT key, output, usage FROM items WHERE error IS NULL AND key IN ({marks})", chunk):
-                found[key] = (json.loads(output), usage_from_json(usage))
+        try:
+            with self._read_lock:
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start:start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    for key, output, usage in self._reader.execute(
+                            f"SELECT key, output, usage FROM items WHERE error IS NULL AND key IN ({marks})", chunk):
+                        found[key] = (json.loads(output), usage_from_json(usage))
+        except sqlite3.Error as exc:
+            self.last_error = redact(f"{type(exc).__name__}: {exc}")
+        with self._lock:
+            wanted = set(keys)
+            for queue in (self._writing, self._pending):
+                for key, row in queue.items():
+                    if row.error is None and key in wanted and key not in found:
+                        found[key] = (row.output, row.usage if row.usage is not None else RunUsage())
         return found
 
-    def record(self, key: str, index: int, prompt: str, output: Any = None, error: str | None = None,
-               usage: RunUsage | None = None) -> None:
-        """Commit one finished item (an answer replaces an earlier error; an error never replaces an answer)."""
-        self._db.execute(
-            "INSERT INTO items (key, idx, prompt, output, error, usage, created) VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET idx=excluded.idx, output=excluded.output, error=excluded.error, "
-            "usage=excluded.usage, created=excluded.created WHERE items.error IS NOT NULL",
-            (key, index, prompt, None if error is not None else json.dumps(output), error,
-             usage_to_json(usage), time.time()))
-
     def rows(self) -> list[dict[str, Any]]:
-        """Every row, oldest first (for inspection)."""
-        cursor = self._db.execute("SELECT key, idx, prompt, output, error, usage, created FROM items ORDER BY created")
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor]
+        """Every committed row, oldest first (for inspection; waits, bounded, for the queued rows first)."""
+        self.flush(self.busy_timeout * 5)
+        with self._read_lock:
+            cursor = self._reader.execute(
+                "SELECT key, idx, prompt, output, error, usage, created FROM items ORDER BY created")
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+@atexit.register
+def _flush_journals_at_exit() -> None:
+    # Rows still queued (a journal locked by another process until now) get one last bounded chance.
+    for journal in list(_open_journals):
+        journal.flush(timeout=5.0)
 
 
 def usage_to_json(usage: RunUsage | None) -> str | None:
@@ -506,7 +696,17 @@ async def map_async(
         copies.setdefault(key, []).append(index)
 
     own_journal = journal is not None and not isinstance(journal, Journal)
-    store = Journal(journal) if own_journal else journal  # type: ignore[arg-type]
+    # Opening and reading the file happen off the loop (another process may hold it for seconds).
+    store: Journal | None = await asyncio.to_thread(Journal, journal) if own_journal else journal  # type: ignore[arg-type]
+    warned: list[str] = []
+
+    def warn_journal(reason: str) -> None:
+        if store is None or warned:
+            return  # once per map
+        warned.append(reason)
+        warnings.warn(JournalUnavailableWarning(
+            f"the journal {store.path} {reason}; every answer stays in this map's result, and the journal's "
+            f"writer keeps trying to write them ({store.last_error or 'busy'})"), stacklevel=3)
     emit = agent.emitter(on_event)
     batch_id = uuid.uuid4().hex[:12]
     n = len(prompts)
@@ -524,7 +724,9 @@ async def map_async(
                                    error=str(unformatted_error)))
             if not return_exceptions:
                 raise unformatted_error
-        restored = store.answered(first) if store is not None else {}
+        restored = await asyncio.to_thread(store.answered, first) if store is not None else {}
+        if store is not None and store.last_error is not None:
+            warn_journal("cannot be read now, so every item is requested")
         for key, (data, _paid) in restored.items():
             value = _restore(settings, data)
             for index in copies[key]:
@@ -564,7 +766,9 @@ async def map_async(
             if outcome.status == "ok":
                 value = outcome.value if outcome.has_value else _restore(settings, outcome.data)
                 if store is not None:
-                    store.record(key, index, item.prompt, outcome.data, usage=item_usage)
+                    store.record(key, index, item.prompt, outcome.data, usage=item_usage)  # queued: no I/O here
+                    if store.last_error is not None:
+                        warn_journal("cannot be written now")
                 emit(BatchItemFinished(batch_id, index=index, status="ok", duration=outcome.duration,
                                        result=outcome.text, error=None))
                 fill(key, value, None, "ok", outcome.text, None)
@@ -589,8 +793,13 @@ async def map_async(
                 outputs[index] = errors[index] = asyncio.CancelledError()
         failed = len(errors)
         emit(BatchFinished(batch_id, ok=n - failed, failed=failed, duration=time.perf_counter() - started))
-        if own_journal and store is not None:
-            store.close()
+        if store is not None:
+            # Bounded: a journal locked for longer must not hold the answers (or the cell) hostage.
+            written = await asyncio.to_thread(store.close if own_journal else store.flush, JOURNAL_FLUSH_TIMEOUT)
+            if own_journal:
+                written = store.pending == 0
+            if not written:
+                warn_journal(f"is still locked or busy with {store.pending} rows not written yet")
     return MapResult(prompts, outputs, errors, usage, cached=cached, labels=labels, requested=len(pending),
                      restored=restored_count, deduplicated=deduplicated, duration=time.perf_counter() - started)
 
@@ -636,6 +845,10 @@ async def run_admitted(agent: ChatAgent, keys: Sequence[Any], one: Callable[[Any
             task = asyncio.ensure_future(one(key))
             running.add(task)
             task.add_done_callback(finished)
+            # Let the new item take its first step (building and sending its request) before the next one
+            # starts: 1,000 items started in one loop iteration would hold the loop for all their first steps
+            # (seconds on a busy machine), and the panel, a Stop click or other cells' tasks with it.
+            await asyncio.sleep(0)
         while running and not failure:
             room.clear()
             await room.wait()

@@ -115,6 +115,18 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (MalformedResponseError, *_TRANSPORT_ERRORS))
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether the connection was refused (the server is out of sockets or down): a congestion signal."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the SDK's APIConnectionError wraps the transport's ConnectError, which wraps the OSError
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def retry_after_seconds(exc: BaseException) -> float | None:
     """The server's ``Retry-After`` (seconds or HTTP date) or ``retry-after-ms`` hint, if any."""
     response = getattr(exc, "response", None)
@@ -346,7 +358,7 @@ class OpenAIModel(Model):
             description = self._describe(failure, timeout=timeout)
             gate = current_gate.get()
             if gate is not None:  # an adaptive limiter learns from 429/503 (and their Retry-After)
-                gate.attempt_failed(getattr(failure, "status_code", None), retry_after)
+                gate.attempt_failed(getattr(failure, "status_code", None), retry_after, refused=_refused(failure))
             failure = None  # no frame local keeps the SDK exception alive either
             if error is not None:
                 raise error

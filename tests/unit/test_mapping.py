@@ -10,7 +10,13 @@ import pytest
 
 from menglong_magic import ChatAgent
 from menglong_magic import events as ev
-from menglong_magic.agent.limiter import AdaptiveLimiter
+from menglong_magic.agent.limiter import (
+    DEFAULT_MAXIMUM,
+    AdaptiveLimiter,
+    endpoint_key,
+    forget_learned,
+    learned_limit,
+)
 from menglong_magic.maps.run import Journal, MapItemsRestored, format_prompt, item_key, settings_fingerprint
 from menglong_magic.models.base import current_gate
 from menglong_magic.ui.mapview import MapTextView, MapViewModel
@@ -54,28 +60,106 @@ def test_journal_keeps_answers_and_retries_errors(tmp_path: Path) -> None:
         assert len(again) == 2 and [r["prompt"] for r in again.rows()] == ["p1", "p2"]
 
 
-async def test_limiter_grows_then_backs_off_and_never_below_one() -> None:
-    limiter = AdaptiveLimiter(initial=4, maximum=10)
-    for _ in range(10):
+async def _hold(limiter: AdaptiveLimiter, count: int, release: asyncio.Event) -> list[asyncio.Task[None]]:
+    """``count`` tasks that each take a slot and keep it until ``release`` is set."""
+    async def holder() -> None:
         async with limiter:
-            pass
-    assert limiter.limit == 10 and limiter.slow_start  # +1 per success up to the maximum
+            await release.wait()
 
-    async def rejected() -> None:
+    tasks = [asyncio.ensure_future(holder()) for _ in range(count)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return tasks
+
+
+async def test_limiter_starts_wide_open() -> None:
+    limiter = AdaptiveLimiter()
+    assert limiter.limit == DEFAULT_MAXIMUM
+    release = asyncio.Event()
+    tasks = await _hold(limiter, 600, release)  # what a hand-written gather would send: all admitted at once
+    assert limiter.in_flight == 600 and limiter.peak_in_flight == 600
+    release.set()
+    await asyncio.gather(*tasks)
+    assert limiter.in_flight == 0 and limiter.decreases == 0
+
+
+async def test_limiter_halves_on_429_and_never_goes_below_the_floor() -> None:
+    limiter = AdaptiveLimiter(decrease=0.5)
+    release = asyncio.Event()
+    tasks = await _hold(limiter, 40, release)
+
+    async def rejected(status: int | None, refused: bool = False) -> None:
         with pytest.raises(RuntimeError):
             async with limiter:
                 assert current_gate.get() is limiter
-                limiter.attempt_failed(429, None)
+                limiter.attempt_failed(status, None, refused=refused)
                 raise RuntimeError("the request failed for good")
 
-    await asyncio.gather(*(rejected() for _ in range(6)))
-    assert limiter.limit < 10 and not limiter.slow_start and limiter.decreases >= 1
-    for _ in range(20):
-        await rejected()
+    await rejected(429)  # 41 in flight when the server said no
+    assert limiter.limit == 20 and limiter.decreases == 1 and not limiter.slow_start
+    release.set()
+    await asyncio.gather(*tasks)  # 40 successes, 20 of them with the window full: + 1/window each
+    assert limiter.limit == 21  # from 20.5
+    await rejected(500)  # not a congestion signal
+    await rejected(None)  # no HTTP answer (a timeout): not one either
+    assert limiter.limit == 21 and limiter.congestion_signals == 1
+    await rejected(503)  # 1 in flight
     assert limiter.limit == 1
-    limiter.attempt_failed(500, None)  # not a congestion signal
-    assert limiter.congestion_signals == 26
+    await rejected(None, refused=True)  # a refused connection is congestion too
+    assert limiter.limit == 1 and limiter.congestion_signals == 3
     assert current_gate.get() is None
+    for _ in range(4):  # one at a time: the window (1) is full only for the first, which grows it to 2
+        async with limiter:
+            pass
+    assert limiter.limit == 2
+
+
+async def test_limiter_with_an_explicit_start_grows_until_pushed_back() -> None:
+    limiter = AdaptiveLimiter(initial=4, maximum=10)
+    for _ in range(10):  # one at a time never fills the window: no reason to grow it
+        async with limiter:
+            pass
+    assert limiter.limit == 4
+
+    async def work() -> None:
+        async with limiter:
+            await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(work() for _ in range(40)))
+    assert limiter.limit == 10 and limiter.slow_start  # +1 per success while full, up to the maximum
+
+
+async def test_limiter_remembers_per_endpoint() -> None:
+    forget_learned()
+    first = AdaptiveLimiter(decrease=0.5, endpoint="http://a/v1 m")
+    release = asyncio.Event()
+    tasks = await _hold(first, 23, release)
+    async with first:
+        first.attempt_failed(429, None)  # 24 in flight: the window becomes 12
+        assert first.limit == 12 and learned_limit("http://a/v1 m") == 12
+    release.set()
+    await asyncio.gather(*tasks)
+    assert first.limit == 13  # 24 successes since: about two more round trips, +1 each
+    later = AdaptiveLimiter(endpoint="http://a/v1 m")  # another loop, agent or batch: starts where it was
+    assert later.limit == 13 and not later.slow_start
+    assert AdaptiveLimiter(endpoint="http://a/v1 other-model").limit == DEFAULT_MAXIMUM
+    assert AdaptiveLimiter(endpoint="http://b/v1 m").limit == DEFAULT_MAXIMUM
+    assert AdaptiveLimiter(initial=3, endpoint="http://a/v1 m").limit == 3  # an explicit start wins
+    late = AdaptiveLimiter()  # an agent whose default model is resolved after its limiter was made
+    late.bind("http://a/v1 m")
+    assert late.limit == 13 and late.endpoint == "http://a/v1 m"
+    forget_learned("http://a/v1 m")
+    assert AdaptiveLimiter(endpoint="http://a/v1 m").limit == DEFAULT_MAXIMUM
+
+
+def test_agents_key_their_limiters_by_base_url_and_model() -> None:
+    from menglong_magic.models import OpenAIModel
+
+    a = endpoint_key(OpenAIModel("m1", base_url="http://127.0.0.1:9/v1", api_key="sk-x"))
+    assert a == endpoint_key(OpenAIModel("m1", base_url="http://127.0.0.1:9/v1", api_key="sk-other"))
+    assert a != endpoint_key(OpenAIModel("m2", base_url="http://127.0.0.1:9/v1", api_key="sk-x"))
+    assert a != endpoint_key(OpenAIModel("m1", base_url="http://127.0.0.1:10/v1", api_key="sk-x"))
+    assert "sk-" not in (a or "")
 
 
 async def test_limiter_bounds_in_flight_and_gives_slots_back_while_waiting() -> None:
