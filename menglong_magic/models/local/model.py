@@ -23,6 +23,7 @@ from ..openai_compat import (
     _usage,
     safe_url,
 )
+from .answer import grounding_problem, order_arguments, results_answer
 from .prompt import _STOP, arguments_grammar, chatml_prompt, choice_grammar
 from .routing import route
 from .server import DEFAULT_LOCAL_SETTINGS, LocalModelError, LocalServer, default_gguf, local_server
@@ -64,6 +65,23 @@ def _current_turn(messages: list[dict[str, Any]]) -> _Turn:
     return _Turn(question, calls)
 
 
+def _prompt_history(messages: list[dict[str, Any]], turns: int) -> list[dict[str, Any]]:
+    """What the answer prompt holds: the system messages, the last ``turns`` earlier turns as question +
+    final answer (no tool calls or results), and the current question (always the last message)."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    system = [m for m in messages[: max(last_user, 0)] if m.get("role") == "system"]
+    earlier: list[list[dict[str, Any]]] = []
+    for message in messages[: max(last_user, 0)]:
+        role = message.get("role")
+        if role == "user":
+            earlier.append([message])
+        elif role == "assistant" and earlier and message.get("content") and not message.get("tool_calls"):
+            earlier[-1][1:] = [{"role": "assistant", "content": message["content"]}]
+    kept = [m for pair in (earlier[-turns:] if turns > 0 else []) for m in pair]
+    current = [messages[last_user]] if last_user >= 0 else [{"role": "user", "content": ""}]
+    return [*system, *kept, *current]
+
+
 class LocalModel(OpenAIModel):
     """A GGUF model served by the embedded llama.cpp server (``model="local"``).
 
@@ -83,13 +101,21 @@ class LocalModel(OpenAIModel):
        A request that matches no tool is answered directly. ``tool_choice`` naming a tool forces it;
        ``"none"`` offers none.
     2. *Arguments*: for each routed request the model writes the arguments under a GBNF grammar built
-       from the tool's JSON schema, so they always parse and validate (values copied from the question).
-       All calls of the question go out in one turn (the agent runs them concurrently).
+       from the tool's JSON schema, so they always parse and validate (values copied from the question,
+       never starting with a question word or the tool's own name); from/to pairs of arguments are put
+       in the question's direction (:func:`~.answer.order_arguments`). All calls of the question go out
+       in one turn (the agent runs them concurrently).
     3. After the tool results, routing runs again: a tool not yet called for this question may still be
        called (at most ``max_tool_calls`` per question); otherwise the model writes a short answer from
-       the quoted results (``max_tokens`` 128 by default, temperature 0, stops at a blank line), streamed
-       when asked. An empty answer after tools becomes a plain list of the results, so a run that
-       completes always ends with an answer.
+       the quoted results (``max_tokens`` 128 by default, temperature 0, stops at a blank line). The
+       answer is kept only if grounded (every number and name in it comes from the question or a result,
+       and every result is stated); otherwise, or when empty, the answer is written from the results by
+       a template (:func:`~.answer.results_answer`). So answers after tools are not streamed token by
+       token: the final text arrives at once.
+
+    Earlier turns: the prompts hold the system prompt and the current question only (``history_turns=0``);
+    SmolLM2-135M repeated earlier answers when they were in its prompt. ``history_turns=N`` puts the last
+    N questions and final answers back (for a bigger GGUF); tool calls and results of earlier turns never.
     """
 
     def __init__(
@@ -107,6 +133,8 @@ class LocalModel(OpenAIModel):
         reset_tool_choice: bool = True,
         max_tool_calls: int = 4,
         copy_arguments: bool = True,
+        history_turns: int = 0,
+        grounded_answers: bool = True,
     ):
         self.gguf: pathlib.Path | None = None
         if base_url is None:
@@ -128,6 +156,12 @@ class LocalModel(OpenAIModel):
         self.base_url = base_url
         self.max_tool_calls = max_tool_calls
         self.copy_arguments = copy_arguments
+        #: Earlier turns (question + final answer) put into the prompt: none by default, as SmolLM2-135M
+        #: repeats earlier answers it sees ("The capital of France is Paris." when asked about Italy).
+        self.history_turns = history_turns
+        #: Keep an answer after tools only when grounded in the question and the results, else write it
+        #: from the results (see :mod:`.answer`).
+        self.grounded_answers = grounded_answers
         self._server_options: dict[str, Any] = {
             "n_ctx": n_ctx, "n_threads": n_threads, "startup_timeout": startup_timeout,
         }  # fmt: skip
@@ -245,36 +279,47 @@ class LocalModel(OpenAIModel):
         system = _ARGUMENTS_PROMPT.format(name=function["name"], description=function.get("description") or "")
         content = f"Question: {question}" + (f"\nRequest: {part}" if part != question else "")
         prompt = chatml_prompt([{"role": "user", "content": content}], system=system)
-        grammar = arguments_grammar(params, copy_from=part if self.copy_arguments else None)
+        grammar = arguments_grammar(params, copy_from=part if self.copy_arguments else None, tool_name=function["name"])
         text = await self._text(request, prompt, usages, grammar=grammar, max_tokens=160, emit=emit)
-        return text.strip() or "{}"
+        text = text.strip() or "{}"
+        try:
+            arguments = json.loads(text)
+        except json.JSONDecodeError:  # cut off by the token limit: the tool reports the bad arguments
+            return text
+        if not isinstance(arguments, dict):
+            return text
+        ordered = order_arguments(arguments, params, part)
+        return text if ordered == arguments else json.dumps(ordered, ensure_ascii=False)
 
     async def _answer(
         self, request: ModelRequest, settings: dict[str, Any], emit: Emit, usages: list[Usage | None]
     ) -> tuple[str, str | None]:
         messages = request.messages
         turn = _current_turn(messages)
-        if turn.calls:
-            last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
-            results = "\n".join(f"- {name}({json.dumps(args, ensure_ascii=False)}): {result}"
-                                for name, args, result in turn.calls)  # fmt: skip
-            content = f"{turn.question}\n\nTool results:\n{results}\n\nAnswer the question using these results."
-            history = [m for m in messages[:last_user]] + [{"role": "user", "content": content}]
-            system = None if any(m.get("role") == "system" for m in history) else ANSWER_SYSTEM_PROMPT
-            prompt = chatml_prompt(history, system=system)
-        else:
-            prompt = chatml_prompt(messages)
+        history = _prompt_history(messages, self.history_turns)
         finish: list[str | None] = [None]
-        text = await self._text(
-            request, prompt, usages, max_tokens=int(settings.get("max_tokens") or 128),
-            temperature=float(settings.get("temperature") or 0.0), stop=[*_STOP, "\n\n"],
-            stream=request.stream, emit=emit, finish=finish, settings=settings,
-        )  # fmt: skip
-        text = text.strip()
-        if not text and turn.calls:  # never end a run without an answer: say what the tools returned
-            text = "; ".join(f"{name}: {result}" for name, _, result in turn.calls)
-            if request.stream:
-                emit(TextDelta(request.run_id, iteration=request.iteration, delta=text))
+        options: dict[str, Any] = {
+            "max_tokens": int(settings.get("max_tokens") or 128),
+            "temperature": float(settings.get("temperature") or 0.0),
+            "stop": [*_STOP, "\n\n"], "finish": finish, "settings": settings,
+        }  # fmt: skip
+        if not turn.calls:
+            prompt = chatml_prompt(history)
+            text = await self._text(request, prompt, usages, stream=request.stream, emit=emit, **options)
+            return text.strip(), finish[0]
+        results = "\n".join(f"- {name}({json.dumps(args, ensure_ascii=False)}): {result}"
+                            for name, args, result in turn.calls)  # fmt: skip
+        content = f"{turn.question}\n\nTool results:\n{results}\n\nAnswer the question using these results."
+        history[-1] = {"role": "user", "content": content}
+        system = None if any(m.get("role") == "system" for m in history) else ANSWER_SYSTEM_PROMPT
+        # Not streamed: an answer that is not grounded in the results is replaced before anyone sees it.
+        text = (await self._text(request, chatml_prompt(history, system=system), usages, **options)).strip()
+        if self.grounded_answers and grounding_problem(text, turn.question, [r for _, _, r in turn.calls]):
+            text = results_answer(turn.calls)  # the 135M model's sentence said something the tools did not
+        elif not text:  # never end a run without an answer: say what the tools returned
+            text = results_answer(turn.calls)
+        if request.stream:
+            emit(TextDelta(request.run_id, iteration=request.iteration, delta=text))
         return text, finish[0]
 
     # ------------------------------------------------------------------ the completions endpoint

@@ -107,11 +107,14 @@ class _Grammar:
     else becomes any JSON value. Strings are at most 120 characters, one line.
     """
 
-    def __init__(self, strings: list[str] | None = None) -> None:
+    def __init__(self, strings: list[str] | None = None, avoid: frozenset[str] = frozenset()) -> None:
         self.rules: dict[str, str] = {}
         self.used: set[str] = set()
         #: When given, string values are limited to these (spans of the question); numbers too, if any.
         self.strings = strings
+        #: Words (lower case) a copied string neither starts nor ends with: question words, the tool's own
+        #: name ("capital of Kenya" for capital_of), numbers when a numeric argument takes them.
+        self.avoid = avoid
 
     def _primitive(self, name: str) -> str:
         self.used.update(_PRIMITIVES if name in ("value", "array", "object") else (name, "char"))
@@ -126,11 +129,12 @@ class _Grammar:
                 more = f'" " cw-{i + 1}' if i + 1 < len(words) else ""
                 if not more:
                     self.rules[f"cw-{i}"] = piece
-                elif word[-1].isalnum():
+                elif word[-1].isalnum() and word.lower() not in self.avoid:
                     self.rules[f"cw-{i}"] = f"{piece} ({more})?"
-                else:  # a value does not end on an operator or a stray symbol
+                else:  # a value does not end on an operator, a stray symbol or a question word
                     self.rules[f"cw-{i}"] = f"{piece} {more}"
-            starts = [f"cw-{i}" for i, w in enumerate(words) if w[0].isalnum()]
+            starts = [f"cw-{i}" for i, w in enumerate(words) if w[0].isalnum() and w.lower() not in self.avoid]
+            starts = starts or [f"cw-{i}" for i, w in enumerate(words) if w[0].isalnum()]
             starts = starts or [f"cw-{i}" for i in range(len(words))]
             self.rules["copied-string"] = '"\\"" (' + " | ".join(starts) + ') "\\""'
         return "copied-string"
@@ -195,13 +199,29 @@ class _Grammar:
         return "\n".join(lines) + "\n"
 
 
-def arguments_grammar(parameters: dict[str, Any] | None, copy_from: str | None = None) -> str:
+#: Words a copied value does not start or end with ("What is the capital of Kenya" is no country).
+_NOT_A_VALUE = frozenset(
+    """what whats what's which who whom whose how when where why is are was were be do does did can could would
+    should will please tell me give show find look up get many much the a an of in on at to from into for by and
+    or is it its this that there here convert calculate compute count""".split()
+)
+
+
+def arguments_grammar(
+    parameters: dict[str, Any] | None, copy_from: str | None = None, tool_name: str = ""
+) -> str:
     """GBNF for a JSON object that validates against a tool's ``parameters`` schema.
 
-    ``copy_from``: string (and number) values must be spans of this text (see :func:`text_spans`).
+    ``copy_from``: string (and number) values must be runs of words of this text (see :func:`text_words`),
+    not starting or ending with a question word or a word of ``tool_name``, and not starting with a number
+    when a numeric argument is there to take it.
     """
     params = parameters or {"type": "object", "properties": {}}
-    grammar = _Grammar(text_words(copy_from) if copy_from else None)
+    avoid = set(_NOT_A_VALUE) | {w.lower() for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])", tool_name) if w}
+    props = params.get("properties") or {}
+    if any(isinstance(p, dict) and p.get("type") in ("number", "integer") for p in props.values()):
+        avoid |= {w.lower() for w in text_words(copy_from or "") if re.fullmatch(r"-?[0-9][0-9.,]*", w)}
+    grammar = _Grammar(text_words(copy_from) if copy_from else None, frozenset(avoid))
     root = grammar.schema(params, "args", params.get("$defs") or params.get("definitions") or {})
     if root in ("object", "value"):
         root = '"{}"' if not params.get("properties") else root
