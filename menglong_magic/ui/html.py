@@ -28,15 +28,15 @@ def badge_html(vm: RunViewModel) -> str:
             f'border-radius:8px;padding:1px 8px;font-size:85%">{label}</span>')
 
 def header_html(vm: RunViewModel) -> str:
-    tokens = "–" if vm.tokens is None else str(vm.tokens)
     meta = " · ".join(escape(x) for x in (vm.model, vm.mode) if x)
     parts = [
         f"<b>{escape(vm.title)}</b>",
         badge_html(vm),
         f'<span class="mm-meta" style="color:#57606a">{meta}</span>',
         f'<span class="mm-elapsed">{vm.elapsed:.1f}s</span>',
-        f'<span class="mm-tokens">tokens: {escape(tokens)}</span>',
     ]
+    if vm.tokens is not None:  # unknown usage is said once, in the usage line, not as "tokens: –" here too
+        parts.append(f'<span class="mm-tokens">tokens: {vm.tokens}</span>')
     if vm.cost_text():
         parts.append(f'<span class="mm-cost">{escape(vm.cost_text())}</span>')
     if vm.retries:
@@ -49,6 +49,8 @@ def body_blocks(vm: RunViewModel) -> list[tuple[str, str]]:
     if vm.batch is not None:
         return [("batch", batch_html(vm))]
     blocks = [("task", f'<div class="mm-task" style="color:#57606a">{escape(clip(vm.task, 300))}</div>')]
+    if vm.model_note:
+        blocks.append(("model", model_note_html(vm)))
     if vm.status == "waiting":
         blocks.append(("waiting", f'<div class="mm-waiting" style="color:#8250df">⏸ '
                                   f"{escape(vm.waiting_text())}</div>"))
@@ -63,6 +65,9 @@ def body_blocks(vm: RunViewModel) -> list[tuple[str, str]]:
 
 def body_html(vm: RunViewModel) -> str:
     return "".join(html for _key, html in body_blocks(vm))
+
+def model_note_html(vm: RunViewModel) -> str:
+    return f'<div class="mm-model-note" style="color:#57606a;font-style:italic">{escape(vm.model_note)}</div>'
 
 def error_html(vm: RunViewModel) -> str:
     return f'<div class="mm-error" style="color:#cf222e">{escape(vm.error or "")}</div>'
@@ -150,6 +155,8 @@ def final_html(vm: RunViewModel) -> str:
         out.append(batch_html(vm))
     else:
         out.append(f'<div class="mm-task" style="color:#57606a">{escape(clip(vm.task, 300))}</div>')
+        if vm.model_note:
+            out.append(model_note_html(vm))
         steps = []
         if vm.dropped_iterations:
             steps.append(f"<div>… {vm.dropped_iterations} earlier iteration(s) not shown</div>")

@@ -183,11 +183,11 @@ class MapViewModel:
         if not self.requests:
             return "no requests"
         if self.input_tokens == self.output_tokens == 0 and self.unreported:
-            text = "tokens unknown"
+            text = "usage not reported by this model"
         else:
             text = f"{self.input_tokens + self.output_tokens} tokens"
             if self.unreported:
-                text += f" ({self.unreported} requests unreported)"
+                text += f" (usage of {self.unreported} requests not reported by this model)"
         cost = self.cost
         if cost is not None:
             text += f", {format_cost(cost)}"

@@ -255,7 +255,7 @@ async def test_usage_is_none_when_the_server_omits_it(openai_server: Any, stream
     result = await agent.arun("x")
     assert result.final_output == "no usage here"
     assert result.usage.requests == [None] and result.usage.total_tokens is None
-    assert result.usage.describe() == "tokens unknown"
+    assert result.usage.describe() == "usage not reported by this model"
 
 
 # --------------------------------------------------------------------------- wire formats of other servers

@@ -571,3 +571,69 @@ def test_a_run_result_shown_elsewhere_renders_markdown_safely() -> None:
     html = result._repr_html_()
     assert "<h2>Title</h2>" in html and "<li>a</li>" in html
     assert "<script>" not in html and "<img" not in html and "&lt;script&gt;" in html
+
+
+# ------------------------------------------------------------------ what the model is doing; unreported usage
+def _local_run_events(usages: list[Any]) -> list[ev.Event]:
+    from menglong_magic.usage import Usage
+
+    events: list[ev.Event] = [
+        ev.RunStarted("r", agent="a", model="local:SmolLM2", mode="auto", task="x", max_iterations=3),
+        ev.IterationStarted("r", iteration=1, max_iterations=3),
+        ev.ModelStarting("r", model="local:SmolLM2", note="starting the local model (llama.cpp, SmolLM2)…"),
+        ev.ModelReady("r", model="local:SmolLM2", seconds=3.25, note="local model started in 3.2s"),
+    ]
+    for usage in usages:
+        events.append(ev.ModelResponseReceived("r", iteration=1, text="hi", tool_calls=(), duration=0.1,
+                                               usage=None if usage is None else Usage(*usage)))  # fmt: skip
+    return events
+
+
+@pytest.mark.parametrize("views", ["html", "text"])
+def test_the_local_model_starting_is_shown_with_how_long_it_took(views: str) -> None:
+    if views == "text":
+        stream = io.StringIO()
+        view = TextView(title="t", stream=stream)
+        for event in _local_run_events([None]):
+            view.handle(event)
+        lines = stream.getvalue().splitlines()
+        assert "[t] starting the local model (llama.cpp, SmolLM2)…" in lines
+        assert lines.index("[t] local model started in 3.2s") > lines.index("[t] iteration 1/3")
+        return
+    view = TextView(title="t", stream=io.StringIO())
+    model = view.model
+    for event in _local_run_events([])[:3]:
+        model.apply(event)
+    assert "starting the local model (llama.cpp, SmolLM2)…" in body_html(model)
+    model.apply(_local_run_events([])[3])
+    assert "local model started in 3.2s" in body_html(model) and "starting the local" not in body_html(model)
+    model.apply(ev.RunFinished("r", result=finished_result("hi")))
+    assert "local model started in 3.2s" in final_html(model)
+
+
+@pytest.mark.parametrize("requests", [1, 3])
+def test_unreported_usage_is_said_once_in_one_wording(requests: int) -> None:
+    stream = io.StringIO()
+    view = TextView(title="t", stream=stream)
+    for event in _local_run_events([None] * requests):
+        view.handle(event)
+    view.handle(ev.RunFinished("r", result=finished_result("hi")))
+    view.finish()
+    model = view.model
+    html = final_html(model)
+    assert html.count("usage not reported by this model") == 1
+    assert "tokens: –" not in html and "tokens unknown" not in html and "unreported" not in html
+    assert "usage not reported by this model" in header_html(model) or "mm-tokens" not in header_html(model)
+    text = stream.getvalue()
+    assert text.count("usage not reported by this model") == 1 and "tokens unknown" not in text
+
+
+def test_partly_reported_usage_counts_what_was_reported_and_says_the_rest_once() -> None:
+    model = TextView(title="t", stream=io.StringIO()).model
+    for event in _local_run_events([(10, 5), None]):
+        model.apply(event)
+    model.apply(ev.RunFinished("r", result=finished_result("hi")))
+    assert model.tokens_text() == "15 tokens"
+    assert model.usage_text() == "15 tokens (10 in, 5 out), usage of 1 request(s) not reported by this model"
+    html = final_html(model)
+    assert "tokens: 15" in header_html(model) and html.count("not reported by this model") == 1

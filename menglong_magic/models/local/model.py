@@ -7,10 +7,11 @@ import dataclasses
 import json
 import os
 import pathlib
+import time
 import weakref
 from typing import Any
 
-from ...events import TextDelta
+from ...events import ModelReady, ModelStarting, TextDelta
 from ...usage import Usage
 from ..base import Emit, ModelRequest, ModelResponse, ToolCall
 from ..openai_compat import (
@@ -26,7 +27,7 @@ from ..openai_compat import (
 from .answer import grounding_problem, order_arguments, results_answer
 from .prompt import _STOP, arguments_grammar, chatml_prompt, choice_grammar
 from .routing import route
-from .server import DEFAULT_LOCAL_SETTINGS, LocalModelError, LocalServer, default_gguf, local_server
+from .server import DEFAULT_LOCAL_SETTINGS, LocalModelError, LocalServer, default_gguf, local_server, server_running
 
 # --------------------------------------------------------------------------- the model
 #: The answer step: short, plain sentences from the tool results.
@@ -187,14 +188,23 @@ class LocalModel(OpenAIModel):
         """Start (or attach to) the shared server now instead of on the first request."""
         await self._ensure_server()
 
-    async def _ensure_server(self) -> None:
+    async def _ensure_server(self, request: ModelRequest | None = None, emit: Emit | None = None) -> None:
         if self.gguf is None:  # an external server
             return
         server = self._server
         if server is not None and server.running:
             return
-        # Starting blocks for about a second (longer for big GGUFs): keep the loop and the panel live.
+        announce = emit is not None and request is not None and not server_running(self.gguf)
+        if announce:  # the first request waits for llama.cpp to load the model: say so (seconds, not a hang)
+            emit(ModelStarting(request.run_id, model=self.name,  # type: ignore[union-attr]
+                               note=f"starting the local model (llama.cpp, {self.gguf.stem})…"))  # fmt: skip
+        started = time.monotonic()
+        # Starting blocks for seconds (longer for big GGUFs): keep the loop and the panel live.
         server = await asyncio.to_thread(local_server, self.gguf, **self._server_options)
+        if announce:
+            seconds = server.startup_seconds if server.startup_seconds is not None else time.monotonic() - started
+            emit(ModelReady(request.run_id, model=self.name, seconds=seconds,  # type: ignore[union-attr]
+                            note=f"local model started in {seconds:.1f}s"))  # fmt: skip
         if server is not self._server:
             self._server = server
             self.base_url = server.base_url
@@ -203,7 +213,7 @@ class LocalModel(OpenAIModel):
 
     # ------------------------------------------------------------------ one iteration
     async def request(self, request: ModelRequest, emit: Emit) -> ModelResponse:
-        await self._ensure_server()
+        await self._ensure_server(request, emit)
         settings = {**self.settings, **request.settings}
         usages: list[Usage | None] = []
         functions = [t["function"] for t in request.tools if isinstance(t.get("function"), dict)]

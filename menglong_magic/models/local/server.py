@@ -305,6 +305,13 @@ def local_server(gguf: str | os.PathLike[str] | None = None, **options: Any) -> 
         return server
 
 
+def server_running(gguf: str | os.PathLike[str]) -> bool:
+    """True when this process already has a running server for ``gguf`` (no start needed)."""
+    with _servers_lock:
+        server = _servers.get(str(pathlib.Path(gguf).resolve()))
+        return server is not None and server.running
+
+
 def running_local_servers() -> list[LocalServer]:
     """The servers this process has started and that still run."""
     with _servers_lock:
