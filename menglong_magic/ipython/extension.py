@@ -6,6 +6,7 @@ from typing import Any
 
 from ..tools.mcp import close_all
 from ..ui.frontend import unwatch, watch
+from . import kernel_status
 from .magics import AgentMagics, AwaitRewriter
 from .map_magic import AgentMapMagics, MapRewriter
 from .mcp_magic import MCPMagics, MCPRewriter
@@ -26,11 +27,13 @@ def load_ipython_extension(ipython: Any) -> None:
         ipython.register_magics(magics_class(ipython))
         ipython.input_transformers_cleanup.append(rewriter_class(ipython))
     watch(ipython)
+    kernel_status.install(ipython)  # the status stays "busy" while an agent cell runs (see kernel_status)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove every magic and rewriter, forget ``_agent_last`` and close every MCP server of the process."""
     unwatch(ipython)
+    kernel_status.uninstall(ipython)
     for magics_class, rewriter_class in _PARTS:
         magics = ipython.magics_manager.registry.pop(magics_class.__name__, None)
         if magics is not None:

@@ -44,6 +44,7 @@ from ..agent.sync import drive, run_sync
 from ..models import resolve_model
 from ..tools.base import as_tool, is_tool
 from ..ui.panel import make_view
+from . import kernel_status
 
 _MODULE = "__import__('menglong_magic.ipython.magics', fromlist=['run_magic'])"
 _RUNNER = f"{_MODULE}.run_magic"
@@ -445,6 +446,8 @@ class AgentMagics(Magics):
                 outcome_of_run["result"] = event.result
             view.handle(event)
 
+        # A blocking cell: the kernel's status stays "busy" although the panel's comm traffic settles.
+        cell_ended = (lambda: None) if args.bg else kernel_status.cell_started(self.shell)
         view.show()
         task = loop.create_task(starter(on_event))
         holder["task"] = task
@@ -471,6 +474,7 @@ class AgentMagics(Magics):
                 if heartbeat is not None:
                     heartbeat.cancel()
                 view.finish()
+                cell_ended()
             return self._deliver(args, outcome, interrupted)
 
         if args.bg:

@@ -21,6 +21,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..maps.run import MapResult
 from ..ui.mapview import make_map_view
+from . import kernel_status
 from .magics import AgentInterrupted, LineMagicRewriter, _magics, split_options
 
 _MODULE = "__import__('menglong_magic.ipython.map_magic', fromlist=['run_map_magic'])"
@@ -112,6 +113,7 @@ class AgentMapMagics(Magics):
         view = make_map_view(title=f"{agent.name} map", widgets=agent_magics._widgets_available()
                              and agent_magics.show_panel and not args.quiet, on_stop=stop,
                              update_interval=max(agent_magics.panel_update_interval, 0.2), compact=args.quiet)
+        cell_ended = kernel_status.cell_started(self.shell)  # the status stays "busy" (see kernel_status)
         view.show()
         task = loop.create_task(agent.map_async(inputs, template or None, journal=args.journal,
                                                 max_concurrency=concurrency, on_event=view.handle, **overrides))
@@ -134,6 +136,7 @@ class AgentMapMagics(Magics):
                                    args.journal or "_agent_last") from None
         finally:
             view.finish()
+            cell_ended()
             self.shell.user_ns["_agent_last"] = result
             if args.out:
                 self.shell.user_ns[args.out] = result
