@@ -49,7 +49,9 @@ STATUS_COLORS = {
     "output_invalid": "#cf222e",
     "no_answer": "#9a6700",
 }
-TOOL_ICONS = {"running": "⏳", "awaiting": "✋", "ok": "✓", "error": "✗", "cancelled": "⏹", "denied": "⛔"}
+#: Marks of a tool call's state in text (the text view, text/plain): symbols that ordinary fonts have, no emoji
+#: (a browser or terminal without an emoji font shows those as empty boxes). The HTML uses :data:`ICON_SVG`.
+TOOL_ICONS = {"running": "…", "awaiting": "?", "ok": "✓", "error": "✗", "cancelled": "■", "denied": "⊘"}
 MAX_REASON = 500  # characters of a denial reason shown
 
 
