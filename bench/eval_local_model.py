@@ -17,6 +17,7 @@ routing, argument filling, tools, answer).
 
     python bench/eval_local_model.py            # the table and the summary
     python bench/eval_local_model.py --json     # the summary as JSON too
+    python bench/eval_local_model.py --singles  # only the single questions (or --conversations)
 """
 
 from __future__ import annotations
@@ -358,7 +359,10 @@ async def evaluate(model: Any = "local", questions: list[Question] | None = None
 
 
 def main() -> None:
-    summary = asyncio.run(evaluate())
+    # --singles / --conversations: one part only (the whole evaluation takes long on a loaded machine).
+    singles = None if "--conversations" not in sys.argv else []
+    conversations = None if "--singles" not in sys.argv else []
+    summary = asyncio.run(evaluate(questions=singles, conversations=conversations))
     if "--json" in sys.argv:
         print(json.dumps({k: v for k, v in summary.items() if k != "outcomes"}, indent=2))
 

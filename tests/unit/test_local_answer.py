@@ -53,6 +53,14 @@ def test_an_answer_stating_the_results_in_the_question_s_words_is_grounded(
     assert grounding_problem(answer, question, results) is None
 
 
+def test_an_answer_repeating_the_prompt_s_list_of_calls_is_not_grounded() -> None:
+    answer = '- get_weather({"city": "Madrid"}): Madrid: 16 degrees and sunny.'
+    assert grounding_problem(answer, "Weather in Madrid?", ["Madrid: 16 degrees and sunny."], ("get_weather",))
+    assert grounding_problem("Tool results: Madrid 16", "Weather in Madrid?", ["Madrid: 16 degrees."])
+    assert grounding_problem("Madrid: 16 degrees and sunny.", "Weather in Madrid?", ["Madrid: 16 degrees and sunny."],
+                             ("get_weather",)) is None  # fmt: skip
+
+
 def test_the_results_answer_states_every_result_and_passes_the_check() -> None:
     calls: list[tuple[str, dict[str, Any], str]] = [
         ("capital_of", {"country": "Kenya"}, "Nairobi"),

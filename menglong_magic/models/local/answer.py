@@ -59,15 +59,19 @@ def _result_facts(result: str) -> tuple[set[str], list[str]]:
     return numbers, words
 
 
-def grounding_problem(answer: str, question: str, results: list[str]) -> str | None:
+def grounding_problem(answer: str, question: str, results: list[str], tools: tuple[str, ...] = ()) -> str | None:
     """Why ``answer`` is not grounded in ``question`` and the tool ``results`` (None when it is).
 
     Grounded: each number of the answer is a number of the question or a result (canonical forms, so
     "21.0" matches "21"); each capitalised word that does not start a sentence appears in them too (case
-    aside); and each result is stated: all its numbers, or (a result without numbers) one of its words.
+    aside); each result is stated: all its numbers, or (a result without numbers) one of its words; and it
+    does not quote the prompt's list of calls (``get_weather({...}): ...``, ``tools``: the tools' names).
     """
     if not answer.strip():
         return "the answer is empty"
+    copied = [name for name in tools if f"{name}(" in answer] or (["Tool results"] if "Tool results" in answer else [])
+    if copied:  # the model repeated its prompt's list of calls instead of answering
+        return f"the answer quotes the prompt ({copied[0]})"
     source = "\n".join([question, *results])
     known_numbers = _number_forms(source)
     for number in _number_forms(answer):

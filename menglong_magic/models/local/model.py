@@ -323,8 +323,9 @@ class LocalModel(OpenAIModel):
         history[-1] = {"role": "user", "content": content}
         system = None if any(m.get("role") == "system" for m in history) else ANSWER_SYSTEM_PROMPT
         # Not streamed: an answer that is not grounded in the results is replaced before anyone sees it.
-        text = (await self._text(request, chatml_prompt(history, system=system), usages, **options)).strip()
-        if self.grounded_answers and grounding_problem(text, turn.question, [r for _, _, r in turn.calls]):
+        text = (await self._text(request, chatml_prompt(history, system=system), usages, emit=emit, **options)).strip()
+        names = tuple(dict.fromkeys(name for name, _, _ in turn.calls))
+        if self.grounded_answers and grounding_problem(text, turn.question, [r for _, _, r in turn.calls], names):
             text = results_answer(turn.calls)  # the 135M model's sentence said something the tools did not
         elif not text:  # never end a run without an answer: say what the tools returned
             text = results_answer(turn.calls)
