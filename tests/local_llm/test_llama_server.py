@@ -166,7 +166,8 @@ async def test_forced_tool_call_is_parsed_executed_and_its_result_sent_back(mode
     # The arguments were written under a grammar; the answer prompt quotes the tool's result.
     fill, answer = model.sent
     assert fill["grammar"] and not answer["grammar"]
-    assert call.result in answer["prompt"] and answer["stream"] is stream
+    # Not streamed even when the run streams: the answer is checked against the results before it is shown.
+    assert call.result in answer["prompt"] and answer["stream"] is False
     assert [m["role"] for m in agent.messages] == ["user", "assistant", "tool", "assistant"]
     assert agent.messages[2]["content"] == call.result
     assert result.final_output.strip()
