@@ -97,6 +97,21 @@ def test_from_and_to_arguments_follow_the_question(
 
 
 @pytest.mark.parametrize(
+    ("question", "given", "expected"),
+    [
+        ("how many feet is 100 meters", ("meters", "meters"), ("meters", "feet")),
+        ("Convert 5 miles to kilometers.", ("kilometers", "kilometers"), ("miles", "kilometers")),
+        ("miles and kilometers", ("miles", "miles"), ("miles", "miles")),  # nothing to go by: left alone
+    ],
+)
+def test_a_from_to_pair_naming_one_unit_twice_takes_the_other_from_the_question(
+    question: str, given: tuple[str, str], expected: tuple[str, str]
+) -> None:
+    ordered = order_arguments({"value": 1, "from_unit": given[0], "to_unit": given[1]}, LENGTH, question)
+    assert (ordered["from_unit"], ordered["to_unit"]) == expected
+
+
+@pytest.mark.parametrize(
     "names", [("source", "target"), ("from_currency", "to_currency"), ("source_language", "target_language")]
 )
 def test_other_from_to_pairs_are_ordered_too(names: tuple[str, str]) -> None:

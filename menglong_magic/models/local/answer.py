@@ -148,11 +148,27 @@ def order_arguments(arguments: dict[str, Any], parameters: dict[str, Any], quest
     ordered = dict(arguments)
     for source, target in _direction_pairs(names):
         a, b = ordered.get(source), ordered.get(target)
-        if not (isinstance(a, str) and isinstance(b, str) and a and b and a.lower() != b.lower()):
+        if not (isinstance(a, str) and isinstance(b, str) and a and b):
+            continue
+        if a.lower() == b.lower():  # "from meters to meters": take the other end from the question
+            wanted_source, wanted_target = _ends(question)
+            if wanted_source and wanted_target and wanted_source.lower() != wanted_target.lower():
+                if a.lower() == wanted_source.lower():
+                    ordered[target] = wanted_target
+                elif a.lower() == wanted_target.lower():
+                    ordered[source] = wanted_source
             continue
         if _source_score(question, b) - _source_score(question, a) > 0:
             ordered[source], ordered[target] = b, a
     return ordered
+
+
+def _ends(question: str) -> tuple[str | None, str | None]:
+    """The source and the target a question names ("how many feet is 100 meters" → meters, feet)."""
+    source = re.search(r"(?:\d[\d.,]*\s*|\bfrom\s+)(?:the\s+)?([^\W\d_][\w-]*)", question, re.IGNORECASE)
+    target = re.search(r"\b(?:to|into|in|as|how\s+many|how\s+much)\s+(?:the\s+)?([^\W\d_][\w-]*)", question,
+                       re.IGNORECASE)  # fmt: skip
+    return (source.group(1) if source else None), (target.group(1) if target else None)
 
 
 __all__ = ["grounding_problem", "order_arguments", "results_answer"]
