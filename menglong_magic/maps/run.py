@@ -31,12 +31,13 @@ import sqlite3
 import time
 import typing
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from ..agent.settings import ChatMode, RunSettings
+from ..agent.options import resolve_settings
+from ..agent.settings import RunSettings
 from ..events import BatchFinished, BatchItemFinished, BatchItemStarted, BatchStarted, Event, EventCallback
 from ..secrets import redact
 from ..usage import RunUsage
@@ -165,17 +166,14 @@ class LocalExecutor:
                 raise
             job.finished(item, outcome)
 
-        await _run_admitted(job.agent, job.items, one, job.max_concurrency)
+        await run_admitted(job.agent, job.items, one, job.max_concurrency)
 
 
-def resolve_executor(executor: Any) -> MapExecutor:
-    """``"local"``/None, ``"ray"`` (a :class:`RayExecutor` with its defaults) or an executor object."""
+def local_or_given(executor: Any) -> MapExecutor:
+    """``"local"``/None (a :class:`LocalExecutor`) or an executor object. Names of other executors ("ray") are
+    resolved above this module (:func:`menglong_magic.maps.executors.resolve_executor`): they import it."""
     if executor is None or executor == "local":
         return LocalExecutor()
-    if executor == "ray":
-        from .ray import default_executor
-
-        return default_executor()
     if isinstance(executor, str) or not callable(getattr(executor, "run", None)):
         raise ValueError(f'executor must be "local", "ray" or an object with an async run(job) method, '
                          f'not {executor!r}')
@@ -221,7 +219,7 @@ class Journal:
             marks = ",".join("?" * len(chunk))
             for key, output, usage in self._db.execute(
                     f"SELECT key, output, usage FROM items WHERE error IS NULL AND key IN ({marks})", chunk):
-                found[key] = (json.loads(output), _usage_from_json(usage))
+                found[key] = (json.loads(output), usage_from_json(usage))
         return found
 
     def record(self, key: str, index: int, prompt: str, output: Any = None, error: str | None = None,
@@ -232,7 +230,7 @@ class Journal:
             "ON CONFLICT(key) DO UPDATE SET idx=excluded.idx, output=excluded.output, error=excluded.error, "
             "usage=excluded.usage, created=excluded.created WHERE items.error IS NOT NULL",
             (key, index, prompt, None if error is not None else json.dumps(output), error,
-             _usage_to_json(usage), time.time()))
+             usage_to_json(usage), time.time()))
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row, oldest first (for inspection)."""
@@ -241,11 +239,11 @@ class Journal:
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def _usage_to_json(usage: RunUsage | None) -> str | None:
+def usage_to_json(usage: RunUsage | None) -> str | None:
     return None if usage is None else json.dumps(usage.to_data())
 
 
-def _usage_from_json(text: str | None) -> RunUsage:
+def usage_from_json(text: str | None) -> RunUsage:
     return RunUsage.from_data(json.loads(text)) if text else RunUsage()
 
 
@@ -304,7 +302,7 @@ class MapResult(Sequence[Any]):
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def _rows(inputs: Any) -> tuple[list[Any], list[Any] | None, str | None]:
+def input_rows(inputs: Any) -> tuple[list[Any], list[Any] | None, str | None]:
     """(rows, index labels or None, a Series' name): strings/scalars, or dicts for frames and mappings."""
     module = type(inputs).__module__
     if module.startswith("pandas"):
@@ -359,21 +357,9 @@ def item_key(fingerprint: str, prompt: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the map
-_RUN_SETTINGS = ("model", "system", "tools", "mode", "request_timeout", "max_retries", "approve", "approve_all",
-                 "approval_timeout", "usage_limits")
-
-
-def _map_settings(agent: ChatAgent, output_type: Any, overrides: dict[str, Any]) -> RunSettings:
-    # Run settings go to agent.settings(); anything else is a model setting (temperature, ...), as for arun.
-    kwargs = {k: overrides.pop(k) for k in _RUN_SETTINGS if k in overrides}
-    if output_type is not None:
-        kwargs["output_type"] = output_type
-    if overrides:
-        kwargs["model_settings"] = overrides
-    settings = agent.settings(**kwargs)
-    if settings.mode is ChatMode.WORKFLOW:  # a map of workflow inputs is not a thing: chat them
-        kwargs["mode"] = ChatMode.AUTO if settings.tools else ChatMode.NORMAL
-        settings = agent.settings(**kwargs)
+def _map_settings(agent: ChatAgent, options: Mapping[str, Any]) -> RunSettings:
+    # The run options, resolved as for every entry point; a map of workflow inputs is not a thing: chat them.
+    settings = resolve_settings(agent, options, where="map_async()", chat_workflow=True)
     if settings.stream is None:
         settings = dataclasses.replace(settings, stream=False)  # nobody reads 10,000 streams: one response each
     return settings
@@ -398,20 +384,19 @@ async def map_async(
     inputs: Any,
     prompt: str | None = None,
     *,
-    output_type: Any = None,
     journal: str | Path | Journal | None = None,
     max_concurrency: int | str | None = "auto",
     return_exceptions: bool = True,
     on_event: EventCallback | None = None,
     executor: Any = "local",
-    **overrides: Any,
+    **options: Any,
 ) -> MapResult:
     """See :meth:`ChatAgent.map_async`. ``executor``: "local" (default), "ray", or a :class:`MapExecutor`."""
-    runner = resolve_executor(executor)
+    runner = local_or_given(executor)
     started = time.perf_counter()
-    rows, labels, series_name = _rows(inputs)
+    rows, labels, series_name = input_rows(inputs)
     prompts = [format_prompt(prompt, row, series_name) for row in rows]
-    settings = _map_settings(agent, output_type, dict(overrides))
+    settings = _map_settings(agent, options)
     fingerprint = settings_fingerprint(settings)
     keys = [item_key(fingerprint, p) for p in prompts]
     first: dict[str, int] = {}
@@ -503,7 +488,7 @@ async def map_async(
                      restored=restored_count, deduplicated=deduplicated, duration=time.perf_counter() - started)
 
 
-async def _run_admitted(agent: ChatAgent, keys: Sequence[Any], one: Callable[[Any], Any],
+async def run_admitted(agent: ChatAgent, keys: Sequence[Any], one: Callable[[Any], Any],
                         max_concurrency: int | str | None) -> None:
     """Start ``one(key)`` for each key (any item) in order, never more at once than the pace allows.
 
