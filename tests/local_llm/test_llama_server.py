@@ -155,7 +155,8 @@ async def test_forced_tool_call_is_parsed_executed_and_its_result_sent_back(mode
     seen: list[str] = []
     agent = ChatAgent(model=model, mode="auto", tools=[weather_tool(seen)], max_iterations=3, stream=stream)
     events: list[ev.Event] = []
-    result = await agent.arun("What is the weather in Paris?", tool_choice=WEATHER, on_event=events.append)
+    result = await agent.arun("What is the weather in Paris?", model_settings={"tool_choice": WEATHER},
+                             on_event=events.append)
 
     assert result.stop_reason == "completed", result.error
     assert result.iterations_used == 2
