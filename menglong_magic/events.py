@@ -184,6 +184,23 @@ class Retry(Event):
 
 
 @dataclass(frozen=True)
+class ModelStarting(Event):
+    """A model backend is getting ready before its first answer (the embedded llama.cpp server starting)."""
+
+    model: str
+    note: str  # what is starting, e.g. "starting the local model (llama.cpp, SmolLM2-135M-Instruct)"
+
+
+@dataclass(frozen=True)
+class ModelReady(Event):
+    """The backend announced by :class:`ModelStarting` is ready, ``seconds`` after it started."""
+
+    model: str
+    seconds: float
+    note: str  # e.g. "local model started in 3.2s" or "local model: using the server another kernel started"
+
+
+@dataclass(frozen=True)
 class BatchStarted(Event):
     messages: tuple[str, ...]
     mode: str = "parallel"  # "parallel" | "sequential"
@@ -331,8 +348,10 @@ __all__ = [
     "EventSubscription",
     "IterationFinished",
     "IterationStarted",
+    "ModelReady",
     "ModelRequestStarted",
     "ModelResponseReceived",
+    "ModelStarting",
     "Retry",
     "RunFinished",
     "RunStarted",

@@ -94,10 +94,10 @@ class RunUsage:
     def describe(self) -> str:
         total = self.total_tokens
         if total is None:
-            return "tokens unknown"
+            return "usage not reported by this model" if self.unknown_requests else "tokens unknown"
         text = f"{total} tokens ({self.input_tokens or 0} in, {self.output_tokens or 0} out)"
         if self.unknown_requests:
-            text += f", {self.unknown_requests} request(s) unreported"
+            text += f", usage of {self.unknown_requests} request(s) not reported by this model"
         cost = self.cost
         if cost is not None:
             text += f", {format_cost(cost)}"

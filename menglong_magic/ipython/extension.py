@@ -6,6 +6,7 @@ from typing import Any
 
 from ..tools.mcp import close_all
 from ..ui.frontend import unwatch, watch
+from . import kernel_status
 from .cells import CellMagicRewriter, install_runner, uninstall_runner
 from .history_magic import HistoryMagics
 from .magics import AgentMagics
@@ -28,11 +29,13 @@ def load_ipython_extension(ipython: Any) -> None:
         ipython.input_transformers_cleanup.append(CellMagicRewriter(ipython, *_REWRITTEN))
     install_runner(ipython)
     watch(ipython)
+    kernel_status.install(ipython)  # the status stays "busy" while an agent cell runs (see kernel_status)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove every magic and rewriter, forget ``_agent_last`` and close every MCP server of the process."""
     unwatch(ipython)
+    kernel_status.uninstall(ipython)
     for magics_class in _MAGICS:
         magics = ipython.magics_manager.registry.pop(magics_class.__name__, None)
         if magics is not None:

@@ -29,6 +29,7 @@ from ..agent import ApprovalDecision, ApprovalRequest, ChatAgent, ChatMode, RunR
 from ..markup import terminal_safe
 from ..store import set_default_store
 from ..ui.panel import make_view
+from . import kernel_status
 from .cells import AgentInterrupted, AgentRunFailed, AgentTask, await_shielded, heartbeat, run_blocking
 from .options import build_options, interpolate, named_agent, namespace_tools, parse_line, run_arguments
 
@@ -221,6 +222,8 @@ class AgentMagics(Magics):
                 outcome_of_run["result"] = event.result
             view.handle(event)
 
+        # A blocking cell: the kernel's status stays "busy" although the panel's comm traffic settles.
+        cell_ended = (lambda: None) if args.bg else kernel_status.cell_started(self.shell)
         view.show()
         task = loop.create_task(starter(on_event))
         holder["task"] = task
@@ -235,6 +238,7 @@ class AgentMagics(Magics):
                 if beat is not None:
                     beat.cancel()
                 view.finish()
+                cell_ended()
             return self._deliver(args, outcome, interrupted)
 
         if args.bg:

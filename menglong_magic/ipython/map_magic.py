@@ -22,6 +22,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..maps.run import MapResult, PromptFormatError, format_prompt, input_rows
 from ..ui.mapview import make_map_view
+from . import kernel_status
 from .cells import AgentInterrupted, await_shielded, run_blocking
 from .options import interpolate, parse_line, run_arguments
 
@@ -87,6 +88,7 @@ class AgentMapMagics(Magics):
         view = make_map_view(title=f"{agent.name} map", widgets=agent_magics.widgets_available()
                              and agent_magics.show_panel and not args.quiet, on_stop=stop,
                              update_interval=max(agent_magics.panel_update_interval, 0.2), compact=args.quiet)
+        cell_ended = kernel_status.cell_started(self.shell)  # the status stays "busy" (see kernel_status)
         view.show()
         task = loop.create_task(agent.map_async(inputs, template or None, journal=args.journal,
                                                 max_concurrency=concurrency, on_event=view.handle, **options))
@@ -101,6 +103,7 @@ class AgentMapMagics(Magics):
                                        args.journal or "_agent_last")
         finally:
             view.finish()
+            cell_ended()
             self.shell.user_ns["_agent_last"] = result
             if args.out:
                 self.shell.user_ns[args.out] = result

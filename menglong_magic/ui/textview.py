@@ -65,7 +65,9 @@ class TextView:
             self._line(f"[{title}] resumed after {event.waited:.1f}s")
         if not mine:
             return
-        if isinstance(event, ev.IterationStarted):
+        if isinstance(event, (ev.ModelStarting, ev.ModelReady)):
+            self._line(f"[{title}] {event.note}")
+        elif isinstance(event, ev.IterationStarted):
             self._streamed = ""
             self._line(f"[{title}] iteration {event.iteration}/{event.max_iterations}")
         elif isinstance(event, ev.Retry):

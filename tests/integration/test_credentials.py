@@ -140,7 +140,20 @@ def test_a_wrong_key_is_rejected_by_the_server(openai_server: ScriptedOpenAIServ
     with pytest.raises(ModelError) as info:
         agent.chat("hi")
     assert info.value.status == 401 and "check OPENAI_API_KEY" in str(info.value)
+    assert "model 'm'" in str(info.value) and f"at {openai_server.base_url}/chat/completions" in str(info.value)
     assert leaks(str(info.value)) == []
+
+
+@pytest.mark.parametrize("name", ["gpt-nonexistent-9", "my-org/tiny-model"])
+def test_an_unknown_model_names_the_model_and_the_endpoint(openai_server: ScriptedOpenAIServer, name: str) -> None:
+    openai_server.enqueue(fault(404, message=f"The model `{name}` does not exist"))
+    agent = ChatAgent(model=OpenAIModel(name, base_url=openai_server.base_url, api_key=KEY, retry=FAST))
+    with pytest.raises(ModelError) as info:
+        agent.chat("hi")
+    message = str(info.value)
+    assert info.value.status == 404 and f"model {name!r}" in message
+    assert f"at {openai_server.base_url}/chat/completions" in message and "check the model name" in message
+    assert leaks(message) == []
 
 
 # --------------------------------------------------------------------------- a server that echoes headers

@@ -255,7 +255,7 @@ async def test_usage_is_none_when_the_server_omits_it(openai_server: Any, stream
     result = await agent.arun("x")
     assert result.final_output == "no usage here"
     assert result.usage.requests == [None] and result.usage.total_tokens is None
-    assert result.usage.describe() == "tokens unknown"
+    assert result.usage.describe() == "usage not reported by this model"
 
 
 # --------------------------------------------------------------------------- wire formats of other servers
@@ -492,12 +492,27 @@ async def test_local_model_prompts_keep_apostrophes_as_typed(openai_server: Any)
     assert "<|im_end|>" in sent["stop"]
 
 
-async def test_local_model_plain_chat_sends_the_history_in_order(openai_server: Any) -> None:
+async def test_local_model_plain_chat_leaves_earlier_turns_out_of_the_prompt(openai_server: Any) -> None:
     openai_server.enqueue(reply("Paris."), reply("About 2 million."))
     agent = ChatAgent(model=local_model_for(openai_server), mode="normal", tools=[get_weather])
     assert await agent.chat_async("Capital of France?") == "Paris."
     assert await agent.chat_async("How many people live there?") == "About 2 million."
     assert len(openai_server.requests) == 2  # NORMAL mode offers no tools: no routing request
+    prompt = openai_server.requests[1]["prompt"]
+    # The 135M model repeated earlier answers it saw: its prompt holds the current question only.
+    assert "Capital of France?" not in prompt and "Paris." not in prompt
+    assert prompt.startswith("<|im_start|>system\n")
+    assert prompt.endswith("<|im_start|>user\nHow many people live there?<|im_end|>\n<|im_start|>assistant\n")
+    assert "grammar" not in openai_server.requests[1]
+    assert agent.model.name == "local:llama.cpp"
+    assert [m["role"] for m in agent.messages] == ["user", "assistant", "user", "assistant"]  # history is kept
+
+
+async def test_local_model_history_turns_puts_earlier_questions_and_answers_back_in_order(openai_server: Any) -> None:
+    openai_server.enqueue(reply("Paris."), reply("About 2 million."))
+    agent = ChatAgent(model=local_model_for(openai_server, history_turns=1), mode="normal")
+    await agent.chat_async("Capital of France?")
+    await agent.chat_async("How many people live there?")
     prompt = openai_server.requests[1]["prompt"]
     turns = [
         "<|im_start|>system\n",
@@ -507,9 +522,16 @@ async def test_local_model_plain_chat_sends_the_history_in_order(openai_server: 
     ]
     positions = [prompt.find(t) for t in turns]
     assert -1 not in positions and positions == sorted(positions), positions
-    assert prompt.endswith(turns[-1])  # the model writes the next assistant turn
-    assert "grammar" not in openai_server.requests[1]
-    assert agent.model.name == "local:llama.cpp"
+
+
+async def test_local_model_an_answer_the_tools_did_not_say_is_replaced_by_the_results(openai_server: Any) -> None:
+    # After a weather lookup for Rome, the model "answers" with an earlier turn's fact: not kept.
+    openai_server.enqueue(reply('{"city": "Rome"}'), reply("The capital of France is Paris."))
+    agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather])
+    result = await agent.arun("What's the weather in Rome?")
+    assert result.final_output == "Get weather (Rome): Sunny, 21 C in Rome."
+    openai_server.enqueue(reply('{"city": "Oslo"}'), reply("It is 21 C and sunny in Oslo."))  # grounded: kept
+    assert (await agent.arun("Weather in Oslo?")).final_output == "It is 21 C and sunny in Oslo."
 
 
 async def test_local_model_a_question_matching_no_tool_is_answered_directly(openai_server: Any) -> None:
@@ -524,10 +546,10 @@ async def test_local_model_a_question_matching_no_tool_is_answered_directly(open
 
 
 async def test_local_model_fills_arguments_under_a_grammar_and_answers_from_the_result(openai_server: Any) -> None:
-    openai_server.enqueue(reply('{"city": "Paris"}', usage=(40, 6)), reply("It's sunny in Paris.", usage=(60, 7)))
+    openai_server.enqueue(reply('{"city": "Paris"}', usage=(40, 6)), reply("It's sunny, 21 C in Paris.", usage=(60, 7)))
     agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather])
     result = await agent.arun("What's the weather in Paris?")
-    assert result.final_output == "It's sunny in Paris." and result.stop_reason == "completed"
+    assert result.final_output == "It's sunny, 21 C in Paris." and result.stop_reason == "completed"
     assert weather_calls == ["Paris"] and result.iterations_used == 2
     fill, answer = openai_server.requests
 
@@ -564,27 +586,30 @@ async def test_local_model_a_tie_between_tools_is_chosen_under_a_names_only_gram
 
 
 async def test_local_model_a_named_tool_choice_forces_that_tool(openai_server: Any) -> None:
-    openai_server.enqueue(reply('{"n": 9}'), reply("Counted nine."))
+    openai_server.enqueue(reply('{"n": 9}'), reply("Counted 9."))
     agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather, count])
     forced = {"type": "function", "function": {"name": "count"}}
     result = await agent.arun("do it for 9", model_settings={"tool_choice": forced})  # no word in common with count
-    assert result.final_output == "Counted nine." and invocations == [9] and weather_calls == []
+    assert result.final_output == "Counted 9." and invocations == [9] and weather_calls == []
     assert literals(grammar_rules(openai_server.requests[0]["grammar"])["args"]) == ["{", '"n": ', "9", "}"]
     assert "grammar" not in openai_server.requests[1]  # the forced choice applies to the first request only
 
 
 async def test_local_model_streamed_answer_assembles(openai_server: Any) -> None:
-    openai_server.enqueue(reply('{"city": "Rome"}'), reply("It's sunny and warm in Rome today."))
+    openai_server.enqueue(reply('{"city": "Rome"}'), reply("It's sunny and 21 C in Rome today."))
     agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather], stream=True)
     events: list[ev.Event] = []
     result = await agent.arun("What's the weather in Rome?", on_event=events.append)
-    assert result.final_output == "It's sunny and warm in Rome today." and weather_calls == ["Rome"]
+    assert result.final_output == "It's sunny and 21 C in Rome today." and weather_calls == ["Rome"]
     deltas = [e.delta for e in run_events(events, ev.TextDelta)]
-    assert len(deltas) > 3 and "".join(deltas) == result.final_output
+    # An answer after tools is checked against the results before anyone sees it: it arrives whole.
+    assert deltas == [result.final_output]
     fill, answer = openai_server.requests
-    assert not fill.get("stream") and answer["stream"] is True  # arguments whole, the answer streamed
-    assert "stream_options" not in answer  # llama.cpp's streams report no usage anyway
-    assert result.iterations[-1].usage is None  # unknown, never zero
+    assert not fill.get("stream") and not answer.get("stream")
+    openai_server.enqueue(reply("Hello! How can I help you today?", usage=None))
+    plain = await agent.arun("Hello there", on_event=events.append)  # no tool: streamed token by token
+    assert openai_server.requests[-1]["stream"] is True and "stream_options" not in openai_server.requests[-1]
+    assert plain.iterations[-1].usage is None  # llama.cpp's streams report no usage: unknown, never zero
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
@@ -593,13 +618,13 @@ async def test_local_model_transient_failures_are_retried(openai_server: Any, ki
     failure = {"503": lambda: fault(503), "disconnect": lambda: disconnect(),
                "timeout": lambda: reply("too late", delay=2.0), "malformed": lambda: malformed()}[kind]  # fmt: skip
     # One failure while filling the arguments, one while answering.
-    openai_server.enqueue(failure(), reply('{"city": "Lima"}'), failure(), reply("Sunny in Lima."))
+    openai_server.enqueue(failure(), reply('{"city": "Lima"}'), failure(), reply("Sunny, 21 C in Lima."))
     timeout = 0.8 if kind == "timeout" else 30.0  # the client gives up on the 2 s reply; a busy machine is fine
     agent = ChatAgent(model=local_model_for(openai_server, timeout=timeout), mode="auto", tools=[get_weather],
                       stream=stream)  # fmt: skip
     events: list[ev.Event] = []
     result = await agent.arun("weather in Lima", on_event=events.append)
-    assert result.stop_reason == "completed" and result.final_output == "Sunny in Lima."
+    assert result.stop_reason == "completed" and result.final_output == "Sunny, 21 C in Lima."
     assert weather_calls == ["Lima"]  # the tool ran once
     assert len(openai_server.requests) == 4
     first, fill, second, answer = openai_server.requests
@@ -607,9 +632,10 @@ async def test_local_model_transient_failures_are_retried(openai_server: Any, ki
     assert [r.attempt for r in run_events(events, ev.Retry)] == [1, 1]
     if stream:  # a Retry voids what was streamed before it; the deltas after the last one are the answer
         last_retry = max(i for i, e in enumerate(events) if isinstance(e, ev.Retry))
-        assert "".join(e.delta for e in run_events(events[last_retry:], ev.TextDelta)) == "Sunny in Lima."
-        if kind == "malformed":  # the broken stream had sent two chunks before the bad one
-            assert "".join(e.delta for e in run_events(events[:last_retry], ev.TextDelta)) == "part0 part1 "
+        assert "".join(e.delta for e in run_events(events[last_retry:], ev.TextDelta)) == "Sunny, 21 C in Lima."
+        # An answer after tools is not streamed (it is checked against the results first): the broken
+        # response showed nothing, and nothing needs voiding.
+        assert not run_events(events[:last_retry], ev.TextDelta)
 
 
 async def test_local_model_a_failure_chains_no_sdk_exception_and_quotes_no_key(openai_server: Any) -> None:

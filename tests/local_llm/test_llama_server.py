@@ -155,7 +155,8 @@ async def test_forced_tool_call_is_parsed_executed_and_its_result_sent_back(mode
     seen: list[str] = []
     agent = ChatAgent(model=model, mode="auto", tools=[weather_tool(seen)], max_iterations=3, stream=stream)
     events: list[ev.Event] = []
-    result = await agent.arun("What is the weather in Paris?", tool_choice=WEATHER, on_event=events.append)
+    result = await agent.arun("What is the weather in Paris?", model_settings={"tool_choice": WEATHER},
+                             on_event=events.append)
 
     assert result.stop_reason == "completed", result.error
     assert result.iterations_used == 2
@@ -166,7 +167,8 @@ async def test_forced_tool_call_is_parsed_executed_and_its_result_sent_back(mode
     # The arguments were written under a grammar; the answer prompt quotes the tool's result.
     fill, answer = model.sent
     assert fill["grammar"] and not answer["grammar"]
-    assert call.result in answer["prompt"] and answer["stream"] is stream
+    # Not streamed even when the run streams: the answer is checked against the results before it is shown.
+    assert call.result in answer["prompt"] and answer["stream"] is False
     assert [m["role"] for m in agent.messages] == ["user", "assistant", "tool", "assistant"]
     assert agent.messages[2]["content"] == call.result
     assert result.final_output.strip()
@@ -275,3 +277,19 @@ def test_the_server_stops_when_its_process_ends(how: str) -> None:
     pid, log = child.stdout.split()
     assert wait_gone(int(pid)), f"llama.cpp server {pid} still running after its parent ended ({how})"
     assert not pathlib.Path(log).exists()
+
+
+async def test_the_first_request_says_the_local_model_is_starting_and_how_long_it_took() -> None:
+    shutdown_local_server()  # a fresh start, as in a new kernel
+    events: list[ev.Event] = []
+    agent = ChatAgent(model=LocalModel(settings=SHORT), stream=False)
+    await agent.arun("Hello", on_event=events.append)
+    starting = [e for e in events if isinstance(e, ev.ModelStarting)]
+    ready = [e for e in events if isinstance(e, ev.ModelReady)]
+    assert len(starting) == len(ready) == 1 and "starting the local model" in starting[0].note
+    assert ready[0].seconds > 0 and f"started in {ready[0].seconds:.1f}s" in ready[0].note
+    kinds = [type(e) for e in events]
+    assert kinds.index(ev.ModelStarting) < kinds.index(ev.ModelReady) < kinds.index(ev.ModelResponseReceived)
+    again: list[ev.Event] = []
+    await agent.arun("Hello again", on_event=again.append)  # the server runs: nothing to announce
+    assert not [e for e in again if isinstance(e, (ev.ModelStarting, ev.ModelReady))]

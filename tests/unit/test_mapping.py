@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,23 @@ def test_map_panel_sends_new_failures_only_and_closes_its_widget() -> None:
     panel.finish()
     assert panel.widget is None and widget_id not in ipywidgets.Widget.widgets
     assert panel.final_bundle is not None and "HTTP 400 &lt;b&gt;" in panel.final_bundle["text/html"]
+
+
+@pytest.mark.parametrize("finish_order", [[2, 0, 3, 1], [3, 2, 1, 0], [1, 3, 0, 2]])
+def test_the_map_view_lists_items_in_input_order_whatever_order_they_finish_in(finish_order: list[int]) -> None:
+    from menglong_magic import events as ev
+    from menglong_magic.ui.mapview import MapViewModel
+
+    view = MapViewModel("m")
+    view.apply(ev.BatchStarted("b", messages=("a", "b", "c", "d")))
+    for index in finish_order:
+        view.apply(ev.BatchItemStarted("b", index=index, message="x", item_run_id=f"r{index}"))
+    for index in finish_order:
+        failed = index % 2 == 1
+        view.apply(ev.BatchItemFinished("b", index=index, status="error" if failed else "ok", duration=0.1,
+                                        result=None if failed else f"answer {index}",
+                                        error=f"boom {index}" if failed else None))  # fmt: skip
+    shown = [int(i) for i in re.findall(r"<td>#(\d+)</td>", view.rows_html())]
+    assert shown == [0, 1, 2, 3]
+    assert [int(i) for i in re.findall(r"#(\d+): boom", view.final_html())] == [1, 3]
+    assert [line.split()[0] for line in view.summary_text().splitlines()[1:]] == ["#1", "#3"]

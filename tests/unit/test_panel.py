@@ -17,7 +17,7 @@ from menglong_magic import ApprovalDecision, ApprovalRequest, ChatAgent, tool
 from menglong_magic import events as ev
 from menglong_magic.agent.result import RunResult, RunUsage
 from menglong_magic.models import ScriptedModel, call, calls, reply
-from menglong_magic.ui.html import body_html, final_html, header_html
+from menglong_magic.ui.html import ICON_SVG, body_html, final_html, header_html
 from menglong_magic.ui.panel import RunPanel, make_view
 from menglong_magic.ui.textview import TextView
 
@@ -482,7 +482,7 @@ def test_approval_events_render_in_the_view_model_and_text_view() -> None:
         view.handle(e)
         model.apply(e)
     html = body_html(model)
-    assert html.count("mm-approval-slot") == 2 and "✋" in html and "waiting for a decision" in html
+    assert html.count("mm-approval-slot") == 2 and ICON_SVG["awaiting"] in html and "waiting for a decision" in html
     evs = [ev.ApprovalDecided("r", iteration=1, call_id="c1", name="send_email", approved=False,
                               reason=f"not now {XSS}", by="prompt"),
            ev.ToolCallFinished("r", iteration=1, call_id="c1", name="send_email", ok=False, result=None,
@@ -500,10 +500,10 @@ def test_approval_events_render_in_the_view_model_and_text_view() -> None:
     assert "this tool call was not executed" not in html  # the head says it once
     view.finish()
     lines = stream.getvalue().splitlines()
-    assert lines[1:7] == ["  → send_email(to='ann')", "  ✋ send_email awaiting approval",
-                          "  → lookup(to='ann')", "  ✋ lookup awaiting approval",
+    assert lines[1:7] == ["  → send_email(to='ann')", "  ? send_email awaiting approval",
+                          "  → lookup(to='ann')", "  ? lookup awaiting approval",
                           f"  ✗ send_email denied (prompt): not now {XSS}", "  ✓ lookup approved (callback)"]
-    assert lines[7] == "  ✓ lookup 0.01s: ANN" and not any("⛔" in line for line in lines)
+    assert lines[7] == "  ✓ lookup 0.01s: ANN" and not any("⊘" in line for line in lines)
     assert model.summary_text().splitlines()[1:3] == [f"  ✗ send_email denied (prompt): not now {XSS}",
                                                       "  ✓ lookup approved (callback)"]
     quiet = io.StringIO()
@@ -571,3 +571,101 @@ def test_a_run_result_shown_elsewhere_renders_markdown_safely() -> None:
     html = result._repr_html_()
     assert "<h2>Title</h2>" in html and "<li>a</li>" in html
     assert "<script>" not in html and "<img" not in html and "&lt;script&gt;" in html
+
+
+# ------------------------------------------------------------------ what the model is doing; unreported usage
+def _local_run_events(usages: list[Any]) -> list[ev.Event]:
+    from menglong_magic.usage import Usage
+
+    events: list[ev.Event] = [
+        ev.RunStarted("r", agent="a", model="local:SmolLM2", mode="auto", task="x", max_iterations=3),
+        ev.IterationStarted("r", iteration=1, max_iterations=3),
+        ev.ModelStarting("r", model="local:SmolLM2", note="starting the local model (llama.cpp, SmolLM2)…"),
+        ev.ModelReady("r", model="local:SmolLM2", seconds=3.25, note="local model started in 3.2s"),
+    ]
+    for usage in usages:
+        events.append(ev.ModelResponseReceived("r", iteration=1, text="hi", tool_calls=(), duration=0.1,
+                                               usage=None if usage is None else Usage(*usage)))  # fmt: skip
+    return events
+
+
+@pytest.mark.parametrize("views", ["html", "text"])
+def test_the_local_model_starting_is_shown_with_how_long_it_took(views: str) -> None:
+    if views == "text":
+        stream = io.StringIO()
+        view = TextView(title="t", stream=stream)
+        for event in _local_run_events([None]):
+            view.handle(event)
+        lines = stream.getvalue().splitlines()
+        assert "[t] starting the local model (llama.cpp, SmolLM2)…" in lines
+        assert lines.index("[t] local model started in 3.2s") > lines.index("[t] iteration 1/3")
+        return
+    view = TextView(title="t", stream=io.StringIO())
+    model = view.model
+    for event in _local_run_events([])[:3]:
+        model.apply(event)
+    assert "starting the local model (llama.cpp, SmolLM2)…" in body_html(model)
+    model.apply(_local_run_events([])[3])
+    assert "local model started in 3.2s" in body_html(model) and "starting the local" not in body_html(model)
+    model.apply(ev.RunFinished("r", result=finished_result("hi")))
+    assert "local model started in 3.2s" in final_html(model)
+
+
+@pytest.mark.parametrize("requests", [1, 3])
+def test_unreported_usage_is_said_once_in_one_wording(requests: int) -> None:
+    stream = io.StringIO()
+    view = TextView(title="t", stream=stream)
+    for event in _local_run_events([None] * requests):
+        view.handle(event)
+    view.handle(ev.RunFinished("r", result=finished_result("hi")))
+    view.finish()
+    model = view.model
+    html = final_html(model)
+    assert html.count("usage not reported by this model") == 1
+    assert "tokens: –" not in html and "tokens unknown" not in html and "unreported" not in html
+    assert "usage not reported by this model" in header_html(model) or "mm-tokens" not in header_html(model)
+    text = stream.getvalue()
+    assert text.count("usage not reported by this model") == 1 and "tokens unknown" not in text
+
+
+def test_partly_reported_usage_counts_what_was_reported_and_says_the_rest_once() -> None:
+    model = TextView(title="t", stream=io.StringIO()).model
+    for event in _local_run_events([(10, 5), None]):
+        model.apply(event)
+    model.apply(ev.RunFinished("r", result=finished_result("hi")))
+    assert model.tokens_text() == "15 tokens"
+    assert model.usage_text() == "15 tokens (10 in, 5 out), usage of 1 request(s) not reported by this model"
+    html = final_html(model)
+    assert "tokens: 15" in header_html(model) and html.count("not reported by this model") == 1
+
+
+def test_icons_are_inline_svg_or_plain_symbols_never_emoji() -> None:
+    import re
+
+    from menglong_magic.ui import html as html_module
+    from menglong_magic.ui.state import TOOL_ICONS
+
+    emoji = re.compile("[\u2300-\u23ff\u2600-\u26ff\u2b00-\u2bff\U0001f000-\U0001faff\ufe0f]")
+    assert not [icon for icon in TOOL_ICONS.values() if emoji.search(icon)]
+    assert set(ICON_SVG) >= set(TOOL_ICONS) and all(svg.startswith("<svg") for svg in ICON_SVG.values())
+    sources = [html_module.__file__, *(str(p) for p in _static_files())]
+    found = {src: emoji.findall(open(src, encoding="utf-8").read()) for src in sources}
+    assert not any(found.values()), found
+    model = TextView(title="t", stream=io.StringIO()).model
+    model.apply(ev.RunStarted("r", agent="a", model="m", mode="auto", task="x", max_iterations=2))
+    model.apply(ev.IterationStarted("r", iteration=1, max_iterations=2))
+    for i, state in enumerate(("ok", "error", "cancelled")):
+        model.apply(ev.ToolCallStarted("r", iteration=1, call_id=f"c{i}", name=f"t{i}", arguments={}))
+        model.apply(ev.ToolCallFinished("r", iteration=1, call_id=f"c{i}", name=f"t{i}", ok=state == "ok",
+                                        result="r", error=None, duration=0.1, status=state))
+    model.apply(ev.RunFinished("r", result=finished_result("", stop_reason="cancelled")))
+    html = final_html(model) + body_html(model)
+    assert not emoji.search(html) and html.count('<svg class="mm-icon') >= 4
+
+
+def _static_files() -> list[Any]:
+    import pathlib
+
+    import menglong_magic.ui as ui
+
+    return sorted((pathlib.Path(ui.__file__).parent / "static").glob("*.js"))

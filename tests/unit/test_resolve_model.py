@@ -140,3 +140,44 @@ def test_explicit_base_url_and_key_make_an_openai_model(no_local: None) -> None:
 def test_nothing_configured_is_the_offline_model(no_local: None) -> None:
     assert isinstance(resolve_model(), OfflineModel)
     assert ChatAgent().model.name == "offline"
+
+
+# ------------------------------------------------------------------ names that cannot work fail at once
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [("lokal", "'local'"), ("LOCAL", "'local'"), ("loca", "'local'"), ("ofline", "'offline'"),
+     ("offlin", "'offline'"), ("replai:x.jsonl", "'replay:PATH'")],
+)  # fmt: skip
+def test_a_typo_of_a_keyless_model_suggests_the_closest_name(name: str, suggestion: str) -> None:
+    with pytest.raises(models.ModelNotReachable) as info:
+        resolve_model(name)
+    message = str(info.value)
+    assert "\n" not in message and f"did you mean {suggestion}?" in message
+    assert f"model {name!r}" in message and "no OPENAI_API_KEY" in message
+    with pytest.raises(ValueError):  # ChatAgent fails when created, before any request
+        ChatAgent(model=name)
+
+
+@pytest.mark.parametrize("name", ["gpt-nonexistent-9", "gpt-4o-mini", "claude-3"])
+def test_a_remote_model_name_without_key_or_endpoint_says_so_and_names_local(name: str) -> None:
+    with pytest.raises(models.ModelNotReachable) as info:
+        resolve_model(name)
+    message = str(info.value)
+    assert "\n" not in message and "no OPENAI_API_KEY or base URL is set" in message
+    assert "'local'" in message and "'offline'" in message and "did you mean" not in message
+
+
+@pytest.mark.parametrize("variable", ["OPENAI_API_KEY", "OPENAI_BASE_URL"])
+def test_a_remote_model_name_with_a_key_or_endpoint_in_the_environment_resolves(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "sk-test-1234567" if variable.endswith("KEY") else "http://127.0.0.1:9/v1")
+    model = resolve_model("lokal")  # with an endpoint, any name may be a model on it
+    assert isinstance(model, OpenAIModel) and model.name == "lokal"
+
+
+@pytest.mark.parametrize("option", ["base_url", "api_key"])
+def test_a_remote_model_name_with_an_explicit_endpoint_resolves(option: str) -> None:
+    value = "http://127.0.0.1:9/v1" if option == "base_url" else "sk-test-1234567"
+    assert isinstance(resolve_model("gpt-nonexistent-9", **{option: value}), OpenAIModel)
+    assert isinstance(ChatAgent(model="gpt-nonexistent-9", **{option: value}).model, OpenAIModel)

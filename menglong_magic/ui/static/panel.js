@@ -43,11 +43,11 @@ function render({ model, el }) {
     const approve = document.createElement("button");
     approve.type = "button";
     approve.className = "mm-approve";
-    approve.textContent = "✓ Approve";
+    approve.textContent = "Approve";
     const deny = document.createElement("button");
     deny.type = "button";
     deny.className = "mm-deny";
-    deny.textContent = "✗ Deny";
+    deny.textContent = "Deny";
     const reason = document.createElement("input");
     reason.type = "text";
     reason.className = "mm-reason";

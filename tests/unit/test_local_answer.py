@@ -1,0 +1,160 @@
+"""The embedded model's answers stay with what the question and the tools said (no server needed here)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from menglong_magic.models.local import arguments_grammar
+from menglong_magic.models.local.answer import grounding_problem, order_arguments, results_answer
+from menglong_magic.models.local.model import _prompt_history
+
+LENGTH = {
+    "type": "object",
+    "properties": {"value": {"type": "number"}, "from_unit": {"type": "string"}, "to_unit": {"type": "string"}},
+    "required": ["value", "from_unit", "to_unit"],
+}
+
+
+@pytest.mark.parametrize(
+    ("answer", "question", "results"),
+    [
+        ("The answer is 10.", "What is the capital of Japan?", ["Tokyo"]),  # a number nobody said
+        ("The capital of France is Paris.", "What is the capital of Italy?", ["Rome"]),  # an earlier answer
+        ("Paris, France.", "What is the weather in Paris?", ["It is 18 degrees and sunny in Paris."]),
+        ("The weather in Paris is quite beautiful.", "What is the weather in Paris?", ["Paris: 21 degrees."]),
+        ("It is 42 kilometers.", "How many kilometers is 26.2 miles?", ["42.16"]),  # a rounded-off result
+        ("Tokyo is the capital, and it has 14 million people.", "Capital of Japan?", ["Tokyo"]),
+        ("Nairobi.", "What is the capital of Kenya, and how many feet is 100 meters?", ["Nairobi", "328.08"]),
+        ("", "Capital of Japan?", ["Tokyo"]),
+    ],
+)
+def test_an_answer_with_something_the_tools_did_not_say_is_not_grounded(
+    answer: str, question: str, results: list[str]
+) -> None:
+    assert grounding_problem(answer, question, results)
+
+
+@pytest.mark.parametrize(
+    ("answer", "question", "results"),
+    [
+        ("The capital of Japan is Tokyo.", "What is the capital of Japan?", ["Tokyo"]),
+        ("26.2 miles is 42.16 kilometers.", "How many kilometers is 26.2 miles?", ["42.164"]),
+        ("It is 21.0 degrees and sunny in Paris.", "Weather in Paris?", ["Paris: 21 degrees and sunny."]),
+        ("It is 1,234 meters, and Nairobi is the capital of Kenya.", "Capital of Kenya and 1234 m?", ["Nairobi"]),
+        ("The time in London is 14:30.", "What time is it in London?", ["It is 14:30 in London."]),
+    ],
+)
+def test_an_answer_stating_the_results_in_the_question_s_words_is_grounded(
+    answer: str, question: str, results: list[str]
+) -> None:
+    assert grounding_problem(answer, question, results) is None
+
+
+def test_an_answer_repeating_the_prompt_s_list_of_calls_is_not_grounded() -> None:
+    answer = '- get_weather({"city": "Madrid"}): Madrid: 16 degrees and sunny.'
+    assert grounding_problem(answer, "Weather in Madrid?", ["Madrid: 16 degrees and sunny."], ("get_weather",))
+    assert grounding_problem("Tool results: Madrid 16", "Weather in Madrid?", ["Madrid: 16 degrees."])
+    assert grounding_problem("Madrid: 16 degrees and sunny.", "Weather in Madrid?", ["Madrid: 16 degrees and sunny."],
+                             ("get_weather",)) is None  # fmt: skip
+
+
+def test_the_results_answer_states_every_result_and_passes_the_check() -> None:
+    calls: list[tuple[str, dict[str, Any], str]] = [
+        ("capital_of", {"country": "Kenya"}, "Nairobi"),
+        ("convert_length", {"value": 100.0, "from_unit": "meters", "to_unit": "feet"}, "328.08"),
+        ("get_weather", {"city": "Paris"}, "It is 18 degrees and sunny in Paris."),
+    ]
+    text = results_answer(calls)
+    assert text == (
+        "Capital of (Kenya): Nairobi. Convert length (100, meters, feet): 328.08. It is 18 degrees and sunny in Paris."
+    )
+    question = "What is the capital of Kenya, how many feet is 100 meters, and the weather in Paris?"
+    assert grounding_problem(text, question, [r for _, _, r in calls]) is None
+
+
+@pytest.mark.parametrize(
+    ("question", "given", "expected"),
+    [
+        ("How many kilometers is 26.2 miles?", ("kilometers", "miles"), ("miles", "kilometers")),
+        ("How many kilometers is 26.2 miles?", ("miles", "kilometers"), ("miles", "kilometers")),
+        ("how many feet is 100 meters", ("feet", "meters"), ("meters", "feet")),
+        ("Convert 5 miles to kilometers.", ("kilometers", "miles"), ("miles", "kilometers")),
+        ("What is 3 feet in inches?", ("inches", "feet"), ("feet", "inches")),
+        ("Convert from yards into meters: 7", ("meters", "yards"), ("yards", "meters")),
+        ("Convert 50 dollars to euros.", ("dollars", "euros"), ("dollars", "euros")),
+    ],
+)
+def test_from_and_to_arguments_follow_the_question(
+    question: str, given: tuple[str, str], expected: tuple[str, str]
+) -> None:
+    arguments = {"value": 1, "from_unit": given[0], "to_unit": given[1]}
+    ordered = order_arguments(arguments, LENGTH, question)
+    assert (ordered["from_unit"], ordered["to_unit"]) == expected
+    assert arguments["from_unit"] == given[0]  # the caller's dict is unchanged
+
+
+@pytest.mark.parametrize(
+    ("question", "given", "expected"),
+    [
+        ("how many feet is 100 meters", ("meters", "meters"), ("meters", "feet")),
+        ("Convert 5 miles to kilometers.", ("kilometers", "kilometers"), ("miles", "kilometers")),
+        ("miles and kilometers", ("miles", "miles"), ("miles", "miles")),  # nothing to go by: left alone
+    ],
+)
+def test_a_from_to_pair_naming_one_unit_twice_takes_the_other_from_the_question(
+    question: str, given: tuple[str, str], expected: tuple[str, str]
+) -> None:
+    ordered = order_arguments({"value": 1, "from_unit": given[0], "to_unit": given[1]}, LENGTH, question)
+    assert (ordered["from_unit"], ordered["to_unit"]) == expected
+
+
+@pytest.mark.parametrize(
+    "names", [("source", "target"), ("from_currency", "to_currency"), ("source_language", "target_language")]
+)
+def test_other_from_to_pairs_are_ordered_too(names: tuple[str, str]) -> None:
+    schema = {"properties": {names[0]: {"type": "string"}, names[1]: {"type": "string"}, "amount": {}}}
+    ordered = order_arguments({names[0]: "euros", names[1]: "dollars"}, schema, "How many euros is 20 dollars?")
+    assert (ordered[names[0]], ordered[names[1]]) == ("dollars", "euros")
+    unclear = order_arguments({names[0]: "euros", names[1]: "dollars"}, schema, "euros or dollars")
+    assert (unclear[names[0]], unclear[names[1]]) == ("euros", "dollars")  # no evidence: left alone
+
+
+def _string_starts(grammar: str) -> set[str]:
+    """The words a copied string may start with, read from the grammar's rules."""
+    rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines() if " ::= " in line)
+    starts = re.findall(r"cw-\d+", rules["copied-string"])
+    return {re.match(r'"((?:[^"\\]|\\.)*)"', rules[s]).group(1) for s in starts}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("question", "tool", "schema", "allowed", "refused"),
+    [
+        ("What is the capital of Kenya", "capital_of", {"properties": {"country": {"type": "string"}}},
+         {"Kenya"}, {"What", "is", "the", "capital", "of"}),
+        ("how many feet is 100 meters", "convert_length", LENGTH, {"feet", "meters"}, {"how", "many", "is", "100"}),
+        ("Who is Ada Lovelace", "lookup", {"properties": {"topic": {"type": "string"}}}, {"Ada", "Lovelace"},
+         {"Who", "is"}),
+    ],
+)  # fmt: skip
+def test_copied_values_do_not_start_with_question_words_the_tool_s_name_or_the_amount(
+    question: str, tool: str, schema: dict[str, Any], allowed: set[str], refused: set[str]
+) -> None:
+    starts = _string_starts(arguments_grammar(schema, copy_from=question, tool_name=tool))
+    assert allowed <= starts and not (refused & starts)
+
+
+def test_the_answer_prompt_leaves_out_earlier_answers_and_tool_results() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "function": {"name": "capital_of"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "Paris"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+        {"role": "user", "content": "What is the capital of Italy?"},
+    ]
+    assert _prompt_history(messages, 0) == [messages[0], messages[-1]]
+    with_one = _prompt_history(messages, 1)
+    assert with_one == [messages[0], messages[1], messages[4], messages[-1]]  # no tool call, no tool result
