@@ -10,7 +10,6 @@ import itertools
 import time
 import uuid
 import warnings
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ from ..events import (
     EventSubscription,
     dispatch,
 )
+from ..loopcache import PerLoop
 from ..maps.run import MapResult, map_async
 from ..models import Model, resolve_model
 from ..tools.base import Tool, Toolset, as_tool, collect_tools, flatten_tools
@@ -134,9 +134,7 @@ class ChatAgent:
         self.events = EventBus()
         self.last_result: RunResult | None = None
         self.workflow: list[WorkflowStep] = []
-        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore | AdaptiveLimiter] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._limiters: PerLoop[asyncio.Semaphore | AdaptiveLimiter] = PerLoop(self._new_limiter)
         self.turns = TurnLine()
 
     @property
@@ -242,12 +240,10 @@ class ChatAgent:
     def limiter(self) -> asyncio.Semaphore | AdaptiveLimiter:
         """What bounds this agent's model requests on the running loop (``async with agent.limiter():``):
         an :class:`AdaptiveLimiter` for ``max_concurrency="auto"``, else a semaphore."""
-        loop = asyncio.get_running_loop()
-        sem = self._limiters.get(loop)
-        if sem is None:
-            sem = self._limiters[loop] = (AdaptiveLimiter() if self.max_concurrency == "auto"
-                                          else asyncio.Semaphore(self.max_concurrency))
-        return sem
+        return self._limiters.get()
+
+    def _new_limiter(self) -> asyncio.Semaphore | AdaptiveLimiter:
+        return AdaptiveLimiter() if self.max_concurrency == "auto" else asyncio.Semaphore(self.max_concurrency)
 
     def add_tool(self, obj: Any, name: str | None = None, description: str | None = None) -> Tool:
         t = as_tool(obj, name=name, description=description)

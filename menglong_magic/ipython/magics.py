@@ -43,6 +43,7 @@ from ..agent import ApprovalDecision, ApprovalRequest, ChatAgent, ChatMode, RunR
 from ..agent.sync import drive, run_sync
 from ..models import resolve_model
 from ..tools.base import as_tool, is_tool
+from ..tools.names import api_name
 from ..ui.panel import make_view
 
 _MODULE = "__import__('menglong_magic.ipython.magics', fromlist=['run_magic'])"
@@ -384,9 +385,14 @@ class AgentMagics(Magics):
         toolsets = list(agent.toolsets) if agent is not None else []
         if not tools and not toolsets:
             print("no tools (decorate functions with @tool)")
+        sent_names: dict[str, str] = {}
+        for name in tools:  # in the order the run's tool table adds them, so clashes resolve the same way
+            sent_names[name] = api_name(name, set(sent_names.values()))
         for name, t in sorted(tools.items()):
             kind = "async" if t.is_async else "sync"
-            print(f"{name} ({kind}): {t.description.splitlines()[0] if t.description else ''}")
+            sent = sent_names[name]
+            sent_as = f" [sent to the model as {sent!r}]" if sent != name else ""
+            print(f"{name} ({kind}){sent_as}: {t.description.splitlines()[0] if t.description else ''}")
         for toolset in toolsets:  # listed when a run starts; %agent_mcp list shows their tools
             state = getattr(toolset, "state", "")
             print(f"+ the tools of {toolset.name!r} ({type(toolset).__name__}{', ' + state if state else ''}; "
