@@ -31,7 +31,7 @@ import shlex
 import string
 import sys
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -42,9 +42,12 @@ from .. import events as ev
 from ..agent import ApprovalDecision, ApprovalRequest, ChatAgent, ChatMode, RunResult
 from ..agent.sync import drive, run_sync
 from ..models import resolve_model
+from ..secrets import redact
 from ..tools.base import as_tool, is_tool
 from ..tools.names import api_name
 from ..ui.panel import make_view
+
+_T = TypeVar("_T")
 
 _MODULE = "__import__('menglong_magic.ipython.magics', fromlist=['run_magic'])"
 _RUNNER = f"{_MODULE}.run_magic"
@@ -418,7 +421,8 @@ class AgentMagics(Magics):
         """
         args, task_text = self._parse(kind, line)
         loop = asyncio.get_running_loop()
-        agent = self._named_agent(args.agent) if args.agent else self.default_agent()
+        agent = self._named_agent(args.agent) if args.agent else self._configured(self.default_agent)
+        self._configured(lambda: agent.model)  # resolved now: a bad configuration is one line, not a failed run
         overrides = self._overrides(args, agent)
         if args.reset:
             agent.clear_context()
@@ -582,11 +586,22 @@ class AgentMagics(Magics):
         return (lambda on_event: agent.chat_result_async(body, on_event=on_event, max_iterations=max_iterations,
                                                          timeout=timeout, **overrides)), agent.name, True
 
+    @staticmethod
+    def _configured(make: Callable[[], _T]) -> _T:
+        """``make()``, with a configuration error (a refused URL, a missing setting) as one short UsageError."""
+        try:
+            return make()
+        except (ValueError, TypeError, OSError, ImportError) as exc:  # e.g. a cassette or an extra missing
+            message = redact(str(exc) or type(exc).__name__)
+        raise UsageError(f"agent configuration: {message}")  # outside `except`: nothing chained, no traceback
+
     def _blocking(self, coro: Awaitable[Any]) -> Any:
         """Fallback path: the magic was called where the await rewrite could not apply."""
         try:
-            loop = asyncio.get_running_loop()
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
+            loop = None
+        if loop is None:  # outside the `except`: an error of the run must not chain "no running event loop"
             return run_sync(coro, "await run_magic(...)")  # type: ignore[arg-type]
         import nest_asyncio2
 

@@ -544,6 +544,44 @@ class OpenAIModel(Model):
         return error
 
 
+class AzureOpenAIModel(OpenAIModel):
+    """Azure OpenAI: ``deployment`` is the deployment's name (Azure puts it in the URL path, not the body).
+
+    ``azure_endpoint`` is the resource URL (``https://<resource>.openai.azure.com``; default
+    ``AZURE_OPENAI_ENDPOINT``), ``api_version`` the ``api-version`` query (default ``OPENAI_API_VERSION``,
+    else a current GA version), the key ``api_key`` or ``AZURE_OPENAI_API_KEY`` (sent as the ``api-key``
+    header). Requests go through the SDK's ``AsyncAzureOpenAI`` to
+    ``<endpoint>/openai/deployments/<deployment>/chat/completions?api-version=...``. Everything else
+    (retries, streaming, secrets) is :class:`OpenAIModel`'s. As a model spec: ``"azure:<deployment>"``.
+    """
+
+    DEFAULT_API_VERSION = "2024-10-21"
+
+    def __init__(self, deployment: str | None = None, *, azure_endpoint: str | None = None,
+                 api_version: str | None = None, api_key: str | None = None, **options: Any) -> None:
+        endpoint = azure_endpoint or os.environ.get("AZURE_OPENAI_ENDPOINT")
+        if not endpoint:
+            raise ValueError("Azure OpenAI needs azure_endpoint=... (or AZURE_OPENAI_ENDPOINT), e.g. "
+                             "https://<resource>.openai.azure.com")
+        name = deployment or os.environ.get("AZURE_OPENAI_DEPLOYMENT")
+        if not name:
+            raise ValueError("Azure OpenAI needs the deployment name: AzureOpenAIModel('<deployment>') or "
+                             "AZURE_OPENAI_DEPLOYMENT")
+        options.pop("base_url", None)
+        super().__init__(name, base_url=endpoint, api_key=api_key or os.environ.get("AZURE_OPENAI_API_KEY"),
+                         **options)
+        self.api_version = api_version or os.environ.get("OPENAI_API_VERSION") or self.DEFAULT_API_VERSION
+
+    @property
+    def endpoint(self) -> str:
+        base = (safe_url(self.base_url) or "").rstrip("/")
+        return f"{base}/openai/deployments/{self.request_model}/chat/completions?api-version={self.api_version}"
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncAzureOpenAI(azure_endpoint=self.base_url, api_version=self.api_version,
+                                       api_key=self._api_key, **self._client_options())
+
+
 def _json_problem(what: str, exc: json.JSONDecodeError) -> str:
     """What is wrong with a JSON text, without quoting it (it may echo anything the server was sent)."""
     return f"{what} is not valid JSON: {exc.msg} (character {exc.pos} of {len(exc.doc)})"
