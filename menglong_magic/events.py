@@ -98,7 +98,7 @@ class ToolCallStarted(Event):
     call_id: str
     name: str  # the tool's own name
     arguments: Any  # the parsed arguments (a dict)
-    #: The name the API saw, when the tool's own name is not valid there (``fs.read`` → ``fs_read_…``).
+    #: The name the API saw, when the tool's own name is not valid there (``fs.read`` → ``fs_read``).
     api_name: str | None = None
 
 

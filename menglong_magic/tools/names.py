@@ -19,8 +19,8 @@ _MAX = 64
 def api_name(name: str, taken: set[str] | frozenset[str] = frozenset(), fallback: str = "tool") -> str:
     """``name`` as the API accepts it (unchanged when it already does), distinct from every name in ``taken``.
 
-    Other characters become ``_``; a name that had to change or is too long or already taken gets a short
-    hash of the original, so two originals never share an API name.
+    Other characters become ``_`` (``fs.read`` → ``fs_read``); a name too long, or taken by another tool, gets a
+    short hash of the original instead, so two originals never share an API name.
     """
     if API_NAME.match(name) and name not in taken:
         return name

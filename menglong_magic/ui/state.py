@@ -246,7 +246,7 @@ class RunViewModel:
         elif isinstance(event, ev.ToolCallStarted):
             it = self._iteration()
             if it is not None:
-                # A tool whose name the API does not accept shows both: "fs.read (as fs_read_1a2b3c)".
+                # A tool whose name the API does not accept shows both: "fs.read (as fs_read)".
                 shown = event.name if event.api_name is None else f"{event.name} (as {event.api_name})"
                 it.tools[event.call_id] = ToolCard(event.call_id, shown, event.arguments)
         elif isinstance(event, ev.ApprovalRequested):
