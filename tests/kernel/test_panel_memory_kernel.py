@@ -43,16 +43,21 @@ def probe(kernel: Kernel) -> dict[str, int]:
 
 def test_rss_stays_flat_over_300_runs_with_the_panel(kernel: Kernel) -> None:
     kernel.ok(SETUP)
-    for _ in range(20):  # imports, caches and allocator arenas settle into the baseline
+    # Imports, caches, IPython's history and the allocator's arenas settle first. Measured on this code: a fresh
+    # kernel's RSS climbs over its first few hundred runs (with or without the panel: the text view does too)
+    # and then stays flat, so the figure that tells a leak is the growth over the later runs.
+    for _ in range(150):
         first = kernel.ok(RUN, timeout=120)
     assert first.data("application/vnd.jupyter.widget-view+json"), "the panel was not shown"
-    before = probe(kernel)
-    for _ in range(300):
-        kernel.ok(RUN, timeout=120)
-    after = probe(kernel)
-    growth_mb = (after["rss"] - before["rss"]) / 1e6
-    print(f"300 panel runs: RSS {before['rss'] / 1e6:.1f} → {after['rss'] / 1e6:.1f} MB "
-          f"({growth_mb * 1e3 / 300:.1f} KB/run); live PanelWidgets {before['panels']} → {after['panels']}",
-          file=sys.stderr)
-    assert after["panels"] <= before["panels"] + 1  # the last run's panel at most
-    assert growth_mb < 4.5, f"RSS grew {growth_mb:.1f} MB over 300 panel runs"
+    points = [probe(kernel)]
+    for _ in range(3):
+        for _ in range(100):
+            kernel.ok(RUN, timeout=120)
+        points.append(probe(kernel))
+    mb = [p["rss"] / 1e6 for p in points]
+    late_growth = mb[3] - mb[1]
+    print(f"RSS after 150 warm-up runs, then 100/200/300 panel runs: {' → '.join(f'{m:.1f}' for m in mb)} MB; "
+          f"runs 100-300: {late_growth * 1e3 / 200:.1f} KB/run; live PanelWidgets "
+          f"{' → '.join(str(p['panels']) for p in points)}", file=sys.stderr)
+    assert all(p["panels"] <= points[0]["panels"] + 1 for p in points)  # the last run's panel at most
+    assert late_growth < 6.0, f"RSS grew {late_growth:.1f} MB over panel runs 100-300"  # before the fix: 11.4
