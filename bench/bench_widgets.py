@@ -17,14 +17,24 @@ import time
 
 from jupyter_client.manager import start_new_kernel
 
+# Panels still alive are counted through a WeakSet filled at construction (gc.get_objects() in the kernel would
+# itself double the kernel's objects and RSS).
+TRACK = (
+    "import weakref as _wr\n"
+    "from menglong_magic.ui.panel import PanelWidget as _P\n"
+    "_live_panels = _wr.WeakSet()\n"
+    "_panel_init = _P.__init__\n"
+    "def _tracked_init(self, *a, **k):\n"
+    "    _panel_init(self, *a, **k)\n"
+    "    _live_panels.add(self)\n"
+    "_P.__init__ = _tracked_init\n"
+)
 PROBE = (
     "import gc as _gc, json as _j, os as _o\n"
     "from ipywidgets.widgets import widget as _w\n"
-    "from menglong_magic.ui.panel import PanelWidget as _P\n"
     "_gc.collect()\n"
     "_rss = int(open('/proc/self/statm').read().split()[1]) * _o.sysconf('SC_PAGE_SIZE')\n"
-    "print(_j.dumps({'widgets': len(_w._instances), 'panels': sum(isinstance(_x, _P) for _x in _gc.get_objects()),"
-    " 'rss': _rss}))"
+    "print(_j.dumps({'widgets': len(_w._instances), 'panels': len(_live_panels), 'rss': _rss}))"
 )
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -59,7 +69,7 @@ def main() -> None:
     km, kc = start_new_kernel(kernel_name="python3", env=env)
     try:
         reply, out = run_cell(kc, "%load_ext menglong_magic\n%config AgentMagics.model = 'offline'\n"
-                                  "%config AgentMagics.frontend = 'widgets'\n"
+                                  "%config AgentMagics.frontend = 'widgets'\n" + TRACK +
                                   "from menglong_magic import tool\n"
                                   "@tool\ndef lookup(city: str) -> str:\n"
                                   "    '''Look a city up.'''\n    return f'{city}: sunny'\n")

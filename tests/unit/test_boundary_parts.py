@@ -284,3 +284,39 @@ def test_agent_caches_follow_their_loops_and_threads() -> None:
         t.join()
     gc.collect()
     assert len(agent._limiters) == 0 and len(agent.turns._locks) == 0
+
+
+def test_sync_calls_from_threads_register_no_exit_hook_per_thread() -> None:
+    import atexit
+
+    agent = ChatAgent(model=ScriptedModel([reply("x")] * 11))
+    first = threading.Thread(target=lambda: agent.chat("hi"))  # weakref.finalize's own single exit hook
+    first.start()
+    first.join()
+    before = atexit._ncallbacks()
+    for _ in range(10):
+        thread = threading.Thread(target=lambda: agent.chat("hi"))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert atexit._ncallbacks() == before
+
+
+@pytest.mark.parametrize("which", ["panel", "map"])
+def test_a_closed_widget_is_freed(which: str) -> None:
+    """anywidget keeps every instance whose _esm/_css is a Path alive (manzt/anywidget#929): ours are text."""
+    if which == "panel":
+        from menglong_magic.ui.panel import PanelWidget as widget_class
+    else:
+        from menglong_magic.ui.mapview import _map_widget_class
+
+        widget_class = _map_widget_class()
+    assert isinstance(widget_class._esm, str) and isinstance(widget_class._css, str)
+    refs = []
+    for _ in range(5):
+        widget = widget_class()
+        refs.append(weakref.ref(widget))
+        widget.close()
+        del widget
+    gc.collect()
+    assert all(ref() is None for ref in refs)
