@@ -33,7 +33,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import weakref
 from typing import Any
 
 from ..events import TextDelta
@@ -779,7 +778,7 @@ class LocalModel(OpenAIModel):
             self._server = server
             self.base_url = server.base_url
             self._api_key = server.api_key
-            self._clients = weakref.WeakKeyDictionary()  # clients of a previous (dead) server are stale
+            self._forget_clients()  # clients of a previous (dead) server are stale
 
     # ------------------------------------------------------------------ one iteration
     async def request(self, request: ModelRequest, emit: Emit) -> ModelResponse:

@@ -314,6 +314,10 @@ class OpenAIModel(Model):
     def _new_client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, **self._client_options())
 
+    def _forget_clients(self) -> None:
+        """Drop every loop's client (they point at an endpoint that changed); each is closed with its loop."""
+        self._clients = PerLoop(self._new_client, _close_client)
+
     async def aclose(self) -> None:
         """Close the running loop's client (optional: a loop's client is closed when the loop shuts down)."""
         client = self._clients.pop()
