@@ -46,6 +46,11 @@ class PerLoop(Generic[T]):
         self._purge()
         return len(self._entries)
 
+    def values(self) -> list[T]:
+        """The values of the loops that are still open."""
+        self._purge()
+        return [entry.value for entry in self._entries.values()]
+
     def get(self) -> T:
         loop = asyncio.get_running_loop()
         entry = self._entries.get(id(loop))
