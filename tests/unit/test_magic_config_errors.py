@@ -57,3 +57,24 @@ def test_the_blocking_path_shows_one_line(broken_shell: tuple[Any, str], capsys:
     assert type(result.error_in_exec).__name__ == "UsageError"
     assert result.error_in_exec.__context__ is None
     assert_one_line(capsys, expected)
+
+
+def test_agent_tools_shows_the_name_sent_to_the_model(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MENGLONG_MODEL", "offline")
+    sh = InteractiveShell.instance()
+    sh.reset()
+    sh.run_line_magic("load_ext", "menglong_magic")
+    try:
+        sh.run_cell("from menglong_magic import tool\n"
+                    "@tool(name='fs.read')\ndef read(path: str) -> str:\n    '''Read a file.'''\n    return path\n"
+                    "@tool(name='Wetter abrufen')\ndef wetter(city: str) -> str:\n    '''Weather.'''\n    return city\n"
+                    "@tool\ndef plain(x: str) -> str:\n    '''Plain.'''\n    return x\n")
+        capsys.readouterr()
+        sh.run_line_magic("agent_tools", "")
+        out = capsys.readouterr().out
+    finally:
+        sh.run_line_magic("unload_ext", "menglong_magic")
+    assert "fs.read (sync) [sent to the model as 'fs_read']" in out
+    assert "Wetter abrufen (sync) [sent to the model as 'Wetter_abrufen']" in out
+    assert "plain (sync): Plain." in out
