@@ -3,14 +3,50 @@
 Used by the result's own ``_repr_html_`` and by the views. Every piece of model or tool text reaches HTML either
 through :func:`html.escape` or through :func:`render_markdown` (markdown-it-py, CommonMark, raw HTML disabled,
 unsafe link schemes refused), so nothing a model or a tool writes is ever executed by a front end.
+
+Math: ``$…$``, ``$$…$$``, ``\\(…\\)``, ``\\[…\\]`` and top-level amsmath environments (``\\begin{align}…``) are
+parsed by mdit-py-plugins (dollarmath, texmath's bracket rules, amsmath) before emphasis and backslash escapes, and
+written back *verbatim* (delimiters included, HTML-escaped) inside ``<span|div class="math … mathjax_process">``.
+Everything else we emit sits inside :data:`NO_TYPESET` (``mathjax_ignore``), so a front end's MathJax (JupyterLab,
+Notebook 7 typeset HTML outputs) typesets exactly those spans and never a stray ``$`` in prose; elsewhere the
+reader sees the source as written. Dollar rule (pandoc's): no space just inside the ``$`` delimiters and no digit
+right after the closing one, so ``$5 and $10`` stays text; ``\\$`` is a literal dollar. ``\\[…\\]`` is math
+inside a paragraph too (as in Jupyter's Markdown cells), so a closed pair of escaped brackets is read as math.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from html import escape
 from typing import Any
+
+# MathJax 3/4 skip elements with this class (and their children) unless a child opts back in with
+# ``mathjax_process``; ``tex2jax_ignore`` is the MathJax 2 name (classic Notebook).
+NO_TYPESET = "mathjax_ignore tex2jax_ignore"
+_TYPESET = "mathjax_process tex2jax_process"
+_CLOSING = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
+
+
+def _visible(code: int) -> str:
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+# C0 controls except tab and newline, DEL, C1 controls (8-bit CSI/OSC/ST...), and the bidirectional overrides
+# and isolates ("Trojan Source": they reorder what a reader sees). Each becomes its visible escape (ESC → "\x1b"):
+# one character at a time, so a sequence split across streamed chunks is made harmless chunk by chunk.
+_TERMINAL_TABLE = {code: _visible(code) for code in
+                   [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F),
+                    *range(0x2066, 0x206A)]}
+
+
+def terminal_safe(text: str) -> str:
+    """Model, tool or server text made safe to write to a terminal: control characters (ESC and with it every
+    CSI/OSC sequence — cursor moves, screen clears, OSC 52 clipboard writes, OSC 8 hidden links —, other
+    C0/C1 controls, bidi overrides) are shown as visible escapes such as ``\\x1b``, never interpreted. Newline
+    and tab stay; ``\\r\\n`` becomes ``\\n`` (a lone ``\\r`` would let text overwrite its own line)."""
+    return text.replace("\r\n", "\n").translate(_TERMINAL_TABLE)
 
 
 def clip(text: str, limit: int) -> str:
@@ -42,14 +78,51 @@ def _markdown() -> Any:
 
     md.add_render_rule("link_open", link_open)
     md.add_render_rule("image", image)
+    _add_math(md)
     return md
+
+
+def _add_math(md: Any) -> None:
+    from mdit_py_plugins.amsmath import amsmath_plugin
+    from mdit_py_plugins.dollarmath import dollarmath_plugin
+    from mdit_py_plugins.texmath import texmath_plugin
+
+    # allow_space/allow_digits off = pandoc's rule, so prices ("$5 and $10") stay text.
+    dollarmath_plugin(md, allow_labels=True, allow_space=False, allow_digits=False, double_inline=True)
+    texmath_plugin(md, delimiters="brackets")  # \(…\) and \[…\]; same token names as dollarmath's
+    amsmath_plugin(md)
+    # texmath parses \[…\] only as a block starting a paragraph; models also write it inside one (after
+    # "The formula is:" on the line above). Same rule shape as texmath's own \(…\) rule, for display math.
+    from mdit_py_plugins.texmath.index import make_inline_func
+
+    md.inline.ruler.before("escape", "math_inline_brackets", make_inline_func(
+        {"name": "math_inline_double", "rex": re.compile(r"^\\\[(.+?)\\\]", re.DOTALL), "tmpl": "{0}",
+         "tag": "\\["}))
+
+    def math(block: bool) -> Any:
+        def render(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+            token = tokens[idx]
+            opening = token.markup or ""
+            source = f"{opening}{token.content}{_CLOSING.get(opening, opening)}"
+            if token.info and token.type in ("math_block_label", "math_block_eqno"):
+                source += f" ({token.info})"
+            if block:
+                return f'<div class="math block {_TYPESET}">{escape(source, quote=False)}</div>\n'
+            # inside a paragraph (``$$…$$`` too: the delimiters tell the typesetter to display it)
+            return f'<span class="math inline {_TYPESET}">{escape(source, quote=False)}</span>'
+        return render
+
+    for name in ("math_inline", "math_inline_double"):
+        md.add_render_rule(name, math(False))
+    for name in ("math_block", "math_block_label", "math_block_eqno", "amsmath"):
+        md.add_render_rule(name, math(True))
 
 
 @lru_cache(maxsize=256)
 def render_markdown(text: str) -> str:
     """Markdown → safe HTML (raw HTML shown as text; ``javascript:``/``vbscript:``/``file:``/non-image
     ``data:`` links refused by markdown-it's ``validateLink``). Cached: views re-render on every flush."""
-    return f'<div class="mm-md">{_markdown().render(text)}</div>'
+    return f'<div class="mm-md {NO_TYPESET}">{_markdown().render(text)}</div>'
 
 
 def _plain(value: Any) -> Any:

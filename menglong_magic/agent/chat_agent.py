@@ -1,55 +1,46 @@
-"""ChatAgent: the facade (defaults, entry points, batches, tools, workflows); the loop itself is :mod:`.turn`.
+"""ChatAgent: the facade (defaults, entry points, tools, workflows); the loop is :mod:`.turn`, batches are
+:mod:`.batch`, the run options and their resolution are :mod:`.options`.
 
 No IPython or ipywidgets import anywhere in this package."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import time
+import os
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from ..events import (
-    BatchFinished,
-    BatchItemFinished,
-    BatchItemStarted,
-    BatchStarted,
-    Event,
-    EventBus,
-    EventCallback,
-    EventSubscription,
-    dispatch,
-)
+from ..events import Event, EventBus, EventCallback, EventSubscription, dispatch
 from ..loopcache import PerLoop
+from ..maps.executors import resolve_executor
 from ..maps.run import MapResult, map_async
 from ..models import Model, resolve_model
+from ..store import AgentPersistence, Store
 from ..tools.base import Tool, Toolset, as_tool, collect_tools, flatten_tools
 from ..usage import UsageLimits
 from .approval import Approver
+from .batch import run_batch, run_sequential
 from .context import ContextSummary
 from .limiter import AdaptiveLimiter
-from .output import OutputSpec
+from .options import RunOptions, check_options, merge_options, resolve_settings
 from .result import RunResult
-from .settings import ChatMode, RunSettings, env_max_retries, env_request_timeout
+from .settings import ChatMode, RunSettings
 from .sync import run_sync
 from .turn import RunState, Turn, TurnLine
 from .workflow import WorkflowResult, WorkflowStep, run_workflow
 
-
-def _output_spec(output_type: Any) -> OutputSpec | None:
-    return None if output_type is None else OutputSpec.of(output_type)
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is 3.11+
 
 
-UNSET: Any = _Unset()
+def _answer(result: RunResult | BaseException) -> Any:
+    """A batch item's answer: the typed output when one was asked for, else the text (or the exception)."""
+    if isinstance(result, BaseException):
+        return result
+    return result.output if result.output is not None else result.final_output
 
 
 class ChatAgent:
@@ -69,6 +60,10 @@ class ChatAgent:
     (``arun(task, model=..., system=..., tools=..., mode=...)``); runs never write them back.
     Turns that commit to this agent's history run one at a time, in the order they started; use
     :meth:`fork` (or a batch) for independent parallel work.
+
+    ``session="analysis"`` saves every committed turn to a store (``store=``: a path or a
+    :class:`~menglong_magic.store.Store`; default ``MENGLONG_STORE``, else the user's data directory) and starts
+    from the turns saved earlier under that name, in this process or another (see :mod:`menglong_magic.store`).
     """
 
     _names = itertools.count(1)
@@ -98,6 +93,8 @@ class ChatAgent:
         output_type: Any = None,
         output_retries: int = 2,
         usage_limits: UsageLimits | None = None,
+        session: str | None = None,
+        store: Store | str | os.PathLike[str] | None = None,
     ):
         options = {k: v for k, v in (("base_url", base_url), ("api_key", api_key),
                                      ("default_headers", default_headers)) if v}
@@ -130,7 +127,10 @@ class ChatAgent:
         self.output_type = output_type
         self.output_retries = output_retries
         self.usage_limits = usage_limits
-        self.messages: list[dict[str, Any]] = []  # the conversation, without the system prompt
+        #: Saved turns of ``session`` and the run log (:mod:`menglong_magic.store`); off unless a session is
+        #: named or a store is given or configured (``MENGLONG_STORE``).
+        self.persistence = AgentPersistence(session, store)
+        self.messages: list[dict[str, Any]] = self.persistence.load()  # the conversation, without the system prompt
         self.events = EventBus()
         self.last_result: RunResult | None = None
         self.workflow: list[WorkflowStep] = []
@@ -156,52 +156,11 @@ class ChatAgent:
         )
 
     # ----------------------------------------------------------------- settings and forks
-    def settings(
-        self,
-        *,
-        model: Model | str | None = None,
-        system: str | None = None,
-        tools: Iterable[Any] | Mapping[str, Tool] | None = None,
-        mode: ChatMode | str | None = None,
-        max_iterations: int | None = None,
-        timeout: float | _Unset | None = UNSET,
-        model_settings: Mapping[str, Any] | None = None,
-        request_timeout: float | None = None,
-        max_retries: int | None = None,
-        approve: Approver | None = None,
-        approve_all: bool = False,
-        approval_timeout: float | None = None,
-        output_type: Any = None,
-        usage_limits: UsageLimits | None = None,
-    ) -> RunSettings:
-        """This agent's defaults with a run's overrides (None: the default). ``system=""`` means none."""
-        if isinstance(tools, Mapping):
-            run_tools = {t.name: t for t in (as_tool(v) for v in tools.values())}
-        elif tools is not None:
-            run_tools = collect_tools(tools)
-        else:
-            run_tools = dict(self.tools)
-        request_timeout = request_timeout if request_timeout is not None else self.request_timeout
-        max_retries = max_retries if max_retries is not None else self.max_retries
-        return RunSettings(
-            model=self.model if model is None else resolve_model(model),
-            system=self.system if system is None else (system or None),
-            mode=self.mode if mode is None else ChatMode(mode),
-            tools=run_tools,
-            max_iterations=max_iterations or self.max_iterations,
-            timeout=self.timeout if timeout is UNSET else timeout,  # type: ignore[arg-type]
-            model_settings={**self.model_settings, **(model_settings or {})},
-            stream=self.stream,
-            request_timeout=request_timeout if request_timeout is not None else env_request_timeout(),
-            max_retries=max_retries if max_retries is not None else env_max_retries(),
-            approve=approve if approve is not None else self.approve,
-            approve_all=approve_all,
-            approval_timeout=approval_timeout if approval_timeout is not None else self.approval_timeout,
-            toolsets=tuple(self.toolsets),
-            output=_output_spec(output_type if output_type is not None else self.output_type),
-            output_retries=self.output_retries,
-            usage_limits=usage_limits if usage_limits is not None else self.usage_limits,
-        )
+    def settings(self, **options: Unpack[RunOptions]) -> RunSettings:
+        """This agent's defaults with a run's options (None or absent: the default; ``system=""`` means none).
+
+        The one place defaults are settled (:func:`~menglong_magic.agent.options.resolve_settings`)."""
+        return resolve_settings(self, options, where="settings()")
 
     def fork(self, name: str | None = None) -> ChatAgent:
         """A new agent with a copy of this history and the same model, tools and defaults.
@@ -220,6 +179,7 @@ class ChatAgent:
         twin.events = EventBus()
         twin.last_result = None
         twin.turns = TurnLine()
+        twin.persistence = self.persistence.detached()  # its runs are logged; its turns are not the session's
         return twin  # _limiters is shared on purpose: one bound for the agent and its forks
 
     # ----------------------------------------------------------------- history and events
@@ -251,35 +211,22 @@ class ChatAgent:
         return t
 
     # ----------------------------------------------------------------- public async API
-    async def chat_async(
-        self,
-        message: str,
-        *,
-        model: Model | str | None = None,
-        system: str | None = None,
-        tools: Iterable[Any] | None = None,
-        mode: ChatMode | str | None = None,
-        approve: Approver | None = None,
-        approve_all: bool = False,
-        output_type: Any = None,
-        usage_limits: UsageLimits | None = None,
-        **model_kwargs: Any,
-    ) -> Any:
-        """One user turn; returns the answer text. In AUTO mode tools run until the model answers.
-
-        In WORKFLOW mode the message is the workflow's input and the last step's output is returned.
-        ``model``/``system``/``tools``/``mode`` apply to this turn only.
+    # Every entry point takes the same run options (menglong_magic/agent/options.py), nothing else.
+    async def chat_async(self, message: str, *, on_event: EventCallback | None = None,
+                         **options: Unpack[RunOptions]) -> Any:
+        """One user turn; returns the answer text (or the typed output). In AUTO mode tools run until the
+        model answers. In WORKFLOW mode the message is the workflow's input and the last step's output is
+        returned. The options apply to this turn only.
         """
-        settings = self.settings(model=model, system=system, tools=tools, mode=mode, model_settings=model_kwargs,
-                                 approve=approve, approve_all=approve_all, output_type=output_type,
-                                 usage_limits=usage_limits)
+        settings = resolve_settings(self, options, where="chat_async()")
         if settings.mode is ChatMode.WORKFLOW:
-            workflow = await self.execute_workflow_async(message)
+            workflow = await self.execute_workflow_async(message, on_event=on_event,
+                                                         **{**options, "mode": None})  # type: ignore[typeddict-item]
             failed = next((s for s in workflow.steps if s.status == "error"), None)
             if failed is not None:
                 raise RuntimeError(f"workflow step {failed.name!r} failed: {failed.error}")
             return str(workflow.output)
-        result = await self.run_turn(message, settings, kind="chat")
+        result = await self.run_turn(message, settings, kind="chat", on_event=on_event)
         result.raise_for_error()
         if settings.output is not None:
             if result.stop_reason != "completed":
@@ -287,60 +234,24 @@ class ChatAgent:
             return result.output
         return result.final_output
 
-    async def arun(
-        self,
-        task: str,
-        max_iterations: int | None = None,
-        timeout: float | None = None,
-        *,
-        model: Model | str | None = None,
-        system: str | None = None,
-        tools: Iterable[Any] | None = None,
-        mode: ChatMode | str | None = None,
-        on_event: EventCallback | None = None,
-        approve: Approver | None = None,
-        approve_all: bool = False,
-        output_type: Any = None,
-        usage_limits: UsageLimits | None = None,
-        **model_kwargs: Any,
-    ) -> RunResult:
+    async def arun(self, task: str, max_iterations: int | None = None, timeout: float | None = None, *,
+                   on_event: EventCallback | None = None, **options: Unpack[RunOptions]) -> RunResult:
         """An autonomous task (AUTO mode unless ``mode`` says otherwise); always returns a RunResult.
 
-        ``model``/``system``/``tools``/``mode`` apply to this run only. Cancelling the awaiting task
-        cancels the run (the history stays valid) and raises CancelledError as usual; :meth:`cancel`
-        instead makes the run return a "cancelled" result.
+        The options apply to this run only. Cancelling the awaiting task cancels the run (the history stays
+        valid) and raises CancelledError as usual; :meth:`cancel` instead makes the run return a "cancelled"
+        result.
         """
-        settings = self.settings(model=model, system=system, tools=tools, mode=mode or ChatMode.AUTO,
-                                 max_iterations=max_iterations,
-                                 timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs,
-                                 approve=approve, approve_all=approve_all, output_type=output_type,
-                                 usage_limits=usage_limits)
+        options = merge_options(options, max_iterations=max_iterations, timeout=timeout)  # type: ignore[assignment]
+        settings = resolve_settings(self, options, where="arun()", default_mode=ChatMode.AUTO)
         if settings.mode is ChatMode.WORKFLOW:
             raise ValueError("arun runs a task; for workflows use execute_workflow_async(input)")
         return await self.run_turn(task, settings, kind="run", on_event=on_event)
 
-    async def chat_result_async(
-        self,
-        message: str,
-        *,
-        on_event: EventCallback | None = None,
-        max_iterations: int | None = None,
-        timeout: float | None = None,
-        model: Model | str | None = None,
-        system: str | None = None,
-        tools: Iterable[Any] | None = None,
-        mode: ChatMode | str | None = None,
-        approve: Approver | None = None,
-        approve_all: bool = False,
-        output_type: Any = None,
-        usage_limits: UsageLimits | None = None,
-        **model_kwargs: Any,
-    ) -> RunResult:
+    async def chat_result_async(self, message: str, *, on_event: EventCallback | None = None,
+                                **options: Unpack[RunOptions]) -> RunResult:
         """Like :meth:`chat_async` but returns the full RunResult (used by the magics)."""
-        settings = self.settings(model=model, system=system, tools=tools, mode=mode, max_iterations=max_iterations,
-                                 timeout=timeout if timeout is not None else UNSET, model_settings=model_kwargs,
-                                 approve=approve, approve_all=approve_all, output_type=output_type,
-                                 usage_limits=usage_limits)
+        settings = resolve_settings(self, options, where="chat_result_async()")
         if settings.mode is ChatMode.WORKFLOW:
             raise ValueError("workflow mode: use execute_workflow_async(input) (or chat_async)")
         return await self.run_turn(message, settings, kind="chat", on_event=on_event)
@@ -374,198 +285,84 @@ class ChatAgent:
     async def add_workflow_step_async(self, name: str, action: Any, condition: Any = None) -> WorkflowStep:
         return self.add_workflow_step(name, action, condition)
 
-    async def execute_workflow_async(self, input: Any, *, on_event: EventCallback | None = None) -> WorkflowResult:
-        """Run the steps in order on ``input``; each step's output, error and duration are in the result."""
+    async def execute_workflow_async(self, input: Any, *, on_event: EventCallback | None = None,
+                                     **options: Unpack[RunOptions]) -> WorkflowResult:
+        """Run the steps in order on ``input``; each step's output, error and duration are in the result.
+
+        The run options apply to the prompt steps (chat turns; AUTO when there are tools, else NORMAL).
+        """
+        check_options(options, "execute_workflow_async()")
+        if options.get("mode") == ChatMode.WORKFLOW:
+            raise ValueError("a workflow's prompt steps are chat turns: mode='normal' or 'auto'")
         if not self.workflow:
             raise ValueError("no workflow steps: add some with add_workflow_step(name, action)")
         return await run_workflow(self, list(self.workflow), input, self.emitter(on_event), uuid.uuid4().hex[:12],
-                                  on_event)
+                                  on_event, options)
 
-    def execute_workflow(self, input: Any) -> WorkflowResult:
-        return run_sync(self.execute_workflow_async(input), "await agent.execute_workflow_async(...)")
+    def execute_workflow(self, input: Any, **options: Unpack[RunOptions]) -> WorkflowResult:
+        return run_sync(self.execute_workflow_async(input, **options), "await agent.execute_workflow_async(...)")
 
-    # ----------------------------------------------------------------- batches
-    async def batch_run_async(
-        self,
-        messages: Iterable[str],
-        max_concurrency: int | str | None = "auto",
-        return_exceptions: bool = True,
-        *,
-        on_event: EventCallback | None = None,
-        model: Model | str | None = None,
-        system: str | None = None,
-        tools: Iterable[Any] | None = None,
-        mode: ChatMode | str | None = None,
-    ) -> list[RunResult | BaseException]:
+    # ----------------------------------------------------------------- batches (menglong_magic/agent/batch.py)
+    async def batch_run_async(self, messages: Iterable[str], max_concurrency: int | str | None = "auto",
+                              return_exceptions: bool = True, *, on_event: EventCallback | None = None,
+                              **options: Unpack[RunOptions]) -> list[RunResult | BaseException]:
         """Parallel chat turns, each on its own copy of the current history; full results, input order.
 
         The agent's own history is unchanged. ``max_concurrency="auto"`` (or None): paced by the agent's
         limiter (adaptive by default); an integer is a fixed bound on items, which can only lower the agent's.
-        ``model``/``system``/``tools``/``mode`` apply to this batch only.
+        The run options apply to every item (WORKFLOW mode chats: AUTO with tools, else NORMAL).
         """
-        items = list(messages)
-        settings = self._batch_settings(model, system, tools, mode)
-        emit = self.emitter(on_event)
-        batch_id = uuid.uuid4().hex[:12]
-        started = time.perf_counter()
-        emit(BatchStarted(batch_id, messages=tuple(items), mode="parallel"))
-        gate = asyncio.Semaphore(max_concurrency) if isinstance(max_concurrency, int) else None
-        snapshot = list(self.messages)
-        results: list[RunResult | BaseException | None] = [None] * len(items)
+        settings = resolve_settings(self, options, where="batch_run_async()", chat_workflow=True)
+        return await run_batch(self, list(messages), settings, max_concurrency, return_exceptions, on_event)
 
-        async def one(index: int) -> None:
-            async with gate if gate is not None else contextlib.nullcontext():
-                results[index] = await self._batch_item(batch_id, index, items[index], settings, list(snapshot),
-                                                        emit, on_event)
-            outcome = results[index]
-            if not return_exceptions and isinstance(outcome, BaseException):
-                raise outcome
-
-        tasks = [asyncio.ensure_future(one(i)) for i in range(len(items))]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for i, outcome in enumerate(results):
-                if outcome is None:
-                    results[i] = asyncio.CancelledError()
-                    emit(BatchItemFinished(batch_id, index=i, status="cancelled", duration=0.0, result=None,
-                                           error="cancelled"))
-            failed = sum(isinstance(r, BaseException) for r in results)
-            emit(BatchFinished(batch_id, ok=len(items) - failed, failed=failed,
-                               duration=time.perf_counter() - started))
-        return [r for r in results if r is not None]
-
-    async def batch_chat_async(
-        self,
-        messages: Iterable[str],
-        max_concurrency: int | str | None = "auto",
-        return_exceptions: bool = True,
-        *,
-        on_event: EventCallback | None = None,
-        **overrides: Any,
-    ) -> list[str | BaseException]:
+    async def batch_chat_async(self, messages: Iterable[str], max_concurrency: int | str | None = "auto",
+                               return_exceptions: bool = True, *, on_event: EventCallback | None = None,
+                               **options: Unpack[RunOptions]) -> list[Any]:
         """Parallel chat turns (see :meth:`batch_run_async`); answers (or exceptions) in input order."""
         results = await self.batch_run_async(messages, max_concurrency, return_exceptions, on_event=on_event,
-                                             **overrides)
-        return [r if isinstance(r, BaseException) else r.final_output for r in results]
+                                             **options)
+        return [_answer(r) for r in results]
+
+    async def sequential_run_async(self, messages: Iterable[str], stop_on_error: bool = True, *,
+                                   on_event: EventCallback | None = None,
+                                   **options: Unpack[RunOptions]) -> list[RunResult | BaseException]:
+        """Chat turns one after another on the shared history: later messages see earlier answers.
+
+        A failed turn yields its exception; with ``stop_on_error`` the remaining messages are skipped
+        (and not in the returned list). The run options apply to every turn.
+        """
+        settings = resolve_settings(self, options, where="sequential_run_async()", chat_workflow=True)
+        return await run_sequential(self, list(messages), settings, stop_on_error, on_event)
+
+    async def sequential_chat_async(self, messages: Iterable[str], stop_on_error: bool = True, *,
+                                    on_event: EventCallback | None = None,
+                                    **options: Unpack[RunOptions]) -> list[Any]:
+        """Sequential chat turns (see :meth:`sequential_run_async`); answers or exceptions."""
+        results = await self.sequential_run_async(messages, stop_on_error, on_event=on_event, **options)
+        return [_answer(r) for r in results]
 
     # ----------------------------------------------------------------- maps (menglong_magic/maps/run.py)
-    async def map_async(
-        self,
-        inputs: Any,
-        prompt: str | None = None,
-        *,
-        output_type: Any = None,
-        journal: Any = None,
-        max_concurrency: int | str | None = "auto",
-        return_exceptions: bool = True,
-        on_event: EventCallback | None = None,
-        executor: Any = "local",
-        **overrides: Any,
-    ) -> MapResult:
+    async def map_async(self, inputs: Any, prompt: str | None = None, *, journal: Any = None,
+                        max_concurrency: int | str | None = "auto", return_exceptions: bool = True,
+                        on_event: EventCallback | None = None, executor: Any = "local",
+                        **options: Unpack[RunOptions]) -> MapResult:
         """One isolated run per input (strings; dicts, DataFrame rows or a Series formatted into ``prompt``),
         in parallel; outputs (or each item's exception) in input order, in a :class:`MapResult`.
 
         ``journal="runs.sqlite"`` commits every finished item at once; running the same map again requests
         only what the journal lacks. Identical prompts are requested once. ``output_type`` asks for typed
         answers. ``max_concurrency="auto"`` follows the agent's adaptive limiter; an integer is a fixed bound.
-        ``model``/``system``/``tools``/``mode`` and model settings apply to this map only.
-        ``executor="ray"`` (or a ``RayExecutor``) runs the items on Ray workers; the journal, events and
-        result stay here.
+        The run options apply to this map only. ``executor="ray"`` (or a ``RayExecutor``) runs the items on
+        Ray workers; the journal, events and result stay here.
         """
-        return await map_async(self, inputs, prompt, output_type=output_type, journal=journal,
-                               max_concurrency=max_concurrency, return_exceptions=return_exceptions,
-                               on_event=on_event, executor=executor, **overrides)
+        return await map_async(self, inputs, prompt, journal=journal, max_concurrency=max_concurrency,
+                               return_exceptions=return_exceptions, on_event=on_event,
+                               executor=resolve_executor(executor), **options)
 
     def map(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> MapResult:
         """Blocking :meth:`map_async` (not inside a running loop: use ``await agent.map_async``)."""
         return run_sync(self.map_async(inputs, prompt, **kwargs), "await agent.map_async(...)")
 
-    async def sequential_run_async(
-        self,
-        messages: Iterable[str],
-        stop_on_error: bool = True,
-        *,
-        on_event: EventCallback | None = None,
-        model: Model | str | None = None,
-        system: str | None = None,
-        tools: Iterable[Any] | None = None,
-        mode: ChatMode | str | None = None,
-    ) -> list[RunResult | BaseException]:
-        """Chat turns one after another on the shared history: later messages see earlier answers.
-
-        A failed turn yields its exception; with ``stop_on_error`` the remaining messages are skipped
-        (and not in the returned list).
-        """
-        items = list(messages)
-        settings = self._batch_settings(model, system, tools, mode)
-        emit = self.emitter(on_event)
-        batch_id = uuid.uuid4().hex[:12]
-        started = time.perf_counter()
-        emit(BatchStarted(batch_id, messages=tuple(items), mode="sequential"))
-        results: list[RunResult | BaseException] = []
-        try:
-            for index, message in enumerate(items):
-                outcome = await self._batch_item(batch_id, index, message, settings, None, emit, on_event)
-                results.append(outcome)
-                if isinstance(outcome, BaseException) and stop_on_error:
-                    for skipped in range(index + 1, len(items)):
-                        emit(BatchItemFinished(batch_id, index=skipped, status="skipped", duration=0.0,
-                                               result=None, error="skipped after an earlier error"))
-                    break
-        finally:
-            failed = sum(isinstance(r, BaseException) for r in results)
-            emit(BatchFinished(batch_id, ok=len(results) - failed, failed=failed,
-                               duration=time.perf_counter() - started))
-        return results
-
-    async def sequential_chat_async(
-        self, messages: Iterable[str], stop_on_error: bool = True, *, on_event: EventCallback | None = None,
-        **overrides: Any,
-    ) -> list[str | BaseException]:
-        """Sequential chat turns (see :meth:`sequential_run_async`); answers or exceptions."""
-        results = await self.sequential_run_async(messages, stop_on_error, on_event=on_event, **overrides)
-        return [r if isinstance(r, BaseException) else r.final_output for r in results]
-
-    def _batch_settings(self, model: Any, system: Any, tools: Any, mode: Any) -> RunSettings:
-        settings = self.settings(model=model, system=system, tools=tools, mode=mode)
-        if settings.mode is ChatMode.WORKFLOW:  # a batch of workflow inputs is not a thing yet: chat them
-            settings = self.settings(model=model, system=system, tools=tools,
-                                     mode=ChatMode.AUTO if settings.tools else ChatMode.NORMAL)
-        return settings
-
-    async def _batch_item(
-        self,
-        batch_id: str,
-        index: int,
-        message: str,
-        settings: RunSettings,
-        history: list[dict[str, Any]] | None,
-        emit: Callable[[Event], None],
-        on_event: EventCallback | None,
-    ) -> RunResult | BaseException:
-        item_id = f"{batch_id}-{index}"
-        emit(BatchItemStarted(batch_id, index=index, message=message, item_run_id=item_id))
-        started = time.perf_counter()
-        try:
-            result = await self.run_turn(message, settings, kind="batch_item", on_event=on_event, messages=history,
-                                      run_id=item_id)
-        except asyncio.CancelledError:
-            emit(BatchItemFinished(batch_id, index=index, status="cancelled",
-                                   duration=time.perf_counter() - started, result=None, error="cancelled"))
-            raise
-        duration = time.perf_counter() - started
-        if result.stop_reason in ("error", "cancelled"):
-            exc = result.failure() if result.stop_reason == "error" else asyncio.CancelledError()
-            emit(BatchItemFinished(batch_id, index=index, status=result.stop_reason, duration=duration,
-                                   result=None, error=result.error or result.stop_reason))
-            return exc
-        emit(BatchItemFinished(batch_id, index=index, status="ok", duration=duration,
-                               result=result.final_output, error=result.error))
-        return result
 
     # ----------------------------------------------------------------- toolsets (MCP servers)
     def add_toolset(self, toolset: Toolset) -> Toolset:
@@ -598,12 +395,19 @@ class ChatAgent:
         await self.aclose()
 
     # ----------------------------------------------------------------- context and tools
-    def clear_context(self) -> None:
-        """Forget the conversation; the system prompt and the tools stay."""
+    def clear_context(self) -> bool:
+        """Forget the conversation; the system prompt and the tools stay. A stored session keeps its turns (a new
+        process starts after this point); returns True if there was one (``store.forget`` deletes it)."""
         self.messages.clear()
+        return self.persistence.reset()
 
-    async def clear_context_async(self) -> None:
-        self.clear_context()
+    @property
+    def session(self) -> str | None:
+        """The name this conversation is saved under (None: not saved)."""
+        return self.persistence.session
+
+    async def clear_context_async(self) -> bool:
+        return self.clear_context()
 
     def get_context_summary(self) -> ContextSummary:
         """Messages by role, tool calls, tokens used (last run) and the last exchange."""
@@ -636,23 +440,24 @@ class ChatAgent:
 
     # ----------------------------------------------------------------- sync twins
     def batch_chat(self, messages: Iterable[str], max_concurrency: int | str | None = "auto",
-                   return_exceptions: bool = True, **overrides: Any) -> list[str | BaseException]:
-        return run_sync(self.batch_chat_async(messages, max_concurrency, return_exceptions, **overrides),
+                   return_exceptions: bool = True, **options: Unpack[RunOptions]) -> list[Any]:
+        return run_sync(self.batch_chat_async(messages, max_concurrency, return_exceptions, **options),
                         "await agent.batch_chat_async(...)")
 
     def sequential_chat(self, messages: Iterable[str], stop_on_error: bool = True,
-                        **overrides: Any) -> list[str | BaseException]:
-        return run_sync(self.sequential_chat_async(messages, stop_on_error, **overrides),
+                        **options: Unpack[RunOptions]) -> list[Any]:
+        return run_sync(self.sequential_chat_async(messages, stop_on_error, **options),
                         "await agent.sequential_chat_async(...)")
 
-    def chat(self, message: str, **kwargs: Any) -> str:
+    def chat(self, message: str, **options: Any) -> Any:
         """Blocking :meth:`chat_async` (not inside a running loop: use ``await agent.chat_async``)."""
-        return run_sync(self.chat_async(message, **kwargs), "await agent.chat_async(...)")
+        return run_sync(self.chat_async(message, **options), "await agent.chat_async(...)")
 
     def run(self, task: str, max_iterations: int | None = None, timeout: float | None = None,
-            **kwargs: Any) -> RunResult:
+            **options: Any) -> RunResult:
         """Blocking :meth:`arun` (not inside a running loop: use ``await agent.arun``)."""
-        return run_sync(self.arun(task, max_iterations, timeout, **kwargs), "await agent.arun(...)")
+        return run_sync(self.arun(task, max_iterations, timeout, **options), "await agent.arun(...)")
+
 
     # ----------------------------------------------------------------- turns
     async def run_turn(

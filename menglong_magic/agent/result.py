@@ -131,22 +131,24 @@ class RunResult(Mapping[str, Any]):
         )
 
     def __repr__(self) -> str:
+        from ..markup import terminal_safe  # a terminal shows this repr: the model's text must not drive it
+
         text = self.final_output if len(self.final_output) <= 400 else self.final_output[:400] + "…"
         lines = [f"RunResult({self.summary_line()})"]
         if self.error:
             lines.append(f"error: {self.error}")
         if text:
             lines.append(text)
-        return "\n".join(lines)
+        return terminal_safe("\n".join(lines))
 
     def _repr_html_(self) -> str:
         """A RunResult shown in a notebook: the summary, then the answer rendered as Markdown (raw HTML from
         the model shown as text, as in the panel's final view) or the typed output as a table."""
         from html import escape
 
-        from ..markup import output_html, render_markdown
+        from ..markup import NO_TYPESET, output_html, render_markdown
 
-        parts = [f'<div class="mm-result"><div><b>{escape(self.stop_reason)}</b> · '
+        parts = [f'<div class="mm-result {NO_TYPESET}"><div><b>{escape(self.stop_reason)}</b> · '
                  f"{escape(self.summary_line().split(' · ', 1)[1])}</div>"]
         if self.error:
             parts.append(f'<div style="color:#cf222e">error: {escape(self.error)}</div>')

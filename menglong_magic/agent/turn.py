@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -77,6 +78,17 @@ class RunState:
     cancelled: threading.Event = field(default_factory=threading.Event)  # RunContext.cancelled
     output: Any = None  # the validated typed answer (output_type)
     output_failures: int = 0
+
+
+class QueuedTurnWarning(UserWarning):
+    """Turns on one agent from several tasks queue behind each other (outside a notebook, once per agent)."""
+
+
+def _in_a_notebook_kernel() -> bool:
+    # In a notebook, queued turns are the point (a --bg run, then the next cell's): no warning there. Only
+    # looked up, never imported: the core does not depend on ipykernel.
+    app = getattr(sys.modules.get("ipykernel.kernelapp"), "IPKernelApp", None)
+    return bool(app is not None and app.initialized())
 
 
 class TurnLine:
@@ -262,6 +274,8 @@ class Turn:
             output=state.output if state.stop_reason == "completed" else None,
         )
         self.agent.last_result = result
+        # Saved at the turn's end, in one transaction (menglong_magic/store.py): no half turn is ever stored.
+        self.agent.persistence.finished(result, settings, kind=kind, agent=self.agent.name, committed=messages is None)
         emit(RunFinished(state.run_id, result=result))
         if cancelled is not None:
             raise cancelled
@@ -278,6 +292,12 @@ class Turn:
             await lock.acquire()
             return lock
         emit(TurnWaiting(state.run_id, ahead=max(ahead, 1)))
+        if "queued" not in conversation.warned and not _in_a_notebook_kernel():
+            conversation.warned.add("queued")
+            warnings.warn(QueuedTurnWarning(
+                "turns on one ChatAgent run one at a time, in order (each sees the earlier ones' history): this "
+                "run waits for an earlier one. For independent concurrent work (one request of a web server, a "
+                "what-if) use agent.fork() per task, or batch_run_async()."), stacklevel=2)
         waited = time.perf_counter()
         await lock.acquire()  # a CancelledError here is handled by _turn (in_line is given back there)
         emit(TurnResumed(state.run_id, waited=time.perf_counter() - waited))

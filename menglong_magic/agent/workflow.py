@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +85,13 @@ async def _call(fn: Callable[..., Any], previous: Any, state: dict[str, Any]) ->
 
 
 async def run_workflow(agent: ChatAgent, steps: list[WorkflowStep], value: Any, emit: Callable[[Event], None],
-                       run_id: str, on_event: Callable[[Event], Any] | None) -> WorkflowResult:
+                       run_id: str, on_event: Callable[[Event], Any] | None,
+                       options: Mapping[str, Any] | None = None) -> WorkflowResult:
+    """Run ``steps`` on ``value``; prompt steps are chat turns with the run ``options`` (AUTO when there are
+    tools, else NORMAL, unless the options say which)."""
+    step_options = dict(options or {})
+    if step_options.get("mode") is None:
+        step_options["mode"] = "auto" if (step_options.get("tools") or agent.tools) else "normal"
     started = time.perf_counter()
     state: dict[str, Any] = {}
     results: list[StepResult] = []
@@ -107,8 +113,7 @@ async def run_workflow(agent: ChatAgent, steps: list[WorkflowStep], value: Any, 
                 continue
             if isinstance(step.action, str):
                 prompt = step.action.format_map(_Strict({**state, "input": previous}))
-                result = await agent.chat_result_async(prompt, on_event=on_event,
-                                                       mode="auto" if agent.tools else "normal")
+                result = await agent.chat_result_async(prompt, on_event=on_event, **step_options)
                 result.raise_for_error()
                 output: Any = result.final_output
             else:

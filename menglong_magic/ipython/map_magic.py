@@ -3,7 +3,9 @@
     %agent_map -o labels --journal runs.sqlite reviews Classify the sentiment of: {text}
 
 The first word after the options names the iterable (a list of strings or dicts, a pandas DataFrame
-or Series); the rest of the line is the prompt template (optional for strings). Like ``%agent_run``,
+or Series); the rest of the line is the prompt template (optional for strings), as typed: its ``{field}``s
+are filled from each item only (``-i`` also fills other ``{name}``s from the namespace). The run options
+and their flags are those of ``%agent_run`` (:mod:`.options`). Like ``%agent_run``,
 a column-0 ``%agent_map`` line (also ``x = %agent_map ...``) is rewritten into a top-level ``await``,
 so the map runs on the kernel's own loop; elsewhere it runs through the extension's blocking path.
 An interrupt stops the map; everything that finished is in the journal (and in ``_agent_last``).
@@ -12,42 +14,16 @@ An interrupt stops the map; everything that finished is in the journal (and in `
 from __future__ import annotations
 
 import asyncio
-import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..maps.run import MapResult
+from ..maps.run import MapResult, PromptFormatError, format_prompt, input_rows
 from ..ui.mapview import make_map_view
-from .magics import AgentInterrupted, LineMagicRewriter, _magics, split_options
-
-_MODULE = "__import__('menglong_magic.ipython.map_magic', fromlist=['run_map_magic'])"
-
-
-async def run_map_magic(line: str, value: bool = True) -> Any:
-    """What rewritten ``%agent_map`` lines await."""
-    shell, _ = _magics()
-    magics = shell.magics_manager.registry.get("AgentMapMagics")
-    if magics is None:
-        raise UsageError("menglong_magic is not loaded: run %load_ext menglong_magic")
-    result = await magics.execute(shell.var_expand(line))
-    return result if value else None
-
-
-def run_map_magic_blocking(line: str, value: bool = True) -> Any:
-    shell, agent_magics = _magics()
-    magics = shell.magics_manager.registry["AgentMapMagics"]
-    result = agent_magics._blocking(magics.execute(shell.var_expand(line)))
-    return result if value else None
-
-
-class MapRewriter(LineMagicRewriter):
-    """Column-0 ``%agent_map`` lines (also ``x = %agent_map ...``) become a call of :func:`run_map_magic`."""
-
-    def __init__(self, shell: Any):
-        super().__init__(shell, "agent_map", f"{_MODULE}.run_map_magic", f"{_MODULE}.run_map_magic_blocking")
+from .cells import AgentInterrupted, await_shielded, run_blocking
+from .options import interpolate, parse_line, run_arguments
 
 
 @magics_class
@@ -55,28 +31,27 @@ class AgentMapMagics(Magics):
     """``%agent_map``: one isolated agent run per item of a namespace iterable."""
 
     @magic_arguments()
-    @argument("-a", "--agent", help="name of a ChatAgent in the namespace (default: the per-kernel agent)")
-    @argument("-m", "--model", help="model for this map (name, 'local', 'offline' or 'replay:PATH')")
-    @argument("-s", "--system", help="system prompt for this map")
-    @argument("-t", "--tools", help="comma-separated tool functions from the namespace")
-    @argument("-o", "--out", help="store the MapResult in this variable")
+    @run_arguments
     @argument("--journal", metavar="PATH", help="SQLite journal: finished items are kept; a re-run asks only the rest")
     @argument("--max-concurrency", default="auto", help="'auto' (adaptive, default) or a fixed number")
-    @argument("--output", metavar="TYPE", help="answer as an instance of this type from the namespace")
-    @argument("-q", "--quiet", action="store_true", help="no panel: one summary at the end")
     @argument("rest", nargs="*", help="ITERABLE [PROMPT TEMPLATE...]")
+    @no_var_expand
     @line_magic
     def agent_map(self, line: str) -> Any:
-        """Map a namespace iterable through an agent: ``%agent_map [options] ITERABLE [PROMPT with {fields}]``."""
-        _, agent_magics = _magics()
-        return agent_magics._blocking(self.execute(line))
+        """Map a namespace iterable through an agent: ``%agent_map [options] ITERABLE [PROMPT with {fields}]``.
+
+        ``{field}`` in the template is filled from each item only; ``-i`` first fills other ``{name}``s from the
+        namespace (the items' fields win)."""
+        return run_blocking(self.execute(line))
+
+    def _agent_magics(self) -> Any:
+        magics = self.shell.magics_manager.registry.get("AgentMagics")
+        if magics is None:
+            raise UsageError("menglong_magic is not loaded: run %load_ext menglong_magic")
+        return magics
 
     def _parse(self, line: str) -> tuple[Any, Any, str]:
-        options, rest = split_options(self.agent_map.parser, line)
-        try:
-            args = self.agent_map.parser.parse_args(shlex.split(options))
-        except ValueError as exc:
-            raise UsageError(f"cannot parse the options: {exc}") from None
+        args, rest = parse_line(self.agent_map.parser, line, expand=self.shell.var_expand)
         name, _, template = rest.partition(" ")
         if not name:
             raise UsageError("%agent_map needs an iterable: %agent_map [options] ITERABLE [PROMPT {field}...]")
@@ -84,23 +59,23 @@ class AgentMapMagics(Magics):
             raise UsageError(f"{name!r} is not defined in the namespace")
         return args, self.shell.user_ns[name], template.strip()
 
-    def _agent_and_overrides(self, args: Any) -> tuple[Any, dict[str, Any]]:
-        """The agent and this map's settings, built exactly as for %agent_run (-m/-s/-t/--output)."""
-        _, agent_magics = _magics()
-        agent = agent_magics._named_agent(args.agent) if args.agent else agent_magics.default_agent()
-        return agent, agent_magics._overrides(args, agent)
+    async def execute_magic(self, name: str, line: str, cell: str | None) -> MapResult | None:
+        """What the cell runner awaits for ``%agent_map``."""
+        return await self.execute(line)
 
     async def execute(self, line: str) -> MapResult | None:
         args, inputs, template = self._parse(line)
-        agent, overrides = self._agent_and_overrides(args)
+        agent_magics = self._agent_magics()
+        agent, options = agent_magics.agent_and_options(args)  # built exactly as for %agent_run and %%agent
         concurrency: int | str = args.max_concurrency
         if concurrency != "auto":
             try:
                 concurrency = int(concurrency)
             except ValueError:
                 raise UsageError("--max-concurrency: 'auto' or a number") from None
+        if args.interpolate and template:
+            template = interpolate(template, self.shell.user_ns, _fields(inputs))
         _check_template(inputs, template or None)
-        _, agent_magics = _magics()
         loop = asyncio.get_running_loop()
         holder: dict[str, asyncio.Task[Any]] = {}
 
@@ -109,49 +84,53 @@ class AgentMapMagics(Magics):
             if task is not None:
                 loop.call_soon_threadsafe(task.cancel)
 
-        view = make_map_view(title=f"{agent.name} map", widgets=agent_magics._widgets_available()
+        view = make_map_view(title=f"{agent.name} map", widgets=agent_magics.widgets_available()
                              and agent_magics.show_panel and not args.quiet, on_stop=stop,
                              update_interval=max(agent_magics.panel_update_interval, 0.2), compact=args.quiet)
         view.show()
         task = loop.create_task(agent.map_async(inputs, template or None, journal=args.journal,
-                                                max_concurrency=concurrency, on_event=view.handle, **overrides))
+                                                max_concurrency=concurrency, on_event=view.handle, **options))
         holder["task"] = task
         result: MapResult | None = None
         try:
-            result = await asyncio.shield(task)
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            if task.done() and task.cancelled():  # the panel's Stop: the cell completes
-                return None
-            if not task.done():
-                task.cancel()
-                current = asyncio.current_task()
-                if current is not None and hasattr(current, "uncancel"):
-                    current.uncancel()
-                await asyncio.wait([task])
-            # Like an interrupted Python cell (error reply: Run All stops); finished items are in the journal.
-            kept = f"; finished items are in {args.journal}" if args.journal else ""
-            raise AgentInterrupted(f"the map was interrupted and cancelled{kept}", None,
-                                   args.journal or "_agent_last") from None
+            result, interrupted = await await_shielded(task)
+            if interrupted:
+                # Like an interrupted Python cell (error reply: Run All stops); finished items are in the journal.
+                kept = f"; finished items are in {args.journal}" if args.journal else ""
+                raise AgentInterrupted(f"the map was interrupted and cancelled{kept}", None,
+                                       args.journal or "_agent_last")
         finally:
             view.finish()
             self.shell.user_ns["_agent_last"] = result
             if args.out:
                 self.shell.user_ns[args.out] = result
-        return result
+        return result  # None after the panel's Stop: the cell completes
+
+
+def _fields(inputs: Any) -> frozenset[str]:
+    """The field names of the items (DataFrame columns, dict keys), which ``-i`` leaves for each item."""
+    columns = getattr(inputs, "columns", None)
+    if columns is not None:
+        return frozenset(str(c) for c in columns)
+    name = getattr(inputs, "name", None)
+    scalar = frozenset({"input", name} if isinstance(name, str) else {"input"})  # a string item, a Series' name
+    if isinstance(inputs, (list, tuple)):
+        return scalar | frozenset(str(k) for item in inputs if isinstance(item, dict) for k in item)
+    return scalar
 
 
 def _check_template(inputs: Any, template: str | None) -> None:
     """A template naming a field the rows lack is a usage error, before anything is requested."""
-    from ..maps.run import _rows, format_prompt
-
     if not hasattr(inputs, "__len__"):  # an iterator would be consumed by the check
         return
     try:
-        rows, _labels, name = _rows(inputs)
+        rows, _labels, name = input_rows(inputs)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"%agent_map: {exc}") from None
     if rows:
         try:
             format_prompt(template, rows[0], name)
+        except PromptFormatError:
+            pass  # a value this format spec cannot apply to (NaT): that item's error, not the map's
         except (KeyError, ValueError, IndexError) as exc:
             raise UsageError(f"%agent_map: {exc.args[0] if exc.args else exc}") from None

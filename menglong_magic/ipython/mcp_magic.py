@@ -28,17 +28,19 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..agent import ChatAgent
+from ..markup import terminal_safe
 from ..tools.mcp import MCPServer, MCPServerError
-from .magics import LineMagicRewriter
-
-_RUNNER = "__import__('menglong_magic.ipython.mcp_magic', fromlist=['run_mcp_magic'])"
+from .cells import run_blocking
+from .options import named_agent
 
 
 class MCPMagicError(Exception):
     """A server could not be reached: shown as its message, without a traceback."""
 
     def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {line}" if i == 0 else line for i, line in enumerate(str(self).splitlines())]
+        # The message quotes the server's own stderr: shown, never interpreted by the terminal.
+        return [f"{type(self).__name__}: {line}" if i == 0 else line
+                for i, line in enumerate(terminal_safe(str(self)).splitlines())]
 
 
 @magics_class
@@ -61,9 +63,14 @@ class MCPMagics(Magics):
     def agent_mcp(self, line: str) -> None:
         """Manage an agent's MCP servers: ``add NAME -- COMMAND ARGS...``, ``add NAME URL``, ``list``,
         ``refresh [NAME]``, ``remove NAME``."""
-        return self._blocking(self.execute(line))
+        return run_blocking(self.execute(line))  # IPython expanded $name already, as for any line magic
 
     # ------------------------------------------------------------------ execution
+    async def execute_magic(self, name: str, line: str, cell: str | None) -> None:
+        """What the cell runner awaits for ``%agent_mcp``: ``$name`` expands as in any IPython line magic (the
+        documented ``-e KEY=$token``), since its words are configuration, not text for a model."""
+        await self.execute(self.shell.var_expand(line))
+
     async def execute(self, line: str) -> None:
         args, command = self._parse(line)
         agent = self._agent(args.agent)
@@ -152,13 +159,13 @@ class MCPMagics(Magics):
             print(f"{server.name}: {server.transport} {server.describe()} [{server.state}{pid}]")
             print(self._tools_line(server))
             if server.state in ("failed", "dead") and server.error:
-                print("  " + server.error.splitlines()[0])
+                print("  " + terminal_safe(server.error.splitlines()[0]))
 
     @staticmethod
     def _tools_line(server: MCPServer) -> str:
         if server.tools is None:
             return "  tools: (not listed yet: the server starts on the first run)"
-        return f"  tools: {', '.join(t.name for t in server.tools) or '(none)'}"
+        return terminal_safe(f"  tools: {', '.join(t.name for t in server.tools) or '(none)'}")  # names from the server
 
     def _servers(self, agent: ChatAgent, name: str | None) -> list[MCPServer]:
         if name:
@@ -181,36 +188,4 @@ class MCPMagics(Magics):
 
     def _agent(self, name: str | None) -> ChatAgent:
         magics = self._agent_magics()
-        return magics._named_agent(name) if name else magics.default_agent()  # type: ignore[no-any-return]
-
-    def _blocking(self, coro: Any) -> Any:
-        """The magic ran where the await rewrite could not apply: the agent magics' fallback loop strategy."""
-        return self._agent_magics()._blocking(coro)
-
-
-def _shell_magics() -> MCPMagics:
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    magics = shell.magics_manager.registry.get("MCPMagics") if shell else None
-    if magics is None:
-        raise UsageError("menglong_magic is not loaded: run %load_ext menglong_magic")
-    return magics  # type: ignore[no-any-return]
-
-
-async def run_mcp_magic(line: str, value: bool = True) -> None:
-    """What a rewritten ``%agent_mcp`` line awaits."""
-    magics = _shell_magics()
-    await magics.execute(magics.shell.var_expand(line))
-
-
-def run_mcp_magic_blocking(line: str, value: bool = True) -> None:
-    magics = _shell_magics()
-    magics._blocking(magics.execute(magics.shell.var_expand(line)))
-
-
-class MCPRewriter(LineMagicRewriter):
-    """``%agent_mcp ...`` at column 0 becomes ``await run_mcp_magic(...)`` in a kernel (see magics.py)."""
-
-    def __init__(self, shell: Any):
-        super().__init__(shell, "agent_mcp", f"{_RUNNER}.run_mcp_magic", f"{_RUNNER}.run_mcp_magic_blocking")
+        return named_agent(self.shell.user_ns, name) if name else magics.default_agent()  # type: ignore[no-any-return]

@@ -46,7 +46,7 @@ from ..agent.settings import ChatMode, RunSettings
 from ..models.offline import OfflineModel
 from ..models.openai_compat import _NO_KEY, OpenAIModel, redact
 from ..tools.base import Tool
-from .run import ItemOutcome, MapItem, MapJob, _run_admitted, _usage_from_json, _usage_to_json, run_item
+from .run import ItemOutcome, MapItem, MapJob, run_admitted, run_item, usage_from_json, usage_to_json
 
 if TYPE_CHECKING:
     from ..agent.chat_agent import ChatAgent
@@ -155,9 +155,13 @@ class AgentSpec:
     approve_all: bool
     approval_timeout: float | None
     max_concurrency: int | str
+    #: The agent's class (ChatAgent or a subclass), carried by reference: maps sit below the facade and
+    #: never import it.
+    agent_class: type[ChatAgent]
 
     @classmethod
-    def of(cls, settings: RunSettings, max_concurrency: int | str | None = "auto") -> tuple[AgentSpec, dict[str, str]]:
+    def of(cls, settings: RunSettings, max_concurrency: int | str | None = "auto", *,
+           agent_class: type[ChatAgent]) -> tuple[AgentSpec, dict[str, str]]:
         """The spec of a map's settings, and the secrets its model needs (never part of the spec)."""
         if settings.uses_tools and settings.toolsets:
             raise RayExecutorError("MCP servers (toolsets) cannot travel to Ray workers; pass their tools as "
@@ -176,23 +180,24 @@ class AgentSpec:
             max_retries=settings.max_retries, output_type=None if output is None else output.output_type,
             output_retries=settings.output_retries, usage_limits=settings.usage_limits, approve=settings.approve,
             approve_all=settings.approve_all, approval_timeout=settings.approval_timeout,
-            max_concurrency=max_concurrency if max_concurrency not in (None, "auto") else "auto")
+            max_concurrency=max_concurrency if max_concurrency not in (None, "auto") else "auto",
+            agent_class=agent_class)
         return spec, secrets
 
     def build(self) -> tuple[ChatAgent, RunSettings]:
         """The agent and the run settings on a worker."""
-        from ..agent.chat_agent import ChatAgent
-
-        agent = ChatAgent(model=self.model.build(), system=self.system, mode=ChatMode(self.mode),
+        agent = self.agent_class(model=self.model.build(), system=self.system, mode=ChatMode(self.mode),
                           max_iterations=self.max_iterations, name="ray-worker",
                           max_concurrency=self.max_concurrency if isinstance(self.max_concurrency, int) else "auto")
         tools = {t.name: Tool(t.function, name=t.name, description=t.description,
                               requires_approval=t.requires_approval) for t in self.tools}
-        settings = agent.settings(tools=tools, timeout=self.timeout, model_settings=self.model_settings,
+        # Every run option (agent/options.py) travels in the spec; the matrix test checks none is missing.
+        settings = agent.settings(model=None, system=self.system, tools=tools, mode=self.mode,
+                                  max_iterations=self.max_iterations, timeout=self.timeout,
                                   request_timeout=self.request_timeout, max_retries=self.max_retries,
                                   approve=self.approve, approve_all=self.approve_all,
                                   approval_timeout=self.approval_timeout, output_type=self.output_type,
-                                  usage_limits=self.usage_limits)
+                                  usage_limits=self.usage_limits, model_settings=self.model_settings)
         return agent, dataclasses.replace(settings, output_retries=self.output_retries, stream=False)
 
 
@@ -252,11 +257,11 @@ class MapWorker:
                 outcome = ItemOutcome("error", error=redact(f"{type(exc).__name__}: {exc}"), stop_reason="error")
             queue.put_nowait({"key": key, "event": "finished", "status": outcome.status, "data": outcome.data,
                               "text": outcome.text, "error": outcome.error, "stop_reason": outcome.stop_reason,
-                              "usage": _usage_to_json(outcome.usage), "duration": outcome.duration})
+                              "usage": usage_to_json(outcome.usage), "duration": outcome.duration})
 
         async def run_all() -> None:
             try:
-                await _run_admitted(self._agent, items, one, self._spec.max_concurrency)
+                await run_admitted(self._agent, items, one, self._spec.max_concurrency)
             finally:
                 queue.put_nowait(None)
 
@@ -440,7 +445,7 @@ class RayExecutor:
         per_worker = self.max_concurrency_per_worker
         if per_worker is None:
             per_worker = job.max_concurrency if isinstance(job.max_concurrency, int) else "auto"
-        spec, secrets = AgentSpec.of(job.settings, per_worker)
+        spec, secrets = AgentSpec.of(job.settings, per_worker, agent_class=type(job.agent))
         _pickle_by_value(spec)
         from ray import cloudpickle
 
@@ -502,7 +507,7 @@ class RayExecutor:
                             outcome = ItemOutcome(
                                 message["status"], data=message["data"], text=message["text"],
                                 error=message["error"], stop_reason=message["stop_reason"],
-                                usage=_usage_from_json(message["usage"]), duration=message["duration"])
+                                usage=usage_from_json(message["usage"]), duration=message["duration"])
                             try:
                                 job.finished(item, outcome)
                             except BaseException as exc:  # return_exceptions=False: stop the map

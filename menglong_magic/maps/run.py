@@ -2,7 +2,9 @@
 
 A map is a batch with a journal. Each input (a string, a dict, a pandas DataFrame row or Series value)
 is formatted into the prompt template and run as an isolated chat turn (no conversation history; the
-agent's tools if it has any). Outputs come back in input order in a :class:`MapResult`.
+agent's tools if it has any). Outputs come back in input order in a :class:`MapResult`. Missing values
+(None, NaN, NaT, ``pd.NA``, a missing category) are empty fields in the prompt; a format spec over one
+(``{date:%Y-%m-%d}`` on NaT) is that item's :class:`MapItemError`, not the map's (see :func:`format_prompt`).
 
 The journal (``journal="runs.sqlite"``) is the source of truth: every item that finishes is committed
 to SQLite at once, keyed by a hash of everything that determines its answer (the model, the system
@@ -25,18 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import decimal
 import hashlib
 import json
 import sqlite3
 import time
 import typing
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from ..agent.settings import ChatMode, RunSettings
+from ..agent.options import resolve_settings
+from ..agent.settings import RunSettings
 from ..events import BatchFinished, BatchItemFinished, BatchItemStarted, BatchStarted, Event, EventCallback
 from ..secrets import redact
 from ..usage import RunUsage
@@ -165,17 +169,14 @@ class LocalExecutor:
                 raise
             job.finished(item, outcome)
 
-        await _run_admitted(job.agent, job.items, one, job.max_concurrency)
+        await run_admitted(job.agent, job.items, one, job.max_concurrency)
 
 
-def resolve_executor(executor: Any) -> MapExecutor:
-    """``"local"``/None, ``"ray"`` (a :class:`RayExecutor` with its defaults) or an executor object."""
+def local_or_given(executor: Any) -> MapExecutor:
+    """``"local"``/None (a :class:`LocalExecutor`) or an executor object. Names of other executors ("ray") are
+    resolved above this module (:func:`menglong_magic.maps.executors.resolve_executor`): they import it."""
     if executor is None or executor == "local":
         return LocalExecutor()
-    if executor == "ray":
-        from .ray import default_executor
-
-        return default_executor()
     if isinstance(executor, str) or not callable(getattr(executor, "run", None)):
         raise ValueError(f'executor must be "local", "ray" or an object with an async run(job) method, '
                          f'not {executor!r}')
@@ -221,7 +222,7 @@ class Journal:
             marks = ",".join("?" * len(chunk))
             for key, output, usage in self._db.execute(
                     f"SELECT key, output, usage FROM items WHERE error IS NULL AND key IN ({marks})", chunk):
-                found[key] = (json.loads(output), _usage_from_json(usage))
+                found[key] = (json.loads(output), usage_from_json(usage))
         return found
 
     def record(self, key: str, index: int, prompt: str, output: Any = None, error: str | None = None,
@@ -232,7 +233,7 @@ class Journal:
             "ON CONFLICT(key) DO UPDATE SET idx=excluded.idx, output=excluded.output, error=excluded.error, "
             "usage=excluded.usage, created=excluded.created WHERE items.error IS NOT NULL",
             (key, index, prompt, None if error is not None else json.dumps(output), error,
-             _usage_to_json(usage), time.time()))
+             usage_to_json(usage), time.time()))
 
     def rows(self) -> list[dict[str, Any]]:
         """Every row, oldest first (for inspection)."""
@@ -241,11 +242,11 @@ class Journal:
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def _usage_to_json(usage: RunUsage | None) -> str | None:
+def usage_to_json(usage: RunUsage | None) -> str | None:
     return None if usage is None else json.dumps(usage.to_data())
 
 
-def _usage_from_json(text: str | None) -> RunUsage:
+def usage_from_json(text: str | None) -> RunUsage:
     return RunUsage.from_data(json.loads(text)) if text else RunUsage()
 
 
@@ -304,7 +305,7 @@ class MapResult(Sequence[Any]):
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def _rows(inputs: Any) -> tuple[list[Any], list[Any] | None, str | None]:
+def input_rows(inputs: Any) -> tuple[list[Any], list[Any] | None, str | None]:
     """(rows, index labels or None, a Series' name): strings/scalars, or dicts for frames and mappings."""
     module = type(inputs).__module__
     if module.startswith("pandas"):
@@ -319,21 +320,116 @@ def _rows(inputs: Any) -> tuple[list[Any], list[Any] | None, str | None]:
     return list(inputs), None, None
 
 
+MISSING_TEXT = ""
+"""What a missing value (None, NaN, NaT, ``pd.NA``, a missing category) becomes in a prompt: an empty field."""
+
+
+class PromptFormatError(ValueError):
+    """One item's prompt cannot be built from its values (a format spec over a missing or mistyped value).
+
+    :func:`map_async` makes it that item's :class:`MapItemError` (``stop_reason="prompt_format"``); the
+    other items run.
+    """
+
+
+def is_missing(value: Any) -> bool:
+    """None, a float/Decimal NaN, and pandas' and numpy's missing scalars (``NaT``, ``pd.NA``, NaN)."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return value != value  # NaN is the one value unequal to itself
+    if isinstance(value, decimal.Decimal):
+        return value.is_nan()
+    if type(value).__module__.startswith(("pandas", "numpy")):
+        try:
+            import pandas as pd
+        except ImportError:  # numpy alone: its NaN and NaT are unequal to themselves too
+            pd = None
+        try:
+            if pd is None:
+                return bool(value != value)
+            return bool(pd.api.types.is_scalar(value) and pd.isna(value))
+        except (TypeError, ValueError):  # arrays and other non-scalars are values, not gaps
+            return False
+    return False
+
+
+class _Missing:
+    """A missing value inside ``str.format``: renders as :data:`MISSING_TEXT`; a format spec over it (the
+    ``%Y-%m-%d`` of ``{date:%Y-%m-%d}`` on NaT) has nothing to apply to and fails that item."""
+
+    __slots__ = ("field", "value")
+
+    def __init__(self, field: str, value: Any):
+        self.field = field
+        self.value = value
+
+    def __format__(self, spec: str) -> str:
+        if spec:
+            raise PromptFormatError(f"prompt field {self.field!r} is missing ({self.value!r}), so its format spec "
+                                    f"{spec!r} cannot apply")
+        return MISSING_TEXT
+
+    def __str__(self) -> str:
+        return MISSING_TEXT
+
+    __repr__ = __str__
+
+
+def _field(name: str, value: Any) -> Any:
+    return _Missing(name, value) if is_missing(value) else value
+
+
 def format_prompt(template: str | None, row: Any, name: str | None = None) -> str:
-    """The item's prompt: ``template.format(...)`` over a row's fields, or ``{}``/``{input}`` for a scalar."""
+    """The item's prompt: ``template.format(...)`` over a row's fields, or ``{}``/``{input}`` for a scalar.
+
+    Missing values (None, NaN, NaT, ``pd.NA``, a missing category) become :data:`MISSING_TEXT` (an empty
+    field), never ``nan``/``NaT``/``<NA>``/``None``. A field the row lacks is a template error (``KeyError``);
+    a value its format spec cannot apply to (``{date:%Y-%m-%d}`` over NaT, ``{n:d}`` over a string) raises
+    :class:`PromptFormatError`, which a map turns into that item's error.
+    """
     if isinstance(row, dict):
         if template is None:
             raise ValueError("dict / DataFrame rows need a prompt template, e.g. 'Classify: {text}'")
+        fields = {str(k): _field(str(k), v) for k, v in row.items()}
         try:
-            return template.format(**{str(k): v for k, v in row.items()})
+            return template.format(**fields)
         except KeyError as exc:
             raise KeyError(f"prompt field {exc.args[0]!r} is not a field of the row (fields: "
                            f"{', '.join(map(str, row))})") from None
-    text = row if isinstance(row, str) else str(row)
+        except PromptFormatError:
+            raise
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise PromptFormatError(f"cannot format the prompt from this row: {exc}") from None
+    text = MISSING_TEXT if is_missing(row) else row if isinstance(row, str) else str(row)
     if template is None:
         return text
-    fields = {"input": text, **({name: text} if name else {})}
-    return template.format(text, **fields)
+    value = _field(name or "input", row)
+    fields = {"input": value, **({name: value} if name else {})}
+    try:
+        return template.format(value, **fields)
+    except (KeyError, IndexError, PromptFormatError):
+        raise
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise PromptFormatError(f"cannot format the prompt from {_clip_repr(row)}: {exc}") from None
+
+
+def _clip_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _prompts(template: str | None, rows: list[Any], name: str | None) -> tuple[list[str], dict[int, MapItemError]]:
+    """Every item's prompt, and the items whose prompt cannot be built (their error; their prompt is "")."""
+    prompts: list[str] = []
+    failures: dict[int, MapItemError] = {}
+    for index, row in enumerate(rows):
+        try:
+            prompts.append(format_prompt(template, row, name))
+        except PromptFormatError as exc:
+            prompts.append("")
+            failures[index] = MapItemError(f"item {index}: {exc}", "prompt_format")
+    return prompts, failures
 
 
 # ---------------------------------------------------------------------------------------------- keys
@@ -359,21 +455,9 @@ def item_key(fingerprint: str, prompt: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the map
-_RUN_SETTINGS = ("model", "system", "tools", "mode", "request_timeout", "max_retries", "approve", "approve_all",
-                 "approval_timeout", "usage_limits")
-
-
-def _map_settings(agent: ChatAgent, output_type: Any, overrides: dict[str, Any]) -> RunSettings:
-    # Run settings go to agent.settings(); anything else is a model setting (temperature, ...), as for arun.
-    kwargs = {k: overrides.pop(k) for k in _RUN_SETTINGS if k in overrides}
-    if output_type is not None:
-        kwargs["output_type"] = output_type
-    if overrides:
-        kwargs["model_settings"] = overrides
-    settings = agent.settings(**kwargs)
-    if settings.mode is ChatMode.WORKFLOW:  # a map of workflow inputs is not a thing: chat them
-        kwargs["mode"] = ChatMode.AUTO if settings.tools else ChatMode.NORMAL
-        settings = agent.settings(**kwargs)
+def _map_settings(agent: ChatAgent, options: Mapping[str, Any]) -> RunSettings:
+    # The run options, resolved as for every entry point; a map of workflow inputs is not a thing: chat them.
+    settings = resolve_settings(agent, options, where="map_async()", chat_workflow=True)
     if settings.stream is None:
         settings = dataclasses.replace(settings, stream=False)  # nobody reads 10,000 streams: one response each
     return settings
@@ -398,25 +482,26 @@ async def map_async(
     inputs: Any,
     prompt: str | None = None,
     *,
-    output_type: Any = None,
     journal: str | Path | Journal | None = None,
     max_concurrency: int | str | None = "auto",
     return_exceptions: bool = True,
     on_event: EventCallback | None = None,
     executor: Any = "local",
-    **overrides: Any,
+    **options: Any,
 ) -> MapResult:
     """See :meth:`ChatAgent.map_async`. ``executor``: "local" (default), "ray", or a :class:`MapExecutor`."""
-    runner = resolve_executor(executor)
+    runner = local_or_given(executor)
     started = time.perf_counter()
-    rows, labels, series_name = _rows(inputs)
-    prompts = [format_prompt(prompt, row, series_name) for row in rows]
-    settings = _map_settings(agent, output_type, dict(overrides))
+    rows, labels, series_name = input_rows(inputs)
+    prompts, unformatted = _prompts(prompt, rows, series_name)
+    settings = _map_settings(agent, options)
     fingerprint = settings_fingerprint(settings)
     keys = [item_key(fingerprint, p) for p in prompts]
     first: dict[str, int] = {}
     copies: dict[str, list[int]] = {}
     for index, key in enumerate(keys):
+        if index in unformatted:  # no prompt: nothing to request or to look up
+            continue
         first.setdefault(key, index)
         copies.setdefault(key, []).append(index)
 
@@ -432,13 +517,20 @@ async def map_async(
     usage = RunUsage()
     try:
         emit(BatchStarted(batch_id, messages=tuple(prompts), mode="map"))
+        for index, unformatted_error in unformatted.items():
+            outputs[index] = errors[index] = unformatted_error
+            done[index] = True
+            emit(BatchItemFinished(batch_id, index=index, status="error", duration=0.0, result=None,
+                                   error=str(unformatted_error)))
+            if not return_exceptions:
+                raise unformatted_error
         restored = store.answered(first) if store is not None else {}
         for key, (data, _paid) in restored.items():
             value = _restore(settings, data)
             for index in copies[key]:
                 outputs[index], cached[index], done[index] = value, True, True
         pending = [key for key in first if key not in restored]
-        deduplicated = n - len(first)
+        deduplicated = n - len(unformatted) - len(first)
         restored_count = sum(len(copies[k]) for k in restored)
         if restored_count or deduplicated:
             emit(MapItemsRestored(batch_id, count=restored_count, deduplicated=deduplicated))
@@ -503,7 +595,7 @@ async def map_async(
                      restored=restored_count, deduplicated=deduplicated, duration=time.perf_counter() - started)
 
 
-async def _run_admitted(agent: ChatAgent, keys: Sequence[Any], one: Callable[[Any], Any],
+async def run_admitted(agent: ChatAgent, keys: Sequence[Any], one: Callable[[Any], Any],
                         max_concurrency: int | str | None) -> None:
     """Start ``one(key)`` for each key (any item) in order, never more at once than the pace allows.
 

@@ -92,8 +92,9 @@ class Tool:
             getattr(function, "__call__", None)  # noqa: B004 - async callable objects
         )
         self.context_parameter = _context_parameter(function)
-        self.arguments_model = _arguments_model(function, self.name, doc, skip=self.context_parameter)
-        self.parameters = _clean_schema(self.arguments_model.model_json_schema())
+        self.arguments_model, self._names, self._positional = _arguments_model(
+            function, self.name, doc, skip=self.context_parameter)
+        self.parameters = _clean_schema(self.arguments_model.model_json_schema(by_alias=True))
 
     def renamed(self, name: str, description: str | None = None) -> Tool:
         """The same tool under another name (subclasses without a Python function override this)."""
@@ -108,19 +109,21 @@ class Tool:
         }
 
     def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """Validate and coerce arguments; raises ``pydantic.ValidationError``."""
+        """Validate and coerce arguments; raises ``pydantic.ValidationError``. Keys are the parameters' own names."""
         model = self.arguments_model.model_validate(arguments)
-        return {name: getattr(model, name) for name in type(model).model_fields}
+        # Read back by the fields' internal names (p0, p1, …): never a BaseModel member such as model_extra.
+        return {name: getattr(model, field_name) for field_name, name in self._names.items()}
 
     async def call(self, arguments: dict[str, Any], context: RunContext | None = None) -> Any:
         """Validate, then run: async tools are awaited, sync tools run in a worker thread."""
         kwargs = self.validate(arguments)
         if self.context_parameter is not None:
             kwargs[self.context_parameter] = context
+        args = [kwargs.pop(name) for name in self._positional]  # positional-only parameters (``def f(a, /)``)
         if self.is_async:
-            return await self.function(**kwargs)
+            return await self.function(*args, **kwargs)
         # to_thread keeps the event loop (and the live panel) responsive while a sync tool works.
-        return await asyncio.to_thread(self.function, **kwargs)
+        return await asyncio.to_thread(self.function, *args, **kwargs)
 
     def __repr__(self) -> str:
         kind = "async " if self.is_async else ""
@@ -275,12 +278,22 @@ def _context_parameter(function: Callable[..., Any]) -> str | None:
 
 def _arguments_model(
     function: Callable[..., Any], name: str, doc: docstring_parser.Docstring, skip: str | None = None
-) -> type[pydantic.BaseModel]:
+) -> tuple[type[pydantic.BaseModel], dict[str, str], list[str]]:
+    """The pydantic model validating a call's arguments, its internal field names → the parameters' names, and
+    the positional-only parameters (in order), which must be passed positionally.
+
+    Fields get neutral internal names (``p0``, ``p1``, …) and the parameter's own name as their alias, so any
+    name a Python function can have (``model_config``, ``model_extra``, ``schema``, ``json``, ``_private``,
+    ``größe``) is a plain property of the schema and reaches the function unchanged, instead of colliding
+    with BaseModel's members or pydantic's private-attribute rule.
+    """
     target = _target(function)
     signature = inspect.signature(target)
     hints = _hints(target)
     descriptions = {p.arg_name: p.description for p in doc.params if p.description}
     fields: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    positional: list[str] = []
     for pname, param in signature.parameters.items():
         if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             continue
@@ -292,9 +305,15 @@ def _arguments_model(
         if annotation is inspect.Parameter.empty:
             annotation = Any
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[pname] = (annotation, pydantic.Field(default, description=descriptions.get(pname)))
+        field_name = f"p{len(fields)}"
+        fields[field_name] = (annotation, pydantic.Field(default, alias=pname, description=descriptions.get(pname)))
+        names[field_name] = pname
+        if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+            positional.append(pname)
     model_name = "".join(part.capitalize() for part in name.split("_")) + "Arguments"
-    return pydantic.create_model(model_name, __config__=pydantic.ConfigDict(extra="forbid"), **fields)
+    # Validation accepts the aliases (the real names) only (pydantic's default): "p0" is an unknown argument.
+    model = pydantic.create_model(model_name, __config__=pydantic.ConfigDict(extra="forbid"), **fields)
+    return model, names, positional
 
 
 def _clean_schema(schema: Any) -> Any:

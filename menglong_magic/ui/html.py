@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from html import escape
 
-from ..markup import clip, output_html, render_markdown
+from ..markup import NO_TYPESET, clip, output_html, render_markdown
 from .state import (
     EXPANDED_ITERATIONS,
     MAX_ANSWER,
@@ -144,7 +144,7 @@ def progress_html(vm: RunViewModel, with_bar: bool = True) -> str:
 
 def final_html(vm: RunViewModel) -> str:
     """The final view: status, progress, steps (collapsed), usage, and the answer once (Markdown)."""
-    out = [f'<div class="mm-panel mm-final mm-final-{escape(vm.status)}" style="border:1px solid #d0d7de;'
+    out = [f'<div class="mm-panel mm-final mm-final-{escape(vm.status)} {NO_TYPESET}" style="border:1px solid #d0d7de;'
            f'border-radius:8px;padding:8px 12px">', header_html(vm), progress_html(vm)]
     if vm.batch is not None:
         out.append(batch_html(vm))

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from .. import events as ev
 from ..maps.run import MapItemsRestored
-from ..markup import clip
+from ..markup import NO_TYPESET, clip, terminal_safe
 from ..usage import format_cost
 from .live import LiveWidgetView
 
@@ -216,7 +216,7 @@ class MapViewModel:
     def final_html(self) -> str:
         failures = "".join(self.failure_html(i, t) for i, t in self.failures)
         block = f'<details open><summary>{len(self.failures)} failed</summary>{failures}</details>' if failures else ""
-        return f'<div class="mm-panel mm-map">{self.stats_html()}{self.rows_html()}{block}</div>'
+        return f'<div class="mm-panel mm-map {NO_TYPESET}">{self.stats_html()}{self.rows_html()}{block}</div>'
 
     def summary_text(self) -> str:
         lines = [self.summary_line()]
@@ -249,11 +249,11 @@ class MapTextView:
         if self.compact:
             return
         for index, text in self.model.failures[failures:]:
-            self.out.write(f"[{self.model.title}] item {index} failed: {text}\n")
+            self.out.write(terminal_safe(f"[{self.model.title}] item {index} failed: {text}") + "\n")
         now = time.monotonic()
         if isinstance(event, ev.BatchItemFinished) and now - self._last >= self.interval:
             self._last = now
-            self.out.write(self.model.summary_line() + "\n")
+            self.out.write(terminal_safe(self.model.summary_line()) + "\n")
             self.out.flush()
 
     def finish(self) -> None:
@@ -261,7 +261,7 @@ class MapTextView:
             return
         self._finished = True
         self.model.mark_cancelled()
-        self.out.write((self.model.summary_text() if self.compact else self.model.summary_line()) + "\n")
+        self.out.write(terminal_safe(self.model.summary_text() if self.compact else self.model.summary_line()) + "\n")
         self.out.flush()
 
     def close(self) -> None:
@@ -312,7 +312,7 @@ class MapPanel(LiveWidgetView):
         return isinstance(event, ev.BatchFinished)
 
     def final_bundle_now(self) -> dict[str, str]:
-        return {"text/plain": self.model.summary_text(), "text/html": self.model.final_html()}
+        return {"text/plain": terminal_safe(self.model.summary_text()), "text/html": self.model.final_html()}
 
     def flush(self) -> None:
         """Push the aggregates (O(last rows)) and the failures not sent yet."""

@@ -46,7 +46,7 @@ import traitlets
 
 from .. import events as ev
 from ..agent.approval import ApprovalDecision, ApprovalRequest
-from ..markup import clip
+from ..markup import clip, terminal_safe
 from .html import body_blocks, final_html, header_html
 from .live import LiveWidgetView, on_loop
 from .state import RunViewModel
@@ -128,7 +128,8 @@ class RunPanel(LiveWidgetView):
         return isinstance(event, _FINAL_EVENTS) and event.run_id == self.model.run_id
 
     def final_bundle_now(self) -> dict[str, str]:
-        return {"text/plain": self.model.summary_text(), "text/html": final_html(self.model)}
+        # text/plain is what terminals (jupyter console) print: control characters shown, not interpreted.
+        return {"text/plain": terminal_safe(self.model.summary_text()), "text/html": final_html(self.model)}
 
     def before_finish(self) -> None:
         self._deny_pending("the panel was closed before anyone answered")

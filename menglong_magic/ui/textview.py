@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 from .. import events as ev
-from ..markup import clip
+from ..markup import clip, terminal_safe
 from .state import MAX_ANSWER, TOOL_ICONS, RunViewModel, describe_decision
 
 
@@ -37,7 +37,7 @@ class TextView:
         if self._in_text:
             self.out.write("\n")
             self._in_text = False
-        self.out.write(text + "\n")
+        self.out.write(terminal_safe(text) + "\n")  # model/tool text never drives the terminal
         self.out.flush()
 
     def show(self) -> None:
@@ -76,7 +76,7 @@ class TextView:
                 self.out.write("  ")
                 self._in_text = True
             self._streamed += event.delta
-            self.out.write(event.delta.replace("\n", "\n  "))
+            self.out.write(terminal_safe(event.delta).replace("\n", "\n  "))
             self.out.flush()
         elif isinstance(event, ev.ToolProgress):
             now = time.monotonic()

@@ -53,14 +53,12 @@ def test_twenty_concurrent_requests_run_concurrently(service: str, openai_server
             return await asyncio.gather(*(client.post(service + "/execute_task", json={"task": f"count {i}"})
                                           for i in range(20)))
 
-    started = time.perf_counter()
     responses = asyncio.run(go())
-    elapsed = time.perf_counter() - started
     bodies = [r.json() for r in responses]
     assert all(b["success"] and b["iterations"] == 2 and b["output"] == "three words" for b in bodies)
-    # each run makes two 200 ms model calls: 20 runs one after another would take 8 s
-    assert elapsed < 4.0, f"{elapsed:.2f}s"
-    assert openai_server.max_in_flight > 5
+    # Concurrency observed at the server, not by the clock (a loaded machine stretches any time bound): each
+    # model call takes 200 ms, so requests handled one at a time would never overlap there.
+    assert openai_server.max_in_flight > 5, openai_server.max_in_flight
 
 
 def test_forked_requests_never_see_each_others_tasks(service: str, openai_server: Any) -> None:

@@ -381,7 +381,7 @@ async def test_a_forced_tool_choice_applies_to_the_first_request_of_the_turn(ope
     openai_server.enqueue(call_tools(tool_call("count", {"n": 1})), reply("done"))
     agent = ChatAgent(model=model_for(openai_server), mode="auto", tools=[count])
     forced = {"type": "function", "function": {"name": "count"}}
-    result = await agent.arun("x", tool_choice=forced)
+    result = await agent.arun("x", model_settings={"tool_choice": forced})
     assert result.stop_reason == "completed" and invocations == [1]
     assert [r.get("tool_choice") for r in openai_server.requests] == [forced, "auto"]
 
@@ -389,7 +389,7 @@ async def test_a_forced_tool_choice_applies_to_the_first_request_of_the_turn(ope
 async def test_tool_choice_is_dropped_when_no_tools_are_sent(openai_server: Any) -> None:
     openai_server.enqueue(reply("plain"))
     agent = ChatAgent(model=model_for(openai_server), mode="normal", tools=[count])
-    assert await agent.chat_async("x", tool_choice="required") == "plain"
+    assert await agent.chat_async("x", model_settings={"tool_choice": "required"}) == "plain"
     assert "tool_choice" not in openai_server.requests[0] and "tools" not in openai_server.requests[0]
 
 
@@ -567,7 +567,7 @@ async def test_local_model_a_named_tool_choice_forces_that_tool(openai_server: A
     openai_server.enqueue(reply('{"n": 9}'), reply("Counted nine."))
     agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather, count])
     forced = {"type": "function", "function": {"name": "count"}}
-    result = await agent.arun("do it for 9", tool_choice=forced)  # no word in common with count
+    result = await agent.arun("do it for 9", model_settings={"tool_choice": forced})  # no word in common with count
     assert result.final_output == "Counted nine." and invocations == [9] and weather_calls == []
     assert literals(grammar_rules(openai_server.requests[0]["grammar"])["args"]) == ["{", '"n": ', "9", "}"]
     assert "grammar" not in openai_server.requests[1]  # the forced choice applies to the first request only

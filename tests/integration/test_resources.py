@@ -8,6 +8,7 @@ import gc
 import os
 import sys
 import threading
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,18 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def run_on_a_new_loop(coro: Any) -> Any:
+    """What ``asyncio.run`` does: a new loop, its async generators shut down, then closed. Spelled out because
+    the magics' blocking path applies nest_asyncio2 in this process (other tests), which patches ``asyncio.run``
+    to reuse one open loop; that loop's values are then rightly held."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
 @tool
 def lookup(city: str) -> str:
     """Look up."""
@@ -32,10 +45,10 @@ def test_file_descriptors_stay_flat_over_loops_and_threads() -> None:
     with ScriptedOpenAIServer(responder=tool_then_answer_responder("lookup", {"city": "oslo"}, "done")) as server:
         agent = ChatAgent(model="m", base_url=server.base_url, api_key="sk-fd-0123456789", tools=[lookup],
                           mode="auto", stream=True)
-        assert asyncio.run(agent.arun("warm up")).stop_reason == "completed"
+        assert run_on_a_new_loop(agent.arun("warm up")).stop_reason == "completed"
         before = open_fds()
         for i in range(100):
-            result = asyncio.run(agent.arun(f"run {i}"))
+            result = run_on_a_new_loop(agent.arun(f"run {i}"))
             assert result.stop_reason == "completed" and result.tool_calls[0].result == "OSLO"
         after_loops = open_fds()
         failures: list[BaseException] = []

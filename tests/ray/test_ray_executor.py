@@ -174,7 +174,7 @@ async def test_secrets_absent_from_task_arguments_and_ray_logs(ray_dir: Path, ke
     for entry in executor.sent:  # what went to Ray: the pickled spec and the shards' (key, prompt) lists
         assert SECRET.encode() not in pickle.dumps(entry)
         assert SECRET.encode() not in (entry[1] if entry[0] == "actor" else b"")
-    spec, secrets = AgentSpec.of(agent.settings(), "auto")
+    spec, secrets = AgentSpec.of(agent.settings(), "auto", agent_class=type(agent))
     assert spec.model.api_key_env == "OPENAI_API_KEY" and secrets == {"OPENAI_API_KEY": SECRET}
     assert SECRET not in repr(spec)
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from menglong_magic.ipython.magics import AgentMagics, AwaitRewriter
+from menglong_magic.ipython.cells import CellMagicRewriter, MagicRunner
+from menglong_magic.ipython.magics import AgentMagics
 
 
 @pytest.fixture
@@ -151,15 +152,15 @@ def test_load_is_idempotent_and_unload_removes_everything(shell: InteractiveShel
     from menglong_magic import load_ipython_extension
 
     load_ipython_extension(shell)
-    assert sum(isinstance(t, AwaitRewriter) for t in shell.input_transformers_cleanup) == 1
+    assert sum(isinstance(t, CellMagicRewriter) for t in shell.input_transformers_cleanup) == 1
     shell.run_line_magic("unload_ext", "menglong_magic")
-    assert not any(isinstance(t, AwaitRewriter) for t in shell.input_transformers_cleanup)
+    assert not any(isinstance(t, CellMagicRewriter) for t in shell.input_transformers_cleanup)
     assert "agent_run" not in shell.magics_manager.magics["line"]
     assert "agent" not in shell.magics_manager.magics["cell"]
     assert "AgentMagics" not in shell.magics_manager.registry
     shell.run_line_magic("load_ext", "menglong_magic")
     shell.run_line_magic("reload_ext", "menglong_magic")
-    assert sum(isinstance(t, AwaitRewriter) for t in shell.input_transformers_cleanup) == 1
+    assert sum(isinstance(t, CellMagicRewriter) for t in shell.input_transformers_cleanup) == 1
 
 
 def test_help_lists_the_options(shell: InteractiveShell) -> None:
@@ -169,27 +170,27 @@ def test_help_lists_the_options(shell: InteractiveShell) -> None:
 
 
 def test_rewriter_only_touches_our_magics(shell: InteractiveShell) -> None:
-    rw = AwaitRewriter(shell)
-    # No running loop here (as in terminal IPython): the blocking form; bare statements give no value.
-    assert rw(["%%agent -q\n", "hi\n"]) == [
-        "__import__('menglong_magic.ipython.magics', fromlist=['run_magic']).run_magic_blocking('cell', '-q', 'hi', "
-        "value=False)\n"]
-    assert rw(["%agent_run x\n"])[0].endswith("run_magic_blocking('line', 'x', value=False)\n")
+    rw = CellMagicRewriter(shell, "agent_run", "agent_map")
+    # No running loop here (as in terminal IPython): the blocking form; bare statements give no value. The call
+    # goes to one runner object in the hidden namespace, never to a function named inside a string.
+    assert rw(["%%agent -q\n", "hi\n"]) == ["_menglong_magic.blocking('agent', '-q', 'hi', value=False)\n"]
+    assert rw(["%agent_run x\n"]) == ["_menglong_magic.blocking('agent_run', 'x', value=False)\n"]
+    assert rw(["%agent_map xs {text}\n"]) == ["_menglong_magic.blocking('agent_map', 'xs {text}', value=False)\n"]
+    assert isinstance(shell.user_ns["_menglong_magic"], MagicRunner)
+    assert "_menglong_magic" in shell.user_ns_hidden  # not listed by %who
     assert rw(["  %agent_run x\n"]) == ["  %agent_run x\n"]  # indented: left to the fallback
     assert rw(["%agent_runner x\n"]) == ["%agent_runner x\n"]
     assert rw(["%%agentx\n"]) == ["%%agentx\n"]
     out = rw(["y = %agent_run -q a b;\n"])
-    assert out[0].startswith("y = __import__") and out[0].rstrip().endswith(";")
+    assert out[0].startswith("y = _menglong_magic.blocking(") and out[0].rstrip().endswith(";")
     assert shell.check_complete("%%agent\n")[0] == "incomplete"  # Enter continues the cell
     assert shell.check_complete("%%agent\nhello\n")[0] == "incomplete"
     assert shell.check_complete("%%agent\nhello\n\n")[0] == "complete"
 
 
 async def test_rewriter_awaits_inside_a_running_loop(shell: InteractiveShell) -> None:
-    rw = AwaitRewriter(shell)
-    assert rw(["%%agent -q\n", "hi\n"]) == [
-        "await __import__('menglong_magic.ipython.magics', fromlist=['run_magic']).run_magic('cell', '-q', 'hi', "
-        "value=False)\n"]
+    rw = CellMagicRewriter(shell, "agent_run")
+    assert rw(["%%agent -q\n", "hi\n"]) == ["await _menglong_magic.run('agent', '-q', 'hi', value=False)\n"]
     out = rw(["y = %agent_run -q a b\n"])
     assert out[0].startswith("y = await ") and not out[0].rstrip().endswith(";")
 
