@@ -127,6 +127,21 @@ class ToolProgress(Event):
 
 
 @dataclass(frozen=True)
+class ToolAttachment(Event):
+    """A running tool attached a rich output to its call (``RunContext.attach``): e.g. a figure as PNG.
+
+    Shown on the call's card; not sent to the model (the tool's text result says what was attached).
+    """
+
+    iteration: int
+    call_id: str
+    name: str
+    mime: str
+    data: str  # base64
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class TurnWaiting(Event):
     """The run waits for earlier turns of the same conversation to commit (``ahead`` of them)."""
 
@@ -325,6 +340,7 @@ __all__ = [
     "RunStarted",
     "StopReason",
     "TextDelta",
+    "ToolAttachment",
     "ToolCallDelta",
     "ToolCallFinished",
     "ToolCallStarted",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 import nbformat
 from nbclient import NotebookClient
@@ -273,17 +274,78 @@ MULTI_AGENT = [
     code("await mcp_agent.aclose()\n[(s.name, s.state) for s in mcp_agent.toolsets]"),
 ]
 
+#: The data-analysis notebook's run replays a cassette recorded by scripts/record_data_analysis.py (which executes
+#: these same cells against a stand-in model). The cells up to the run must stay as they are for the replay to match.
+DATA_ANALYSIS_AGENT = (
+    "from menglong_magic import ChatAgent\n\n\n"
+    "def approve_read_only(request):\n"
+    "    \"\"\"Approve code that only reads the data; anything else is denied with a reason.\"\"\"\n"
+    "    code = request.arguments.get(\"code\", \"\")\n"
+    "    risky = [word for word in (\"open(\", \"import os\", \"subprocess\", \"to_csv\", \"del \", \"drop(\") "
+    "if word in code]\n"
+    "    return f\"not approved automatically: it uses {', '.join(risky)}\" if risky else True\n\n\n"
+    "analyst = ChatAgent(model=\"replay:cassettes/data_analysis.jsonl\", name=\"analyst\", approve=approve_read_only)"
+)
+DATA_ANALYSIS_TASK = ("Which region sells the most units, and at what average price? "
+                      "Draw units by region, then give me a cell for monthly totals.")
+DATA_ANALYSIS = [
+    md("# The notebook as the agent's workspace\n\n"
+       "With `--kernel` (or `%config AgentMagics.kernel_tools = True`) an agent gets the live kernel as its "
+       "workspace: it can **list and inspect your variables** (DataFrames: shape, dtypes, null counts, `head()`, "
+       "`describe()`, sampled on huge frames), **run code in your namespace** once you approve it, read **the last "
+       "error**, and **propose a cell** (it appears below the running cell; it is never executed for you).\n\n"
+       "The run below replays a cassette: a recorded run in which the scripted server played the model "
+       "(`scripts/record_data_analysis.py`), so this notebook needs no key and no model. Point `analyst` at a real "
+       "model (`ChatAgent(model=\"gpt-4o-mini\")`, `-m local`) to do the same with your own data."),
+    code("%load_ext menglong_magic"),
+    md("## Some data\n\nA small sales table, and a credential in a variable: named like one, it is listed as `***` "
+       "and never sent to the model (nor is any value the secret registry knows)."),
+    code("import pandas as pd\n\n"
+         "sales = pd.DataFrame({\n"
+         "    \"month\": [\"2024-01\"] * 3 + [\"2024-02\"] * 3 + [\"2024-03\"] * 4,\n"
+         "    \"region\": [\"north\", \"south\", \"east\", \"north\", \"south\", \"west\", \"north\", \"east\", \"west\", "
+         "\"south\"],\n"
+         "    \"units\": [120, 80, 45, 135, 60, 70, 150, 52, 66, 91],\n"
+         "    \"price\": [9.5, 11.0, 12.25, 9.5, None, 10.0, 9.0, 12.0, 10.5, 11.0],\n"
+         "})\n"
+         "db_password = \"correct-horse-battery-staple\"\n"
+         "sales.head(3)"),
+    md("## Who approves the code\n\n"
+       "`run_code` needs approval by default (`%config AgentMagics.run_code = \"ask\"`; `\"allow\"` runs without "
+       "asking, `\"never\"` does not offer it). In JupyterLab the tool's card shows the code with **Approve / "
+       "Deny** buttons. Where nobody can be asked (nbclient, papermill, CI) a call is denied at once, unless the "
+       "agent has an `approve=` callback, as here: this one lets read-only code through."),
+    code(DATA_ANALYSIS_AGENT),
+    md("## The run\n\nOpen the steps to see each tool call: the variable list (note `db_password: ***`), the "
+       "inspection, the approved aggregation with its output, the figure as a PNG on its card, and the proposed "
+       "cell."),
+    code(f"%agent_run -a analyst --kernel {DATA_ANALYSIS_TASK}"),
+    code("[(c.name, c.status, c.approval.describe() if c.approval else \"-\") for c in _agent_last.tool_calls]"),
+    md("The code ran in the notebook's namespace, so what it assigned is yours now:"),
+    code("by_region"),
+    md("The proposed cell. In JupyterLab (and Notebook 7, and terminal IPython) it appears below the run's cell, "
+       "unexecuted; a notebook executed headless has nowhere to put it, so here it is, pasted and run by hand:"),
+    code("monthly = sales.pivot_table(index=\"month\", columns=\"region\", values=\"units\", aggfunc=\"sum\", "
+         "fill_value=0)\nmonthly"),
+    md("## Why did my cell fail?\n\n`last_error` gives the agent the exception and traceback of the most recent "
+       "failing cell and the sources of the last few cells: `%agent_run --kernel why did my last cell fail?` (try "
+       "it after a failing cell, with a real model)."),
+]
+
 NOTEBOOKS = {
     "quickstart.ipynb": QUICKSTART,
     "tools_and_concurrency.ipynb": TOOLS_AND_CONCURRENCY,
     "batches_and_workflows.ipynb": BATCHES_AND_WORKFLOWS,
     "multi_agent.ipynb": MULTI_AGENT,
+    "data_analysis.ipynb": DATA_ANALYSIS,
 }
 
 
 def main() -> None:
+    """Every notebook, or only those named on the command line (``make_notebooks.py data_analysis.ipynb``)."""
     os.environ.setdefault("MENGLONG_MODEL", "offline")
-    for name, cells in NOTEBOOKS.items():
+    for name in sys.argv[1:] or NOTEBOOKS:
+        cells = NOTEBOOKS[name]
         nb = nbformat.v4.new_notebook()
         nb.cells = cells
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

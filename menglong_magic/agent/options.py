@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..models import Model, resolve_model
-from ..tools.base import Tool, as_tool, collect_tools
+from ..tools.base import Tool, Toolset, as_tool, collect_tools
 from ..usage import UsageLimits
 from .approval import Approver
 from .output import OutputSpec
@@ -33,6 +33,8 @@ class RunOptions(TypedDict, total=False):
     system: str | None
     #: Tools of this run instead of the agent's (functions, ``@tool``s, Tools, or a name → tool mapping).
     tools: Iterable[Any] | Mapping[str, Any] | None
+    #: Toolsets added to the agent's own for this run (e.g. the notebook's ``KernelTools``).
+    toolsets: Iterable[Toolset] | None
     #: ``"normal"`` (no tools), ``"auto"`` (the tool loop) or ``"workflow"``.
     mode: ChatMode | str | None
     #: Model calls at most (one iteration is one model call).
@@ -105,8 +107,9 @@ def resolve_settings(agent: ChatAgent, options: Mapping[str, Any], *, where: str
     get = options.get
     mode = ChatMode(_first(get("mode"), default_mode, agent.mode))
     tools = _tools(agent, get("tools"))
+    toolsets = (*agent.toolsets, *(get("toolsets") or ()))
     if chat_workflow and mode is ChatMode.WORKFLOW:
-        mode = ChatMode.AUTO if tools or agent.toolsets else ChatMode.NORMAL
+        mode = ChatMode.AUTO if tools or toolsets else ChatMode.NORMAL
     model = get("model")
     system = get("system")
     output_type = _first(get("output_type"), agent.output_type)
@@ -124,7 +127,7 @@ def resolve_settings(agent: ChatAgent, options: Mapping[str, Any], *, where: str
         approve=_first(get("approve"), agent.approve),
         approve_all=bool(get("approve_all")),
         approval_timeout=_first(get("approval_timeout"), agent.approval_timeout),
-        toolsets=tuple(agent.toolsets),
+        toolsets=toolsets,
         output=None if output_type is None else OutputSpec.of(output_type),
         output_retries=agent.output_retries,
         usage_limits=_first(get("usage_limits"), agent.usage_limits),

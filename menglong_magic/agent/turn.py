@@ -9,6 +9,7 @@ every one of its results), so a failure or a cancellation at any point leaves a 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import re
@@ -175,6 +176,17 @@ _NAME_PROBLEM = re.compile(r"name\W.{0,80}(pattern|match|invalid|character|too l
 def _blames_a_name(message: str) -> bool:
     """Whether a refusal is about a name we sent (a tool's, the schema's), not about ``response_format`` itself."""
     return bool(_NAME_PROBLEM.search(message))
+
+
+def images_message(calls: list[ToolCall], attachments: dict[str, list[tuple[str, bytes, str]]]) -> dict[str, Any]:
+    """The images the turn's tools attached, as image parts of a user message (in the calls' order)."""
+    parts: list[dict[str, Any]] = []
+    for call in calls:
+        for mime, data, description in attachments.get(call.id, []):
+            parts.append({"type": "text", "text": f"Attached by {call.name} (call {call.id}): {description}"})
+            url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+    return {"role": "user", "content": parts}
 
 
 class Turn:
@@ -473,8 +485,10 @@ class Turn:
         for call, key in zip(response.tool_calls, keys, strict=True):  # arguments: a JSON object text (checked)
             records.append(ToolCallRecord(id=call.id, name=tools.shown(key), arguments=json.loads(call.arguments)))
         log.tool_calls = records
+        attachments: dict[str, list[tuple[str, bytes, str]]] = {}
         context = RunContext(state.run_id, self.agent, cancelled=state.cancelled, _emit=emit,
-                             _loop=asyncio.get_running_loop())
+                             _loop=asyncio.get_running_loop(),
+                             _attachments=attachments if state.settings.model.accepts_images else None)
         started: dict[int, float] = {}
 
         settings = state.settings
@@ -550,6 +564,8 @@ class Turn:
                                           status="cancelled"))
         for call, record in zip(response.tool_calls, records, strict=True):
             state.pending.append({"role": "tool", "tool_call_id": call.id, "content": record.result or ""})
+        if attachments:  # tool messages carry text only: images follow as one user message of the same round
+            state.pending.append(images_message(response.tool_calls, attachments))
 
     # ----------------------------------------------------------------- history invariant
     @staticmethod

@@ -88,10 +88,13 @@ async def run_workflow(agent: ChatAgent, steps: list[WorkflowStep], value: Any, 
                        run_id: str, on_event: Callable[[Event], Any] | None,
                        options: Mapping[str, Any] | None = None) -> WorkflowResult:
     """Run ``steps`` on ``value``; prompt steps are chat turns with the run ``options`` (AUTO when there are
-    tools, else NORMAL, unless the options say which)."""
+    tools or toolsets, else NORMAL, unless the options say which)."""
     step_options = dict(options or {})
+    if step_options.get("toolsets") is not None:  # every prompt step gets them (an iterator would serve one)
+        step_options["toolsets"] = tuple(step_options["toolsets"])
     if step_options.get("mode") is None:
-        step_options["mode"] = "auto" if (step_options.get("tools") or agent.tools) else "normal"
+        uses = step_options.get("tools") or agent.tools or step_options.get("toolsets") or agent.toolsets
+        step_options["mode"] = "auto" if uses else "normal"
     started = time.perf_counter()
     state: dict[str, Any] = {}
     results: list[StepResult] = []

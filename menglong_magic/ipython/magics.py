@@ -98,6 +98,11 @@ class AgentMagics(Magics):
     @observe("store")
     def _store_changed(self, change: Any) -> None:
         set_default_store(change["new"] or None)
+    kernel_tools = Bool(False, help="Every run gets the kernel tools, as with --kernel (variables, run code, "
+                                    "last error, propose a cell).").tag(config=True)
+    run_code = CaselessStrEnum(["ask", "allow", "never"], default_value="ask",
+                               help="The kernel tools' run_code: 'ask' (approve each snippet; denied where nobody "
+                                    "can be asked), 'allow' (no approval) or 'never' (not offered).").tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell=shell, **kwargs)
@@ -156,7 +161,7 @@ class AgentMagics(Magics):
         agent = self.named_agent(args.agent) if args.agent else self._default_agent
         tools = self.named_agent(args.agent).tools if args.agent else namespace_tools(self.shell.user_ns)
         toolsets = list(agent.toolsets) if agent is not None else []
-        if not tools and not toolsets:
+        if not tools and not toolsets and not self.kernel_tools:
             print("no tools (decorate functions with @tool)")
         sent = sent_names(tools)
         for name, t in sorted(tools.items()):
@@ -164,6 +169,9 @@ class AgentMagics(Magics):
             sent_as = f" [sent to the model as {sent[name]!r}]" if sent[name] != name else ""
             print(terminal_safe(f"{name} ({kind}){sent_as}: "
                                 f"{t.description.splitlines()[0] if t.description else ''}"))
+        if self.kernel_tools:
+            print(f"+ the kernel tools (AgentMagics.kernel_tools; run_code: {self.run_code}): list_variables, "
+                  "inspect_variable, run_code, last_error, propose_cell")
         for toolset in toolsets:  # listed when a run starts; %agent_mcp list shows their tools
             state = getattr(toolset, "state", "")
             print(f"+ the tools of {toolset.name!r} ({type(toolset).__name__}{', ' + state if state else ''}; "

@@ -31,6 +31,7 @@ MAGIC_SOURCES: dict[str, str] = {
     "model": "-m/--model (or %config AgentMagics.model)",
     "system": "-s/--system (or %config AgentMagics.system)",
     "tools": "-t/--tools (default agent: every @tool of the namespace)",
+    "toolsets": "--kernel (or %config AgentMagics.kernel_tools): the kernel tools, beside the agent's own",
     "mode": "--mode (or %config AgentMagics.mode; %agent_run: auto)",
     "max_iterations": "--max-iterations (or %config AgentMagics.max_iterations)",
     "timeout": "--timeout (or %config AgentMagics.timeout)",
@@ -73,6 +74,9 @@ def run_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
         argument("--session", metavar="NAME",
                  help="run with the per-kernel agent of the stored conversation NAME: a chat or task continues "
                       "and saves it, a map's runs are logged under it (see %%agent_history)"),
+        argument("--kernel", action="store_true",
+                 help="give the agent the notebook as its workspace: list/inspect variables, run code (asks "
+                      "first, see AgentMagics.run_code), the last error, propose a cell"),
     )):
         func = decorator(func)
     return func
@@ -258,6 +262,10 @@ def build_options(args: Any, config: Any, namespace: dict[str, Any], agent: Chat
         options["model"] = Recorder(options.get("model") or agent.model, args.record)
     if flag("approve"):
         options["approve_all"] = True
+    if flag("kernel") or getattr(config, "kernel_tools", False):
+        from .kernel_tools import KernelTools
+
+        options["toolsets"] = (KernelTools(config.shell, run_code=config.run_code.lower()),)
     options["max_iterations"] = flag("max_iterations") or config.max_iterations
     for name in ("timeout", "request_timeout", "max_retries", "approval_timeout"):
         value = flag(name) if name == "timeout" else None

@@ -108,6 +108,9 @@ class Model(abc.ABC):
     name: str = "model"
     #: Whether the server takes ``response_format`` (None: not known yet; the agent learns it).
     supports_response_format: bool | None = None
+    #: Whether images a tool attached (``RunContext.attach``, e.g. a figure) are sent to the model as image parts
+    #: of a user message after the tool results. Off unless set (``agent.model.accepts_images = True``).
+    accepts_images: bool = False
 
     @abc.abstractmethod
     async def request(self, request: ModelRequest, emit: Emit) -> ModelResponse:

@@ -37,6 +37,8 @@ class RunContext:
     cancelled: threading.Event = field(default_factory=threading.Event)
     _emit: Callable[[Any], None] | None = field(default=None, repr=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    #: Images attached per call id (mime, bytes, description), for models that accept images (set by the run).
+    _attachments: dict[str, list[tuple[str, bytes, str]]] | None = field(default=None, repr=False)
 
     def progress(self, done: float, total: float | None = None, note: str = "") -> None:
         """Report progress (e.g. ``ctx.progress(3, 10, "pages")``); safe from sync tools' threads."""
@@ -44,8 +46,26 @@ class RunContext:
 
         if self._emit is None:
             return
-        event = ToolProgress(self.run_id, iteration=self.iteration, call_id=self.call_id, name=self.tool_name,
-                             done=done, total=total, note=note)
+        self._send(ToolProgress(self.run_id, iteration=self.iteration, call_id=self.call_id, name=self.tool_name,
+                                done=done, total=total, note=note))
+
+    def attach(self, mime: str, data: bytes, description: str = "") -> None:
+        """Show a rich output (``"image/png"`` bytes, e.g. a figure) on the tool call's card; safe from threads.
+
+        It is not sent to the model: say in the tool's text result what was attached.
+        """
+        import base64
+
+        from ..events import ToolAttachment
+
+        if self._attachments is not None and mime.startswith("image/"):
+            self._attachments.setdefault(self.call_id, []).append((mime, data, description))
+        self._send(ToolAttachment(self.run_id, iteration=self.iteration, call_id=self.call_id, name=self.tool_name,
+                                  mime=mime, data=base64.b64encode(data).decode(), description=description))
+
+    def _send(self, event: Any) -> None:
+        if self._emit is None:
+            return
         loop = self._loop
         try:
             running = asyncio.get_running_loop()
@@ -62,7 +82,7 @@ class RunContext:
     def for_call(self, tool_name: str, call_id: str, iteration: int) -> RunContext:
         """A copy naming one tool call; shares the run's ``cancelled`` event."""
         return RunContext(self.run_id, self.agent, tool_name, call_id, iteration, self.cancelled, self._emit,
-                          self._loop)
+                          self._loop, self._attachments)
 
 
 @dataclass

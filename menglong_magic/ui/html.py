@@ -95,7 +95,14 @@ def card_html(card: ToolCard) -> str:
                    f'<span style="display:block;height:8px;width:{frac * 100:.0f}%;background:#1f6feb;'
                    'border-radius:4px"></span></span>')
         body += f'<div class="mm-tool-progress">{bar}{escape(card.progress_text())}</div>'
-    body += f'<pre class="mm-args" style="margin:2px 0;white-space:pre-wrap">{escape(card.arguments_json())}</pre>'
+    code = card.arguments.get("code") if isinstance(card.arguments, dict) else None
+    if isinstance(code, str):  # code to run or propose: shown as code, highlighted, not as a JSON string
+        body += code_html(code)
+        rest = {k: v for k, v in card.arguments.items() if k != "code"}
+        if rest:
+            body += f'<pre class="mm-args" style="margin:2px 0;white-space:pre-wrap">{escape(str(rest))}</pre>'
+    else:
+        body += f'<pre class="mm-args" style="margin:2px 0;white-space:pre-wrap">{escape(card.arguments_json())}</pre>'
     if card.state == "awaiting":
         # The panel's Approve / Deny controls go here (static/panel.js); other approvers: the note stays.
         body += (f'<div class="mm-approval-slot" data-call-id="{escape(card.call_id)}">'
@@ -110,8 +117,27 @@ def card_html(card: ToolCard) -> str:
         else:
             body += (f'<details class="mm-result"><summary>{escape(short)}</summary>'
                      f'<pre style="white-space:pre-wrap">{escape(shown)}</pre></details>')
+    for mime, data, description in card.attachments:
+        if mime in ("image/png", "image/jpeg") and data:  # base64 only: nothing else can be injected here
+            body += (f'<img class="mm-attachment" alt="{escape(description)}" title="{escape(description)}" '
+                     f'src="data:{mime};base64,{escape(data)}" style="max-width:100%;display:block;margin:4px 0">')
+        else:
+            body += f'<div class="mm-attachment">[{escape(mime)}: {escape(description)}]</div>'
     return (f'<div class="mm-tool mm-tool-{escape(card.state)}" style="border:1px solid #d0d7de;'
             f'border-radius:6px;padding:4px 8px;margin:4px 0"><div>{head}</div>{body}</div>')
+
+def code_html(code: str) -> str:
+    """Python source as a highlighted block (pygments, inline styles; escaped text when it is missing)."""
+    try:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+    except ImportError:
+        inner = escape(code)
+    else:
+        inner = highlight(code, PythonLexer(), HtmlFormatter(nowrap=True, noclasses=True))
+    return (f'<pre class="mm-code" style="margin:2px 0;padding:4px 6px;background:#f6f8fa;border-radius:4px;'
+            f'white-space:pre-wrap">{inner}</pre>')
 
 def batch_html(vm: RunViewModel) -> str:
     assert vm.batch is not None

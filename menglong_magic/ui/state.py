@@ -10,6 +10,7 @@ nothing a model or a tool writes is ever executed by a front end.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,9 @@ from ..usage import format_cost
 MAX_TEXT = 4000  # characters of streamed text kept per iteration in the view
 MAX_ANSWER = 20000  # characters of the final answer rendered in the final view
 MAX_RESULT = 2000  # characters of a tool result kept in the view
+MAX_ATTACHMENTS = 4  # images kept per tool card
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+MAX_ATTACHMENT_BYTES = 2_000_000  # base64 characters of one attachment shown (larger: described only)
 EXPANDED_ITERATIONS = 3  # the most recent iterations stay expanded
 MAX_ITERATIONS_SHOWN = 50  # older iterations are summarised in one line
 MAX_BATCH_ROWS = 200
@@ -77,6 +81,8 @@ class ToolCard:
     approval: str | None = None  # None (not gated) | "pending" | "approved" | "denied"
     approval_by: str | None = None
     approval_reason: str | None = None
+    #: Rich outputs the tool attached (``RunContext.attach``): (mime, base64, description), at most MAX_ATTACHMENTS.
+    attachments: list[tuple[str, str, str]] = field(default_factory=list)
 
     def decision_text(self) -> str:
         """``approved (panel)``, ``denied (prompt): not now``, ``awaiting approval``; "" when not gated."""
@@ -268,6 +274,13 @@ class RunViewModel:
             if card is not None and card.state == "running":
                 card.progress_done, card.progress_total = event.done, event.total
                 card.progress_note = clip(event.note or "", 200)
+        elif isinstance(event, ev.ToolAttachment):
+            card = self._card(event.call_id)
+            if card is not None and len(card.attachments) < MAX_ATTACHMENTS:
+                # Only well-formed base64 is kept: it is placed inside an HTML attribute as a data: URI.
+                ok = len(event.data) <= MAX_ATTACHMENT_BYTES and _BASE64.fullmatch(event.data) is not None
+                data = event.data if ok else ""
+                card.attachments.append((event.mime, data, clip(event.description, 200)))
         elif isinstance(event, ev.ToolCallFinished):
             card = self._card(event.call_id)
             if card is not None:

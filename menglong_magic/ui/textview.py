@@ -87,6 +87,8 @@ class TextView:
                 card = model._card(event.call_id)
                 text = card.progress_text() if card is not None else f"{event.done}"
                 self._line(f"  … {event.name} {text}")
+        elif isinstance(event, ev.ToolAttachment):
+            self._line(f"  🖼 {event.name}: {event.description or event.mime} ")
         elif isinstance(event, ev.ToolCallStarted):
             args = event.arguments if isinstance(event.arguments, str) else ", ".join(
                 f"{k}={v!r}" for k, v in (event.arguments or {}).items())

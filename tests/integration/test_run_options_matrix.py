@@ -58,16 +58,25 @@ async def approve_never(request: Any) -> ApprovalDecision:
     return ApprovalDecision(True, None, "callback")
 
 
-def calls_then_answers(name: str) -> Callable[[dict[str, Any]], Any]:
+def calls_then_answers(name: str, arguments: dict[str, Any] | None = None) -> Callable[[dict[str, Any]], Any]:
     def respond(body: dict[str, Any]) -> Any:
         if body["messages"][-1].get("role") == "user":
-            return call_tools(tool_call(name, {"x": "1"}))
+            return call_tools(tool_call(name, {"x": "1"} if arguments is None else arguments))
         return reply("done")
     return respond
 
 
 def always_calls(name: str) -> Callable[[dict[str, Any]], Any]:
     return lambda body: call_tools(tool_call(name, {"x": "1"}))
+
+
+def _workspace() -> Any:
+    """The kernel tools over a namespace holding ``items`` (as the magics' shell does): a real toolset."""
+    from types import SimpleNamespace
+
+    from menglong_magic.ipython.kernel_tools import KernelTools
+
+    return KernelTools(SimpleNamespace(user_ns={"items": [MESSAGE]}, user_ns_hidden={}))
 
 
 def header(server: ScriptedOpenAIServer, index: int, name: str) -> str | None:
@@ -103,6 +112,14 @@ def _check_system(server: ScriptedOpenAIServer, results: list[RunResult]) -> Non
 def _check_tools(server: ScriptedOpenAIServer, results: list[RunResult]) -> None:
     assert [t["function"]["name"] for t in server.requests[0]["tools"]] == ["probe_tool"]
     assert ran == ["probe_tool"] * len(results)
+    _completed(results)
+
+
+def _check_toolsets(server: ScriptedOpenAIServer, results: list[RunResult]) -> None:
+    offered = {t["function"]["name"] for t in server.requests[0]["tools"]}
+    assert {"probe_tool", "list_variables", "inspect_variable"} <= offered  # the agent's tools and the set's
+    answers = [m["content"] for m in server.requests[1]["messages"] if m["role"] == "tool"]
+    assert len(answers) == 1 and "items: list" in answers[0], answers  # the toolset's tool ran
     _completed(results)
 
 
@@ -160,6 +177,8 @@ PROBES: dict[str, Probe_] = {
     "model": Probe_({"model": "probe-model"}, _check_model, flags="-m probe-model"),
     "system": Probe_({"system": "PROBE SYSTEM"}, _check_system, flags="-s 'PROBE SYSTEM'"),
     "tools": Probe_({"tools": [probe_tool]}, _check_tools, calls_then_answers("probe_tool"), flags="-t probe_tool"),
+    "toolsets": Probe_({"toolsets": [_workspace()]}, _check_toolsets, calls_then_answers("list_variables", {}),
+                       agent_tools=(probe_tool,), flags="--kernel"),
     "mode": Probe_({"mode": "normal"}, _check_mode, agent_tools=(probe_tool,), flags="--mode normal"),
     "max_iterations": Probe_({"max_iterations": 2}, _check_max_iterations, always_calls("probe_tool"),
                              agent_tools=(probe_tool,), flags="--max-iterations 2"),
@@ -320,11 +339,15 @@ async def test_unknown_keywords_are_refused_naming_the_options(server: ScriptedO
 
 @pytest.mark.parametrize("option", RUN_OPTIONS)
 def test_the_ray_spec_carries_every_option(server: ScriptedOpenAIServer, option: str) -> None:
-    from menglong_magic.maps.ray import AgentSpec
+    from menglong_magic.maps.ray import AgentSpec, RayExecutorError
 
     probe = PROBES[option]
     agent = _agent(server, probe)
     given = agent.settings(**probe.python)
+    if option == "toolsets":  # a toolset (the kernel's namespace, an MCP server's process) stays here: refused
+        with pytest.raises(RayExecutorError, match="toolsets"):
+            AgentSpec.of(given, "auto", agent_class=ChatAgent)
+        return
     spec, secrets = AgentSpec.of(given, "auto", agent_class=ChatAgent)
     assert "sk-matrix" in secrets.values()  # the key travels beside the spec, never in it
     _, rebuilt = spec.build()
