@@ -21,7 +21,7 @@ from .agent import (
     ToolCallRecord,
     Usage,
 )
-from .models import Model, ModelError, OfflineModel, OpenAIModel, ScriptedModel
+from .models import AzureOpenAIModel, Model, ModelError, OfflineModel, OpenAIModel, ScriptedModel
 from .tools import RunContext, Tool, tool
 from .usage import UsageLimits
 
@@ -45,6 +45,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 __all__ = [
     "ApprovalDecision",
     "ApprovalRequest",
+    "AzureOpenAIModel",
     "ChatAgent",
     "ChatMode",
     "IterationLog",

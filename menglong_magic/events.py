@@ -96,8 +96,10 @@ class ToolCallDelta(Event):
 class ToolCallStarted(Event):
     iteration: int
     call_id: str
-    name: str
-    arguments: Any  # parsed dict, or the raw string when it is not valid JSON
+    name: str  # the tool's own name
+    arguments: Any  # the parsed arguments (a dict)
+    #: The name the API saw, when the tool's own name is not valid there (``fs.read`` → ``fs_read``).
+    api_name: str | None = None
 
 
 @dataclass(frozen=True)

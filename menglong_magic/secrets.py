@@ -26,6 +26,7 @@ __all__ = [
     "MASK",
     "MIN_SECRET_LENGTH",
     "RedactingFilter",
+    "Secret",
     "install_log_redaction",
     "redact",
     "register_secret",
@@ -79,6 +80,52 @@ def secret_forms(secret: str) -> set[str]:
     forms.add(repr(secret)[1:-1])
     forms |= _base64_cores(secret.encode())
     return {f for f in forms if f}
+
+
+class Secret:
+    """A credential that is not shown by accident: like pydantic's ``SecretStr``, plus pickling.
+
+    ``repr``, ``str``, ``format``, pickling/copying and pydantic JSON give ``***``; only :meth:`get` gives the
+    value. Holders keep their credentials in one of these, so ``vars(model)`` or a displayed ``__dict__``
+    shows ``Secret('***')``. The value is registered for redaction.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        register_secret(value)
+
+    def get(self) -> str:
+        """The secret itself (to hand to the HTTP client; never to print)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK!r})"
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __format__(self, spec: str) -> str:
+        return format(MASK, spec)
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        return (Secret, (MASK,))  # a pickle (or deepcopy) never carries the value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: object, handler: object) -> object:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_plain_validator_function(
+            lambda v: v if isinstance(v, Secret) else Secret(str(v)),
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda v: MASK),
+        )
 
 
 def register_secret(value: str | None) -> None:

@@ -10,11 +10,11 @@ import itertools
 import os
 import uuid
 import warnings
-import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..events import Event, EventBus, EventCallback, EventSubscription, dispatch
+from ..loopcache import PerLoop
 from ..maps.executors import resolve_executor
 from ..maps.run import MapResult, map_async
 from ..models import Model, resolve_model
@@ -134,9 +134,7 @@ class ChatAgent:
         self.events = EventBus()
         self.last_result: RunResult | None = None
         self.workflow: list[WorkflowStep] = []
-        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore | AdaptiveLimiter] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._limiters: PerLoop[asyncio.Semaphore | AdaptiveLimiter] = PerLoop(self._new_limiter)
         self.turns = TurnLine()
 
     @property
@@ -202,14 +200,13 @@ class ChatAgent:
     def limiter(self) -> asyncio.Semaphore | AdaptiveLimiter:
         """What bounds this agent's model requests on the running loop (``async with agent.limiter():``):
         an :class:`AdaptiveLimiter` for ``max_concurrency="auto"``, else a semaphore."""
-        loop = asyncio.get_running_loop()
-        sem = self._limiters.get(loop)
-        if sem is None:
-            sem = self._limiters[loop] = (AdaptiveLimiter() if self.max_concurrency == "auto"
-                                          else asyncio.Semaphore(self.max_concurrency))
+        sem = self._limiters.get()
         if isinstance(sem, AdaptiveLimiter) and sem.endpoint is None and self._model is not None:
             sem.bind(endpoint_key(self._model))  # the default model once resolved (never resolved just for this)
         return sem
+
+    def _new_limiter(self) -> asyncio.Semaphore | AdaptiveLimiter:
+        return AdaptiveLimiter() if self.max_concurrency == "auto" else asyncio.Semaphore(self.max_concurrency)
 
     def add_tool(self, obj: Any, name: str | None = None, description: str | None = None) -> Tool:
         t = as_tool(obj, name=name, description=description)

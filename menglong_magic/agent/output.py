@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pydantic
+
+from ..tools.names import api_name
 
 #: The tool offered instead of ``response_format`` to servers that reject it.
 FINAL_RESULT_TOOL = "final_result"
@@ -76,13 +80,22 @@ class OutputSpec:
 
     # ------------------------------------------------------------------ what comes back
     def parse_text(self, text: str) -> Any:
-        """The answer text as a ``T``; ``ValueError`` with a short reason the model can act on."""
-        raw = _strip_fence(text)
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"the answer is not valid JSON ({exc.msg} at position {exc.pos})") from None
-        return self.parse_data(data)
+        """The answer text as a ``T``; ``ValueError`` with a short reason the model can act on.
+
+        Models write the JSON inside other text: after a ``<think>…</think>`` reasoning block, in a
+        ```` ```json ```` fence, or with prose before or after it. Each JSON value found (the whole text, then
+        fenced blocks, then every object or array in the text, in order) is tried; the first that validates
+        is the answer. Otherwise the error is about the first JSON found (or says none was found).
+        """
+        first_problem: str | None = None
+        for data in _json_candidates(text):
+            try:
+                return self.parse_data(data)
+            except ValueError as exc:
+                first_problem = first_problem or str(exc)
+        if first_problem is not None:
+            raise ValueError(first_problem)
+        raise ValueError("the answer contains no JSON object")
 
     def parse_data(self, data: Any) -> Any:
         if self.wrapped:
@@ -107,8 +120,7 @@ def _cached_spec(output_type: Any) -> OutputSpec:
 
 
 def _identifier(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
-    return cleaned[:64] or "result"
+    return api_name(name, fallback="result")  # a class may be named anything Python allows: "Météo", "Ölpreis"
 
 
 def _strict_ok(schema: Any) -> bool:
@@ -124,12 +136,55 @@ def _strict_ok(schema: Any) -> bool:
     return True
 
 
-def _strip_fence(text: str) -> str:
-    """Small models wrap JSON in a Markdown code fence; take what is inside."""
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        body = stripped.split("\n", 1)[1] if "\n" in stripped else ""
-        if body.rstrip().endswith("```"):
-            body = body.rstrip()[:-3]
-        return body.strip()
-    return stripped
+_THINK = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"```[\w+-]*[ \t]*\n?(.*?)```", re.DOTALL)
+_NOTHING = object()
+
+
+def _without_reasoning(text: str) -> str:
+    """``text`` without reasoning blocks (also an opening tag that was never closed, or a lone closing tag)."""
+    text = _THINK.sub("", text)
+    closing = re.search(r"</(think|thinking|reasoning)>", text, re.IGNORECASE)
+    if closing is not None:  # the opening tag was in the prompt template: everything before is reasoning
+        text = text[closing.end():]
+    opening = re.search(r"<(think|thinking|reasoning)>", text, re.IGNORECASE)
+    if opening is not None:  # cut off while still reasoning: what came before is all there is
+        text = text[: opening.start()]
+    return text.strip()
+
+
+def _json_candidates(text: str) -> Iterator[Any]:
+    """JSON values in ``text``, most likely answer first; each distinct text once."""
+    seen: set[str] = set()
+
+    def load(piece: str) -> Any:
+        piece = piece.strip()
+        if not piece or piece in seen:
+            return _NOTHING
+        seen.add(piece)
+        try:
+            return json.loads(piece)
+        except json.JSONDecodeError:
+            return _NOTHING
+
+    body = _without_reasoning(text)
+    for piece in (body, *(m.group(1) for m in _FENCE.finditer(body))):
+        value = load(piece)
+        if value is not _NOTHING:
+            yield value
+    decoder = json.JSONDecoder()
+    position = 0
+    while True:
+        starts = [i for i in (body.find("{", position), body.find("[", position)) if i >= 0]
+        if not starts:
+            return
+        start = min(starts)
+        try:
+            value, end = decoder.raw_decode(body, start)
+        except json.JSONDecodeError:
+            position = start + 1
+            continue
+        if body[start:end] not in seen:
+            seen.add(body[start:end])
+            yield value
+        position = end

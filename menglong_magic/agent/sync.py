@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import threading
+import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -19,23 +19,35 @@ class RunningLoopError(RuntimeError):
 _local = threading.local()
 
 
+class _ThreadLoop:
+    """This thread's loop, closed (after shutting down its async generators, which closes the per-loop
+    HTTP clients) when the thread ends and its thread-local storage goes, or at interpreter exit."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        # weakref.finalize runs at exit too; one entry per live thread (not an atexit hook per thread).
+        self._finalizer = weakref.finalize(self, _close, self.loop)
+
+
 def _thread_loop() -> asyncio.AbstractEventLoop:
     # One loop per thread, reused across calls: asyncio.run() per call would close the loop that a
     # cached AsyncOpenAI/httpx client is bound to, breaking the second call.
-    loop = getattr(_local, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = asyncio.new_event_loop()
-        _local.loop = loop
-        atexit.register(_close, loop)
-    return loop
+    holder: _ThreadLoop | None = getattr(_local, "holder", None)
+    if holder is None or holder.loop.is_closed():
+        holder = _local.holder = _ThreadLoop()
+    return holder.loop
 
 
 def _close(loop: asyncio.AbstractEventLoop) -> None:
-    # Let cached HTTP clients' async generators finish instead of warning at interpreter exit.
-    if not loop.is_closed() and not loop.is_running():
+    # Let cached HTTP clients' async generators finish (closing the clients) instead of leaking them.
+    if loop.is_closed() or loop.is_running():
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: nothing runs here, so the loop can shut down its generators
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+    loop.close()  # per-loop caches drop the values of closed loops at their next access
 
 
 def run_sync(coro: Coroutine[Any, Any, T], async_hint: str) -> T:

@@ -12,12 +12,12 @@ import asyncio
 import base64
 import dataclasses
 import json
+import re
 import sys
 import threading
 import time
 import uuid
 import warnings
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,9 +38,11 @@ from ..events import (
     TurnResumed,
     TurnWaiting,
 )
+from ..loopcache import PerLoop
 from ..models import Model, ModelError, ModelRequest, ModelResponse, ToolCall
 from ..secrets import redact
 from ..tools import RunContext, Tool, as_tool, execute_tool_call
+from ..tools.names import api_name
 from .approval import ApprovalDecision, ApprovalRequest, decide, denial_message
 from .output import FINAL_RESULT_TOOL, OutputSpec
 from .result import IterationLog, RunResult, RunUsage, ToolCallRecord
@@ -99,34 +101,81 @@ class TurnLine:
     """
 
     def __init__(self) -> None:
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+        self._locks: PerLoop[asyncio.Lock] = PerLoop(asyncio.Lock)  # asyncio.Lock wakes waiters in FIFO order
         self.in_line = 0
         self.active: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Task[Any], RunState]] = {}
         self.warned: set[str] = set()
 
     def lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        lock = self._locks.get(loop)
-        if lock is None:
-            lock = self._locks[loop] = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
-        return lock
+        return self._locks.get()
 
 
-async def tool_table(settings: RunSettings, warned: set[str]) -> dict[str, Tool]:
-    """The run's tools: its own, then each toolset's (a clashing name gets the toolset's name as prefix)."""
-    tools = dict(settings.tools)
+class ToolTable(dict[str, Tool]):
+    """The run's tools keyed by the name the API sees (``^[a-zA-Z0-9_-]{1,64}$``), with the way back.
+
+    ``original[api_name]`` is the tool's own name (shown to people) when the API name differs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.original: dict[str, str] = {}
+
+    def add(self, name: str, tool: Tool) -> str:
+        """Offer ``tool`` (under its table name ``name``); returns the API name it gets."""
+        safe = api_name(name, set(self))
+        self[safe] = tool
+        if safe != name:
+            self.original[safe] = name
+        return safe
+
+    def shown(self, name: str) -> str:
+        """The name a person knows for the API name ``name``."""
+        return self.original.get(name, name)
+
+    def resolve(self, name: str) -> str:
+        """The API name for a call: ``name`` itself, or the API name of a tool a model called by its own name."""
+        if name in self:
+            return name
+        return next((safe for safe, original in self.original.items() if original == name), name)
+
+    def schemas(self) -> list[dict[str, Any]]:
+        out = []
+        for safe, tool in self.items():
+            schema = tool.schema()
+            if schema["function"]["name"] != safe:
+                schema = {**schema, "function": {**schema["function"], "name": safe}}
+            out.append(schema)
+        return out
+
+
+async def tool_table(settings: RunSettings, warned: set[str]) -> ToolTable:
+    """The run's tools: its own, then each toolset's (a clashing name gets the toolset's name as prefix);
+    every name offered to the API made valid for it (the table maps it back)."""
+    named = dict(settings.tools)
     for toolset in settings.toolsets:
         for t in await toolset.list_tools():
             name = t.name
-            if name in tools:
+            if name in named:
                 name = f"{toolset.name}_{t.name}"
                 if name not in warned:
                     warned.add(name)
                     warnings.warn(f"tool {t.name!r} of {toolset.name!r} clashes with another tool: "
-                                  f"offered to the model as {name!r}", stacklevel=2)
+                                  f"offered to the model as {api_name(name, set(named))!r}", stacklevel=2)
                 t = as_tool(t, name=name)
-            tools[name] = t
-    return tools
+            named[name] = t
+    table = ToolTable()
+    for name, t in named.items():
+        table.add(name, t)
+    return table
+
+
+_NAME_PROBLEM = re.compile(r"name\W.{0,80}(pattern|match|invalid|character|too long)|invalid\W.{0,40}name",
+                           re.IGNORECASE | re.DOTALL)
+
+
+def _blames_a_name(message: str) -> bool:
+    """Whether a refusal is about a name we sent (a tool's, the schema's), not about ``response_format`` itself."""
+    return bool(_NAME_PROBLEM.search(message))
 
 
 def images_message(calls: list[ToolCall], attachments: dict[str, list[tuple[str, bytes, str]]]) -> dict[str, Any]:
@@ -275,8 +324,8 @@ class Turn:
         stream: bool,
     ) -> None:
         settings = state.settings
-        tools = await tool_table(settings, self.agent.turns.warned) if settings.uses_tools else {}
-        schemas = [t.schema() for t in tools.values()]
+        tools = await tool_table(settings, self.agent.turns.warned) if settings.uses_tools else ToolTable()
+        schemas = tools.schemas()
         model = settings.model
         system = settings.system_messages()
         output = settings.output
@@ -330,7 +379,7 @@ class Turn:
                     state.run_id,
                     iteration=iteration,
                     text=response.text,
-                    tool_calls=tuple(c.name for c in response.tool_calls),
+                    tool_calls=tuple(tools.shown(tools.resolve(c.name)) for c in response.tool_calls),
                     usage=response.usage,
                     duration=time.perf_counter() - started,
                     cost=cost,
@@ -402,6 +451,7 @@ class Turn:
         except ModelError as first:
             if first.status not in (400, 422):
                 raise
+            for_good = not _blames_a_name(str(first))  # our own bad name: not a reason to give up response_format
             fallback = dataclasses.replace(
                 request, settings={k: v for k, v in request.settings.items() if k != "response_format"},
                 tools=[*request.tools, output.tool_schema()])
@@ -409,7 +459,8 @@ class Turn:
                 response = await model.request(fallback, emit)
             except ModelError:
                 raise first from None
-            model.supports_response_format = False  # from now on: the final-answer tool
+            if for_good:
+                model.supports_response_format = False  # from now on: the final-answer tool
             return response
         model.supports_response_format = True
         return response
@@ -424,18 +475,15 @@ class Turn:
         state: RunState,
         log: IterationLog,
         response: ModelResponse,
-        tools: dict[str, Tool],
+        tools: ToolTable,
         emit: Callable[[Event], None],
         iteration: int,
     ) -> None:
         """Run the turn's tool calls concurrently; results are appended in the calls' order."""
         records = []
-        for call in response.tool_calls:
-            try:
-                shown: Any = json.loads(call.arguments) if call.arguments.strip() else {}
-            except json.JSONDecodeError:
-                shown = call.arguments
-            records.append(ToolCallRecord(id=call.id, name=call.name, arguments=shown))
+        keys = [tools.resolve(call.name) for call in response.tool_calls]  # API names → the table's tools
+        for call, key in zip(response.tool_calls, keys, strict=True):  # arguments: a JSON object text (checked)
+            records.append(ToolCallRecord(id=call.id, name=tools.shown(key), arguments=json.loads(call.arguments)))
         log.tool_calls = records
         attachments: dict[str, list[tuple[str, bytes, str]]] = {}
         context = RunContext(state.run_id, self.agent, cancelled=state.cancelled, _emit=emit,
@@ -447,14 +495,23 @@ class Turn:
         awaiting: set[int] = set()  # calls waiting for a decision
 
         async def one(index: int) -> None:
-            call, record = response.tool_calls[index], records[index]
-            emit(ToolCallStarted(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
-                                 arguments=record.arguments))
+            call, record, key = response.tool_calls[index], records[index], keys[index]
+            name = record.name  # the tool's own name; the API saw `key`
+            emit(ToolCallStarted(state.run_id, iteration=iteration, call_id=call.id, name=name,
+                                 arguments=record.arguments, api_name=key if key != name else None))
             started[index] = time.perf_counter()
-            if settings.needs_approval(tools.get(call.name)):
-                emit(ApprovalRequested(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
+            if call.problem is not None:  # not run: the model gets the problem back and can call again
+                record.error = f"tool {key!r} was not run: {call.problem}"
+                record.result = f"Error: {record.error}. Call it again with a JSON object as its arguments."
+                record.duration = time.perf_counter() - started[index]
+                emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=call.id, name=name,
+                                      ok=False, result=None, error=record.error, duration=record.duration,
+                                      status="error"))
+                return
+            if settings.needs_approval(tools.get(key)):
+                emit(ApprovalRequested(state.run_id, iteration=iteration, call_id=call.id, name=name,
                                        arguments=record.arguments, agent=self.agent.name))
-                request = ApprovalRequest(call.name, record.arguments, call.id, state.run_id, self.agent.name,
+                request = ApprovalRequest(name, record.arguments, call.id, state.run_id, self.agent.name,
                                           iteration)
                 awaiting.add(index)
                 try:
@@ -464,20 +521,19 @@ class Turn:
                                                 "callback")
                 awaiting.discard(index)
                 record.approval = decision
-                emit(ApprovalDecided(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
+                emit(ApprovalDecided(state.run_id, iteration=iteration, call_id=call.id, name=name,
                                      approved=decision.approved, reason=decision.reason, by=decision.by))
                 if not decision.approved:
                     record.result = denial_message(decision)
                     record.duration = time.perf_counter() - started[index]
-                    emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
+                    emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=call.id, name=name,
                                           ok=False, result=None, error=record.result, duration=record.duration,
                                           status="denied"))
                     return
                 started[index] = time.perf_counter()
-            outcome = await execute_tool_call(tools, call.name, call.arguments,
-                                              context.for_call(call.name, call.id, iteration))
+            outcome = await execute_tool_call(tools, key, call.arguments, context.for_call(name, call.id, iteration))
             record.result, record.error, record.duration = outcome.content, outcome.error, outcome.duration
-            emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=call.id, name=call.name,
+            emit(ToolCallFinished(state.run_id, iteration=iteration, call_id=call.id, name=name,
                                   ok=outcome.ok, result=outcome.content if outcome.ok else None,
                                   error=outcome.error, duration=outcome.duration,
                                   status="ok" if outcome.ok else "error"))
@@ -495,7 +551,7 @@ class Turn:
             await asyncio.gather(*tasks, return_exceptions=True)
             for index, record in enumerate(records):
                 if record.result is None and index in started:
-                    tool = tools.get(record.name)
+                    tool = tools.get(keys[index])
                     if index in awaiting:
                         record.error = "cancelled while awaiting approval (not executed)"
                     elif tool is not None and not tool.is_async:

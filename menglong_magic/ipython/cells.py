@@ -107,8 +107,10 @@ class MagicExecutor(Protocol):
 def run_blocking(coro: Awaitable[Any]) -> Any:
     """Fallback path: a magic was called where the await rewrite could not apply."""
     try:
-        loop = asyncio.get_running_loop()
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
+        loop = None
+    if loop is None:  # outside the `except`: an error of the run must not chain "no running event loop"
         return run_sync(coro, "await the magic at the top level of a cell")  # type: ignore[arg-type]
     import nest_asyncio2
 

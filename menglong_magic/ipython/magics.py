@@ -31,7 +31,16 @@ from ..store import set_default_store
 from ..ui.panel import make_view
 from . import kernel_status
 from .cells import AgentInterrupted, AgentRunFailed, AgentTask, await_shielded, heartbeat, run_blocking
-from .options import build_options, interpolate, named_agent, namespace_tools, parse_line, run_arguments
+from .options import (
+    build_options,
+    configured,
+    interpolate,
+    named_agent,
+    namespace_tools,
+    parse_line,
+    run_arguments,
+    sent_names,
+)
 
 __all__ = ["AgentInterrupted", "AgentMagics", "AgentRunFailed", "AgentTask", "prompt_approver"]
 
@@ -155,9 +164,12 @@ class AgentMagics(Magics):
         toolsets = list(agent.toolsets) if agent is not None else []
         if not tools and not toolsets and not self.kernel_tools:
             print("no tools (decorate functions with @tool)")
+        sent = sent_names(tools)
         for name, t in sorted(tools.items()):
             kind = "async" if t.is_async else "sync"
-            print(terminal_safe(f"{name} ({kind}): {t.description.splitlines()[0] if t.description else ''}"))
+            sent_as = f" [sent to the model as {sent[name]!r}]" if sent[name] != name else ""
+            print(terminal_safe(f"{name} ({kind}){sent_as}: "
+                                f"{t.description.splitlines()[0] if t.description else ''}"))
         if self.kernel_tools:
             print(f"+ the kernel tools (AgentMagics.kernel_tools; run_code: {self.run_code}): list_variables, "
                   "inspect_variable, run_code, last_error, propose_cell")
@@ -181,9 +193,14 @@ class AgentMagics(Magics):
         session = getattr(args, "session", None)
         if args.agent and session:
             raise UsageError("-a and --session: give that agent its session in Python (ChatAgent(session=...))")
-        agent = self.named_agent(args.agent) if args.agent else self.default_agent(session)
+        # A configuration error (a refused URL, a missing setting or cassette) is one short UsageError here,
+        # before the run starts: not a failed run with a traceback.
+        agent = self.named_agent(args.agent) if args.agent else configured(lambda: self.default_agent(session))
         per_kernel = agent is self._default_agent or agent in self._session_agents.values()
-        return agent, build_options(args, self, self.shell.user_ns, agent, default_agent=per_kernel)
+        options = configured(lambda: build_options(args, self, self.shell.user_ns, agent, default_agent=per_kernel))
+        if "model" not in options:  # the agent's own model serves this run: resolved now (-m never resolves it)
+            configured(lambda: agent.model)
+        return agent, options
 
     async def execute(self, kind: str, line: str, cell: str | None) -> Any:
         """Parse, pick the agent and this run's options, run with a view; shared by every path."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 import string
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
@@ -19,7 +19,11 @@ from ..agent import ChatAgent
 from ..agent.options import RUN_OPTIONS
 from ..agent.output import OutputSpec
 from ..models import Recorder, resolve_model
+from ..secrets import redact
 from ..tools.base import as_tool, is_tool
+from ..tools.names import api_name
+
+_T = TypeVar("_T")
 
 #: Where a magic takes each run option from. "-a" means: a ChatAgent of the namespace (``-a NAME``) carries
 #: it as its default (Python objects such as UsageLimits have no flag).
@@ -182,6 +186,23 @@ def namespace_tools(namespace: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
+def sent_names(tools: Mapping[str, Any]) -> dict[str, str]:
+    """The name each tool is sent to the model under (``fs.read`` → ``fs_read``), as a run's tool table gives it."""
+    sent: dict[str, str] = {}
+    for name in tools:  # in the order the run's tool table adds them, so clashes resolve the same way
+        sent[name] = api_name(name, set(sent.values()))
+    return sent
+
+
+def configured(make: Callable[[], _T]) -> _T:
+    """``make()``, with a configuration error (a refused URL, a missing setting) as one short UsageError."""
+    try:
+        return make()
+    except (ValueError, TypeError, OSError, ImportError) as exc:  # e.g. a cassette or an extra missing
+        message = redact(str(exc) or type(exc).__name__)
+    raise UsageError(f"agent configuration: {message}")  # outside `except`: nothing chained, no traceback
+
+
 def namespace_type(expression: str, namespace: dict[str, Any]) -> Any:
     """A type named in the namespace (``City``, ``list[str]``, ``typing.Literal['a', 'b']``)."""
     try:
@@ -220,8 +241,8 @@ def build_options(args: Any, config: Any, namespace: dict[str, Any], agent: Chat
     if flag("model"):
         try:
             options["model"] = resolve_model(args.model)
-        except (ValueError, TypeError, OSError) as exc:  # OSError: e.g. replay:PATH with no such file
-            raise UsageError(f"-m {args.model}: {exc}") from None
+        except (ValueError, TypeError, OSError, ImportError) as exc:  # OSError: e.g. replay:PATH with no such file
+            raise UsageError(redact(f"-m {args.model}: {exc}")) from None
     if flag("system"):
         options["system"] = args.system
     if flag("mode"):

@@ -10,7 +10,7 @@ from typing import Any
 
 from .base import Model, ModelRequest, ModelResponse, ToolCall
 from .offline import OfflineModel
-from .openai_compat import ModelError, OpenAIModel, RetryPolicy
+from .openai_compat import AzureOpenAIModel, ModelError, OpenAIModel, RetryPolicy
 from .record import Recorder, Replay, ReplayError, ReplayExhausted, ReplayMismatch
 from .scripted import ScriptedModel, ScriptExhausted, Step, call, calls, reply
 
@@ -40,7 +40,8 @@ def resolve_model(model: Model | str | None = None, **options: Any) -> Model:
 
     Order when ``model`` is None: explicit ``base_url``/``api_key`` options → ``MENGLONG_MODEL`` →
     ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` (OpenAI or any compatible endpoint) → the embedded local model
-    if installed → the offline demo model. Strings: ``"offline"``, ``"local"``, ``"replay:PATH"`` (a cassette
+    if installed → the offline demo model. Strings: ``"offline"``, ``"local"``,
+    ``"azure:DEPLOYMENT"`` (:class:`AzureOpenAIModel`), ``"replay:PATH"`` (a cassette
     recorded by :class:`Recorder`), or a model name for the OpenAI-compatible endpoint. ``options``
     (``base_url``, ``api_key``, ...) go to the OpenAI-compatible backend (for ``"local"``: an already
     running llama-cpp-python server instead of the embedded one).
@@ -67,6 +68,8 @@ def resolve_model(model: Model | str | None = None, **options: Any) -> Model:
         return OfflineModel()
     if model.startswith("replay:"):  # a cassette written by Recorder / --record: answers without a server
         return Replay(model[len("replay:") :])
+    if model.startswith("azure:"):  # an Azure OpenAI deployment (endpoint, version, key from options/env)
+        return AzureOpenAIModel(model[len("azure:") :] or None, **options)
     if model == "local":
         from .local import LocalModel
 
@@ -115,6 +118,7 @@ def _announce_offline() -> None:
 
 
 __all__ = [
+    "AzureOpenAIModel",
     "Model",
     "ModelError",
     "ModelNotReachable",

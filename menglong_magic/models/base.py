@@ -11,18 +11,36 @@ from typing import Any, Protocol
 
 from ..events import Event
 from ..usage import Usage
+from .parts import check_arguments, clean_text
 
 
 @dataclass(frozen=True)
 class ToolCall:
-    """One tool call requested by the model. ``arguments`` is the raw JSON text the model sent."""
+    """One tool call requested by the model.
+
+    ``arguments`` is always a JSON object text: ``""``/``null`` become ``"{}"``, and text that is not a JSON
+    object (cut off, invalid) becomes ``"{}"`` with ``problem`` saying what was wrong. Such a call is not
+    run: its result is that error, fed back to the model. Names and ids are valid Unicode.
+    """
 
     id: str
     name: str
     arguments: str
+    problem: str | None = None
+    #: Provider fields of the call that must go back with it in the history (Gemini's thought signature in
+    #: ``extra_content``); JSON values only.
+    extra: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        arguments, problem = check_arguments(self.arguments)
+        object.__setattr__(self, "arguments", arguments)
+        object.__setattr__(self, "problem", self.problem or problem)
+        object.__setattr__(self, "name", clean_text(self.name or ""))
+        object.__setattr__(self, "id", clean_text(self.id or ""))
 
     def to_message(self) -> dict[str, Any]:
-        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+        return {**(self.extra or {}), "id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments}}
 
 
 @dataclass
@@ -49,6 +67,10 @@ class ModelResponse:
     usage: Usage | None = None  # None: the server did not report usage (unknown, not zero)
     model: str = ""
     finish_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.text is not None:
+            self.text = clean_text(self.text)
 
     def to_message(self) -> dict[str, Any]:
         """The OpenAI chat-format assistant message for the history."""

@@ -12,7 +12,6 @@ import random
 import time
 import urllib.parse
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,15 +19,18 @@ from typing import Any, TypeVar
 import openai
 
 from ..events import Retry, TextDelta, ToolCallDelta
-from ..secrets import install_log_redaction, redact, register_secret
+from ..loopcache import PerLoop
+from ..secrets import Secret, install_log_redaction, redact, register_secret
 from ..usage import Usage
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall, current_gate
+from .parts import TextJoiner, ToolCallAssembler
 
 _T = TypeVar("_T")
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 _OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _NO_KEY = "sk-no-key-required"
+_NO_KEY_SECRET = Secret(_NO_KEY)
 _MAX_DETAIL = 500  # server error bodies can be huge (llama.cpp sends whole validation reports)
 
 
@@ -236,11 +238,7 @@ class OpenAIModel(Model):
         self.request_model = self.name
         # Keyless local servers still need some key for the SDK; it is never shown anywhere.
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _NO_KEY
-        if self._api_key != _NO_KEY:
-            register_secret(self._api_key)
         self._default_headers = {str(k): str(v) for k, v in (default_headers or {}).items()}
-        for value in self._default_headers.values():
-            register_secret(value)
         if base_url:
             check_base_url(base_url)
         else:
@@ -252,9 +250,25 @@ class OpenAIModel(Model):
         self.reset_tool_choice = reset_tool_choice
         self._stream_usage = stream_usage
         self._stream_usage_accepted = False
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
-            weakref.WeakKeyDictionary()
-        )
+        # One client per loop, closed when its loop shuts down (httpx clients are loop-bound).
+        self._clients: PerLoop[openai.AsyncOpenAI] = PerLoop(self._new_client, _close_client)
+
+    # The key and header values live in Secret holders: vars(model), pickles and reprs show "***".
+    @property
+    def _api_key(self) -> str:
+        return self._key.get()
+
+    @_api_key.setter
+    def _api_key(self, value: str) -> None:
+        self._key = Secret(value) if value != _NO_KEY else _NO_KEY_SECRET
+
+    @property
+    def _default_headers(self) -> dict[str, str]:
+        return {name: value.get() for name, value in self._headers.items()}
+
+    @_default_headers.setter
+    def _default_headers(self, headers: dict[str, str]) -> None:
+        self._headers = {name: Secret(value) for name, value in headers.items()}
 
     def __repr__(self) -> str:  # never the key
         where = f", base_url={safe_url(self.base_url)!r}" if self.base_url else ""
@@ -296,26 +310,29 @@ class OpenAIModel(Model):
     @property
     def client(self) -> openai.AsyncOpenAI:
         """The client for the running loop."""
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            install_log_redaction()  # the SDK's and httpx's loggers exist once openai is imported
-            options: dict[str, Any] = {}
-            if self._default_headers:
-                options["default_headers"] = dict(self._default_headers)
-            http_client_type = getattr(openai, "DefaultAsyncHttpxClient", None)
-            if http_client_type is not None and _is_loopback(self.base_url):
-                # httpx honours HTTP(S)_PROXY even for 127.0.0.1: a proxy must not capture local servers.
-                options["http_client"] = http_client_type(trust_env=False)
-            client = openai.AsyncOpenAI(
-                api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout, **options
-            )
-            self._clients[loop] = client
-        return client
+        return self._clients.get()
+
+    def _client_options(self) -> dict[str, Any]:
+        install_log_redaction()  # the SDK's and httpx's loggers exist once openai is imported
+        options: dict[str, Any] = {"max_retries": 0, "timeout": self.timeout}
+        if self._default_headers:
+            options["default_headers"] = dict(self._default_headers)
+        http_client_type = getattr(openai, "DefaultAsyncHttpxClient", None)
+        if http_client_type is not None and _is_loopback(self.base_url):
+            # httpx honours HTTP(S)_PROXY even for 127.0.0.1: a proxy must not capture local servers.
+            options["http_client"] = http_client_type(trust_env=False)
+        return options
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, **self._client_options())
+
+    def _forget_clients(self) -> None:
+        """Drop every loop's client (they point at an endpoint that changed); each is closed with its loop."""
+        self._clients = PerLoop(self._new_client, _close_client)
 
     async def aclose(self) -> None:
-        """Close the running loop's client (optional: clients are also dropped with their loop)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
+        """Close the running loop's client (optional: a loop's client is closed when the loop shuts down)."""
+        client = self._clients.pop()
         if client is not None:
             await client.close()
 
@@ -406,9 +423,10 @@ class OpenAIModel(Model):
         if message is None:
             raise MalformedResponseError("the response's first choice has no message")
         tool_calls = [
-            ToolCall(id=tc.id or _call_id(), name=tc.function.name, arguments=tc.function.arguments or "")
+            ToolCall(id=tc.id or _call_id(), name=tc.function.name or "", arguments=tc.function.arguments,
+                     extra=_extra(tc))
             for tc in (message.tool_calls or ())
-            if getattr(tc, "function", None) is not None
+            if getattr(tc, "function", None) is not None and tc.function.name
         ]
         return ModelResponse(
             text=message.content or None,  # "" and None both mean "no text", as in the streamed form
@@ -443,8 +461,10 @@ class OpenAIModel(Model):
 
     async def _stream(self, request: ModelRequest, emit: Emit) -> ModelResponse:
         stream = await self._open_stream(request)
+        watcher = _DoneWatcher.install(stream)
+        text = TextJoiner()
         text_parts: list[str] = []
-        calls: dict[int, dict[str, Any]] = {}
+        calls = ToolCallAssembler()
         usage = None
         finish_reason = None
         model_name = self.name
@@ -474,36 +494,29 @@ class OpenAIModel(Model):
                     if delta is None:
                         continue
                     if delta.content:
-                        text_parts.append(delta.content)
-                        emit(TextDelta(request.run_id, iteration=request.iteration, delta=delta.content))
+                        piece = text.feed(delta.content)
+                        if piece:
+                            text_parts.append(piece)
+                            emit(TextDelta(request.run_id, iteration=request.iteration, delta=piece))
                     for tc in delta.tool_calls or ():
-                        index = _delta_index(tc, calls)
-                        entry = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
-                        name_part = (tc.function.name if tc.function else None) or ""
-                        args_part = (tc.function.arguments if tc.function else None) or ""
-                        entry["id"] = tc.id or entry["id"]
-                        # OpenAI sends the name once; llama.cpp repeats it in every chunk: don't append a repeat.
-                        if name_part and name_part != entry["name"]:
-                            entry["name"] += name_part
-                        entry["arguments"] += args_part
-                        emit(
-                            ToolCallDelta(
-                                request.run_id,
-                                iteration=request.iteration,
-                                index=index,
-                                name=entry["name"] or None,
-                                arguments_delta=args_part,
-                            )
-                        )
-        tool_calls = [
-            ToolCall(id=c["id"] or _call_id(), name=c["name"], arguments=c["arguments"])
-            for _, c in sorted(calls.items())
-            if c["name"]
-        ]
-        text = "".join(text_parts) or None
-        return ModelResponse(
-            text=text, tool_calls=tool_calls, usage=usage, model=model_name, finish_reason=finish_reason
-        )
+                        function = getattr(tc, "function", None)
+                        slot, name, args_part = calls.feed(
+                            getattr(tc, "index", None), getattr(tc, "id", None),
+                            getattr(function, "name", None), getattr(function, "arguments", None), _extra(tc))
+                        emit(ToolCallDelta(request.run_id, iteration=request.iteration, index=slot,
+                                           name=name or None, arguments_delta=args_part))
+        tail = text.flush()
+        if tail:
+            text_parts.append(tail)
+            emit(TextDelta(request.run_id, iteration=request.iteration, delta=tail))
+        if finish_reason is None and watcher is not None and not watcher.done:
+            # Neither finish_reason nor [DONE]: the connection ended early (a proxy, a crashed server).
+            raise MalformedResponseError(f"the stream ended after {received} chunk(s) without finish_reason or [DONE]"
+                                         " (truncated)")
+        tool_calls = [ToolCall(id=call_id or _call_id(), name=name, arguments=arguments, extra=extra)
+                      for call_id, name, arguments, extra in calls.calls()]
+        return ModelResponse(text="".join(text_parts) or None, tool_calls=tool_calls, usage=usage, model=model_name,
+                             finish_reason=finish_reason)
 
     def _describe(self, exc: BaseException, timeout: float | None = None) -> str:
         if isinstance(exc, openai.APIStatusError):
@@ -547,6 +560,44 @@ class OpenAIModel(Model):
         return error
 
 
+class AzureOpenAIModel(OpenAIModel):
+    """Azure OpenAI: ``deployment`` is the deployment's name (Azure puts it in the URL path, not the body).
+
+    ``azure_endpoint`` is the resource URL (``https://<resource>.openai.azure.com``; default
+    ``AZURE_OPENAI_ENDPOINT``), ``api_version`` the ``api-version`` query (default ``OPENAI_API_VERSION``,
+    else a current GA version), the key ``api_key`` or ``AZURE_OPENAI_API_KEY`` (sent as the ``api-key``
+    header). Requests go through the SDK's ``AsyncAzureOpenAI`` to
+    ``<endpoint>/openai/deployments/<deployment>/chat/completions?api-version=...``. Everything else
+    (retries, streaming, secrets) is :class:`OpenAIModel`'s. As a model spec: ``"azure:<deployment>"``.
+    """
+
+    DEFAULT_API_VERSION = "2024-10-21"
+
+    def __init__(self, deployment: str | None = None, *, azure_endpoint: str | None = None,
+                 api_version: str | None = None, api_key: str | None = None, **options: Any) -> None:
+        endpoint = azure_endpoint or os.environ.get("AZURE_OPENAI_ENDPOINT")
+        if not endpoint:
+            raise ValueError("Azure OpenAI needs azure_endpoint=... (or AZURE_OPENAI_ENDPOINT), e.g. "
+                             "https://<resource>.openai.azure.com")
+        name = deployment or os.environ.get("AZURE_OPENAI_DEPLOYMENT")
+        if not name:
+            raise ValueError("Azure OpenAI needs the deployment name: AzureOpenAIModel('<deployment>') or "
+                             "AZURE_OPENAI_DEPLOYMENT")
+        options.pop("base_url", None)
+        super().__init__(name, base_url=endpoint, api_key=api_key or os.environ.get("AZURE_OPENAI_API_KEY"),
+                         **options)
+        self.api_version = api_version or os.environ.get("OPENAI_API_VERSION") or self.DEFAULT_API_VERSION
+
+    @property
+    def endpoint(self) -> str:
+        base = (safe_url(self.base_url) or "").rstrip("/")
+        return f"{base}/openai/deployments/{self.request_model}/chat/completions?api-version={self.api_version}"
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncAzureOpenAI(azure_endpoint=self.base_url, api_version=self.api_version,
+                                       api_key=self._api_key, **self._client_options())
+
+
 def _json_problem(what: str, exc: json.JSONDecodeError) -> str:
     """What is wrong with a JSON text, without quoting it (it may echo anything the server was sent)."""
     return f"{what} is not valid JSON: {exc.msg} (character {exc.pos} of {len(exc.doc)})"
@@ -558,15 +609,43 @@ def _shape(value: Any) -> str:
     return f"got {type(value).__name__}"
 
 
-def _delta_index(tc: Any, calls: dict[int, dict[str, Any]]) -> int:
-    """The tool call a streamed fragment belongs to (some servers omit ``index``)."""
-    if getattr(tc, "index", None) is not None:
-        return int(tc.index)
-    if not calls:
-        return 0
-    last = max(calls)
-    # A fragment with a new id starts a new call; otherwise it continues the last one.
-    return last + 1 if tc.id and calls[last]["id"] and tc.id != calls[last]["id"] else last
+class _DoneWatcher:
+    """Wraps the SDK stream's SSE decoder to see whether the server sent ``data: [DONE]``.
+
+    The SDK stops iterating both at ``[DONE]`` and when the body just ends; only the events tell them apart.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.done = False
+
+    @classmethod
+    def install(cls, stream: Any) -> _DoneWatcher | None:
+        inner = getattr(stream, "_decoder", None)
+        if inner is None or not hasattr(inner, "aiter_bytes"):  # another SDK layout: cannot tell, trust the end
+            return None
+        watcher = cls(inner)
+        stream._decoder = watcher
+        return watcher
+
+    async def aiter_bytes(self, iterator: Any) -> Any:
+        async for sse in self._inner.aiter_bytes(iterator):
+            if sse.data.startswith("[DONE]"):
+                self.done = True
+            yield sse
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _extra(tool_call: Any) -> dict[str, Any] | None:
+    """Provider fields beside a tool call's standard ones (Gemini's ``extra_content``), kept for the history."""
+    extra = getattr(tool_call, "model_extra", None)
+    return {k: v for k, v in extra.items() if k == "extra_content"} or None if isinstance(extra, dict) else None
+
+
+async def _close_client(client: openai.AsyncOpenAI) -> None:
+    await client.close()
 
 
 def _call_id() -> str:

@@ -150,7 +150,8 @@ def response_data(response: ModelResponse) -> dict[str, Any]:
     return _plain(
         {
             "text": response.text,
-            "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls],
+            "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments,
+                            **({"extra": c.extra} if c.extra else {})} for c in response.tool_calls],
             "usage": _usage_data(response.usage),
             "model": response.model,
             "finish_reason": response.finish_reason,
@@ -487,7 +488,8 @@ class Replay(Model):
             text=data.get("text"),
             tool_calls=[
                 ToolCall(id=str(c.get("id") or ""), name=str(c.get("name") or ""),
-                         arguments=str(c.get("arguments") or ""))
+                         arguments=str(c.get("arguments") or ""),
+                         extra=c["extra"] if isinstance(c.get("extra"), dict) else None)
                 for c in data.get("tool_calls") or []
             ],
             usage=None if usage is None else Usage(usage.get("input_tokens"), usage.get("output_tokens")),

@@ -8,7 +8,7 @@ import json
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..events import TextDelta
@@ -103,7 +103,7 @@ class ScriptedModel(Model):
             with self._lock:
                 self._counter += 1
                 n = self._counter
-            tool_calls.append(ToolCall(id=tc.id or f"call_{n}", name=tc.name, arguments=tc.arguments))
+            tool_calls.append(replace(tc, id=tc.id or f"call_{n}"))  # keeps a problem found in its arguments
         return ModelResponse(
             text=step.text,
             tool_calls=tool_calls,

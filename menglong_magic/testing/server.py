@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +37,17 @@ class Reply:
     delay: float = 0.0
     chunk_delay: float = 0.0
     reject_stream_options: bool = False
+    #: Reasoning sent in the dialect's reasoning field (DeepSeek's ``reasoning_content``), before the text.
+    reasoning: str | None = None
+
+
+@dataclass
+class RawStream:
+    """A streamed answer written exactly as given: each item is one ``data:`` payload (a dict is JSON-encoded,
+    a str is sent verbatim, ``"[DONE]"`` included); nothing else is added. For chunk patterns no dialect has."""
+
+    chunks: list[dict[str, Any] | str]
+    delay: float = 0.0
 
 
 @dataclass
@@ -60,8 +73,72 @@ class Malformed:
     delay: float = 0.0
 
 
-Step = Reply | Fault | Disconnect | Malformed | Callable[[dict[str, Any]], Any]
-_STEP_TYPES = (Reply, Fault, Disconnect, Malformed)
+@dataclass(frozen=True)
+class Dialect:
+    """How a server family shapes its answers (documented behaviour; see :data:`DIALECTS`).
+
+    ``index``: how streamed tool-call fragments are numbered ("sequential" as OpenAI, "zero" = every call at
+    index 0 as Ollama, "none" = no index field as Gemini). ``whole_calls``: each call in one fragment.
+    ``repeat_name``/``repeat_id``: the name/id repeated in every fragment. ``no_args``: what a call without
+    arguments carries ("" as vLLM, "{}" or None = the field left out). ``stream_tool_finish``: finish_reason
+    of a streamed tool-call answer ("tool_calls", "stop" as Gemini, None = null then [DONE]).
+    ``stream_text_finish``: the same for a text answer. ``usage``: "separate" (a last chunk with
+    ``choices: []`` when ``include_usage`` is asked), "final" (in the finish chunk, always, as llama.cpp).
+    ``reasoning_field``: where reasoning is streamed (DeepSeek: "reasoning_content"). ``azure``: Azure's
+    deployment URL, ``api-version`` query and ``api-key`` header are required; an empty first chunk with
+    ``prompt_filter_results`` and ``content_filter_results`` on every choice. ``signature``: Gemini's
+    ``extra_content.google.thought_signature`` on each call, required back in the history (400 otherwise).
+    ``id_prefix``: the form of call ids.
+    """
+
+    name: str = "openai"
+    index: str = "sequential"
+    whole_calls: bool = False
+    repeat_name: bool = False
+    repeat_id: bool = False
+    no_args: str | None = "{}"
+    stream_tool_finish: str | None = "tool_calls"
+    stream_text_finish: str | None = "stop"
+    usage: str = "separate"
+    reasoning_field: str | None = None
+    azure: bool = False
+    signature: bool = False
+    id_prefix: str = "call_"
+    system_fingerprint: bool = False
+
+
+#: Named dialects; each reproduces what its server's documentation and public bug reports show it sends.
+DIALECTS: dict[str, Dialect] = {
+    "openai": Dialect(),
+    # Ollama /v1: each call whole in one fragment, all parallel calls at index 0 with distinct ids
+    # (ollama/ollama#15457); finish_reason "tool_calls"; usage chunk only when asked.
+    "ollama": Dialect("ollama", index="zero", whole_calls=True, no_args="{}", id_prefix="call_"),
+    # vLLM: OpenAI's fragment pattern; a parameterless call's arguments are "" (and vLLM rejects "" when it
+    # comes back in the history); usage chunk with choices [] when asked.
+    "vllm": Dialect("vllm", no_args="", id_prefix="chatcmpl-tool-"),
+    # llama.cpp's server: the name and id repeated in every fragment, usage in the finish chunk even unasked.
+    "llamacpp": Dialect("llamacpp", repeat_name=True, repeat_id=True, usage="final", system_fingerprint=True),
+    # LM Studio: name only in the first fragment (later ones carry ""), arguments whole in one fragment.
+    "lmstudio": Dialect("lmstudio", whole_calls=False, id_prefix=""),
+    # DeepSeek: reasoning streamed in reasoning_content before the answer; usage in the finish chunk.
+    "deepseek": Dialect("deepseek", reasoning_field="reasoning_content", usage="final"),
+    # Gemini's OpenAI-compatible endpoint: no index on tool-call fragments, each call whole, finish_reason
+    # "stop" for streamed tool calls (python-genai#2868), thought signatures that must be sent back.
+    "gemini": Dialect("gemini", index="none", whole_calls=True, stream_tool_finish="stop", signature=True,
+                      id_prefix="function-call-"),
+    # Anthropic's OpenAI SDK compatibility: toolu_ ids, arguments streamed in pieces, usage in the finish chunk.
+    "anthropic": Dialect("anthropic", id_prefix="toolu_", usage="final"),
+    # Azure OpenAI: /openai/deployments/<name>/chat/completions?api-version=..., api-key header, an empty
+    # first chunk with prompt_filter_results, content_filter_results on every choice.
+    "azure": Dialect("azure", azure=True),
+    # A proxy that never says how the answer ended: null finish_reason, only [DONE].
+    "null-finish": Dialect("null-finish", stream_tool_finish=None, stream_text_finish=None),
+}
+
+_SAFE_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+Step = Reply | Fault | Disconnect | Malformed | RawStream | Callable[[dict[str, Any]], Any]
+_STEP_TYPES = (Reply, Fault, Disconnect, Malformed, RawStream)
 
 
 def reply(
@@ -186,7 +263,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        path = self.path.rstrip("/")
+        split = urllib.parse.urlsplit(self.path)
+        path = split.path.rstrip("/")
         if not path.endswith("/completions"):  # /chat/completions, or the legacy /completions (llama.cpp)
             self._send_json(404, {"error": {"message": "not found", "type": "not_found"}})
             return
@@ -213,6 +291,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(401, {"error": {"message": "wrong or missing Authorization header",
                                                 "type": "invalid_request_error", "code": "invalid_api_key"}})
                 return
+            if owner.dialect is not None:
+                problem = owner._check_request(body, path, urllib.parse.parse_qs(split.query), self.headers)
+                if problem is not None:
+                    owner.rejected.append(problem)
+                    status = 404 if problem.startswith("404") else 400
+                    self._send_json(status, {"error": {"message": problem, "type": "invalid_request_error"}})
+                    return
             step = owner._next_step(body)
             while callable(step) and not isinstance(step, _STEP_TYPES):
                 step = step(body)
@@ -249,6 +334,13 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(step, Malformed):
             self._malformed(body, step)
             return
+        if isinstance(step, RawStream):
+            self._begin_event_stream()
+            for item in step.chunks:
+                data = item if isinstance(item, str) else json.dumps(item)
+                self.wfile.write(f"data: {data}\n\n".encode("utf-8", "surrogatepass"))
+            self.wfile.flush()
+            return
         if not isinstance(step, Reply):
             self._send_json(500, {"error": {"message": f"bad scripted step {step!r}", "type": "server_error"}})
             return
@@ -258,17 +350,21 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         owner = self.server.owner
-        calls = [
-            {
-                "id": c.id or owner._new_call_id(),
-                "type": "function",
-                "function": {
-                    "name": c.name,
-                    "arguments": c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments),
-                },
-            }
-            for c in step.tool_calls
-        ]
+        dialect = owner.dialect or DIALECTS["openai"]
+        calls = []
+        for c in step.tool_calls:
+            arguments = c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments)
+            if owner.dialect is not None and c.arguments == {}:  # a call without arguments, as the server sends it
+                arguments = dialect.no_args
+            function: dict[str, Any] = {"name": c.name}
+            if arguments is not None:
+                function["arguments"] = arguments
+            entry: dict[str, Any] = {"id": c.id or owner._new_call_id(), "type": "function", "function": function}
+            if dialect.signature:
+                signature = f"sig-{entry['id']}"
+                owner.signatures.add(signature)
+                entry["extra_content"] = {"google": {"thought_signature": signature}}
+            calls.append(entry)
         usage = step.usage
         if usage == "auto":
             usage = (10, len((step.text or "").split()) + 5 * len(calls))
@@ -288,16 +384,26 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            if owner.dialect is not None:
+                self._dialect_stream(dialect, base, step, calls, usage_obj, include_usage)
+                return
             self._stream(base, step, calls, finish, usage_obj if include_usage else None)
             return
         message: dict[str, Any] = {"role": "assistant", "content": step.text}
         if calls:
             message["tool_calls"] = calls
+        if step.reasoning and dialect.reasoning_field:
+            message[dialect.reasoning_field] = step.reasoning
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+        if dialect.azure:
+            choice["content_filter_results"] = _FILTER_RESULTS
         payload = {
             **base,
             "object": "chat.completion",
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "choices": [choice],
         }
+        if dialect.azure:
+            payload["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": _FILTER_RESULTS}]
         if usage_obj is not None:
             payload["usage"] = usage_obj
         self._send_json(200, payload)
@@ -451,6 +557,82 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+    def _dialect_stream(self, dialect: Dialect, base: dict[str, Any], step: Reply, calls: list[dict[str, Any]],
+                        usage: dict[str, int] | None, include_usage: bool) -> None:
+        """A streamed answer shaped as ``dialect`` sends it (see :class:`Dialect`)."""
+        self._begin_event_stream()
+        extra = {"system_fingerprint": "b1234-scripted"} if dialect.system_fingerprint else {}
+
+        def chunk(choices: list[dict[str, Any]], more: dict[str, Any] | None = None) -> None:
+            if dialect.azure:
+                choices = [{**c, "content_filter_results": _FILTER_RESULTS} for c in choices]
+            payload = {**base, "object": "chat.completion.chunk", "choices": choices, **extra, **(more or {})}
+            self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+            self.wfile.flush()
+            if step.chunk_delay:
+                time.sleep(step.chunk_delay)
+
+        def delta(content: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"index": 0, "delta": content, "finish_reason": finish}
+
+        if dialect.azure:  # Azure's first chunk: no choices, the prompt's filter results
+            payload = {**base, "object": "", "choices": [], "created": 0, "model": "",
+                       "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _FILTER_RESULTS}]}
+            self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+        chunk([delta({"role": "assistant", "content": "" if dialect.reasoning_field is None else None})])
+        if step.reasoning and dialect.reasoning_field:
+            for piece in _pieces(step.reasoning):
+                chunk([delta({"content": None, dialect.reasoning_field: piece})])
+        for piece in _pieces(step.text or ""):
+            chunk([delta({"content": piece})])
+        for number, call in enumerate(calls):
+            index: dict[str, Any] = {} if dialect.index == "none" else \
+                {"index": 0 if dialect.index == "zero" else number}
+            name = call["function"]["name"]
+            arguments = call["function"].get("arguments")
+            extra_content = {"extra_content": call["extra_content"]} if "extra_content" in call else {}
+            if dialect.whole_calls:
+                function = {"name": name, **({} if arguments is None else {"arguments": arguments})}
+                chunk([delta({"tool_calls": [{**index, "id": call["id"], "type": "function", "function": function,
+                                               **extra_content}]})])
+                continue
+            head = {"name": name, **({} if arguments is None else {"arguments": ""})}
+            chunk([delta({"tool_calls": [{**index, "id": call["id"], "type": "function", "function": head,
+                                           **extra_content}]})])
+            for piece in _pieces(arguments or "", words=False):
+                fragment: dict[str, Any] = {**index, "function": {"arguments": piece}}
+                if dialect.repeat_name:
+                    fragment["function"]["name"] = name
+                elif dialect.name == "lmstudio":
+                    fragment["function"]["name"] = ""
+                if dialect.repeat_id:
+                    fragment["id"] = call["id"]
+                    fragment["type"] = "function"
+                chunk([delta({"tool_calls": [fragment]})])
+        finish = dialect.stream_tool_finish if calls else dialect.stream_text_finish
+        final_usage = {"usage": usage} if usage is not None and dialect.usage == "final" else {}
+        chunk([delta({}, finish)], final_usage)
+        if usage is not None and include_usage and dialect.usage == "separate":
+            chunk([], {"usage": usage})
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+_FILTER_RESULTS = {kind: {"filtered": False, "severity": "safe"}
+                   for kind in ("hate", "self_harm", "sexual", "violence")}
+
+
+def _pieces(text: str, words: bool = True) -> list[str]:
+    """``text`` cut into stream fragments: words (text) or thirds (arguments)."""
+    if not text:
+        return []
+    if words:
+        parts = text.split(" ")
+        return [p if i == 0 else " " + p for i, p in enumerate(parts)]
+    size = max(1, len(text) // 3)
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # batches open 100+ connections at once
@@ -489,8 +671,15 @@ class ScriptedOpenAIServer:
         require_authorization: str | None = None,
         rate_limit: int | None = None,
         rate_limit_retry_after: float | None = 0.1,
+        dialect: str | Dialect | None = None,
     ):
         self._host, self._port = host, port
+        #: None: the historical OpenAI shape, no request checks. A name of :data:`DIALECTS` (or a Dialect):
+        #: answers shaped like that server, and every request checked as a strict server would (see
+        #: :meth:`_check_request`); refusals are answered 400 and recorded in ``rejected``.
+        self.dialect = DIALECTS[dialect] if isinstance(dialect, str) else dialect
+        self.rejected: list[str] = []
+        self.signatures: set[str] = set()
         self.responder = responder
         self.require_authorization = require_authorization
         self.authorization_schemes: list[str | None] = []
@@ -597,4 +786,52 @@ class ScriptedOpenAIServer:
         return self.responder
 
     def _new_call_id(self) -> str:
-        return f"call_{next(self._ids)}"
+        prefix = self.dialect.id_prefix if self.dialect is not None else "call_"
+        return f"{prefix}{next(self._ids)}" if prefix else f"{next(self._ids):09d}"
+
+    def _check_request(self, body: dict[str, Any], path: str, query: dict[str, list[str]], headers: Any) -> str | None:
+        """Why a strict server would refuse this request (None: it is fine)."""
+        assert self.dialect is not None
+        if self.dialect.azure:
+            parts = path.split("/")
+            if "deployments" not in parts or parts[parts.index("deployments") + 1:][:1] == []:
+                return "404 Azure: the path must be /openai/deployments/<deployment>/chat/completions"
+            if not query.get("api-version"):
+                return "Azure: the api-version query parameter is required"
+            if not headers.get("api-key") and not (headers.get("Authorization") or "").startswith("Bearer "):
+                return "Azure: an api-key header (or a Bearer token) is required"
+        for number, entry in enumerate(body.get("tools") or []):
+            name = (entry.get("function") or {}).get("name", "")
+            if not _SAFE_NAME.match(str(name)):
+                return f"Invalid 'tools[{number}].function.name': string does not match pattern ^[a-zA-Z0-9_-]{{1,64}}$"
+        schema_name = ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
+        if schema_name is not None and not _SAFE_NAME.match(str(schema_name)):
+            return "Invalid 'response_format.json_schema.name': string does not match pattern ^[a-zA-Z0-9_-]{1,64}$"
+        open_calls: set[str] = set()
+        for number, message in enumerate(body.get("messages") or []):
+            role = message.get("role")
+            if open_calls and role != "tool":
+                return f"messages[{number}]: tool calls {sorted(open_calls)} have no tool message answering them"
+            if role == "assistant":
+                for call in message.get("tool_calls") or []:
+                    arguments = (call.get("function") or {}).get("arguments")
+                    try:
+                        valid = isinstance(json.loads(arguments), dict)
+                    except (TypeError, ValueError):
+                        valid = False
+                    if not valid:
+                        return f"messages[{number}]: tool call arguments must be a JSON object text, got {arguments!r}"
+                    if self.dialect.signature:
+                        signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+                        if signature not in self.signatures:
+                            return f"messages[{number}]: function call is missing its thought_signature"
+                    open_calls.add(call.get("id"))
+                if self.dialect.reasoning_field and self.dialect.reasoning_field in message:
+                    return f"messages[{number}]: {self.dialect.reasoning_field} must not be sent back"
+            elif role == "tool":
+                if message.get("tool_call_id") not in open_calls:
+                    return f"messages[{number}]: a tool message answers no open tool call"
+                open_calls.discard(message.get("tool_call_id"))
+        if open_calls:
+            return f"tool calls {sorted(open_calls)} have no tool message answering them"
+        return None

@@ -277,8 +277,8 @@ def _map_widget_class() -> Any:
     class MapWidget(anywidget.AnyWidget):  # type: ignore[misc]
         """One widget model per map: stats, progress, last rows; failures arrive as appended messages."""
 
-        _esm = static / "mappanel.js"
-        _css = static / "panel.css"
+        _esm = (static / "mappanel.js").read_text(encoding="utf-8")  # text, not Path: manzt/anywidget#929
+        _css = (static / "panel.css").read_text(encoding="utf-8")
         title = traitlets.Unicode("").tag(sync=True)
         stats = traitlets.Unicode("").tag(sync=True)
         rows = traitlets.Unicode("").tag(sync=True)

@@ -80,8 +80,10 @@ def make_view(
 class PanelWidget(anywidget.AnyWidget):
     """The one widget model of a run. The kernel renders all HTML (escaped); the front end places it."""
 
-    _esm = _STATIC / "panel.js"
-    _css = _STATIC / "panel.css"
+    # Text, not Path: anywidget hooks every instance with a Path onto a class-level file watcher, which keeps
+    # each one alive for good (manzt/anywidget#929).
+    _esm = (_STATIC / "panel.js").read_text(encoding="utf-8")
+    _css = (_STATIC / "panel.css").read_text(encoding="utf-8")
     title = traitlets.Unicode("").tag(sync=True)
     header = traitlets.Unicode("").tag(sync=True)
     progress = traitlets.Dict().tag(sync=True)  # {"done", "total", "label", "status"}

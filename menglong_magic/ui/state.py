@@ -258,7 +258,9 @@ class RunViewModel:
         elif isinstance(event, ev.ToolCallStarted):
             it = self._iteration()
             if it is not None:
-                it.tools[event.call_id] = ToolCard(event.call_id, event.name, event.arguments)
+                # A tool whose name the API does not accept shows both: "fs.read (as fs_read)".
+                shown = event.name if event.api_name is None else f"{event.name} (as {event.api_name})"
+                it.tools[event.call_id] = ToolCard(event.call_id, shown, event.arguments)
         elif isinstance(event, ev.ApprovalRequested):
             card = self._card(event.call_id)
             if card is None and (it := self._iteration()) is not None:

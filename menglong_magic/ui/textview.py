@@ -94,7 +94,8 @@ class TextView:
         elif isinstance(event, ev.ToolCallStarted):
             args = event.arguments if isinstance(event.arguments, str) else ", ".join(
                 f"{k}={v!r}" for k, v in (event.arguments or {}).items())
-            self._line(f"  → {event.name}({clip(args, 200)})")
+            sent_as = f" (as {event.api_name})" if event.api_name else ""
+            self._line(f"  → {event.name}({clip(args, 200)}){sent_as}")
         elif isinstance(event, ev.ApprovalRequested):
             self._line(f"  {TOOL_ICONS['awaiting']} {event.name} awaiting approval")
         elif isinstance(event, ev.ApprovalDecided):

@@ -112,7 +112,7 @@ async def test_tool_errors_go_back_to_the_model_and_the_run_continues() -> None:
     errors = [c.error for c in result.tool_calls]
     assert "ValueError: kaput" in errors[0]
     assert "unknown tool 'nope'" in errors[1]
-    assert "not valid JSON" in errors[2]
+    assert "not valid JSON" in errors[2] and "cut off" in errors[2]
     assert "invalid arguments" in errors[3] and "a:" in errors[3]
     sent = agent.model.requests[1].messages  # type: ignore[attr-defined]
     tool_messages = [m["content"] for m in sent if m["role"] == "tool"]

@@ -8,7 +8,6 @@ import json
 import os
 import pathlib
 import time
-import weakref
 from typing import Any
 
 from ...events import ModelReady, ModelStarting, TextDelta
@@ -209,7 +208,7 @@ class LocalModel(OpenAIModel):
             self._server = server
             self.base_url = server.base_url
             self._api_key = server.api_key
-            self._clients = weakref.WeakKeyDictionary()  # clients of a previous (dead) server are stale
+            self._forget_clients()  # clients of a previous (dead) server are stale
 
     # ------------------------------------------------------------------ one iteration
     async def request(self, request: ModelRequest, emit: Emit) -> ModelResponse:
