@@ -49,7 +49,8 @@ QUICKSTART = [
     code("from menglong_magic import ChatAgent\n\n"
          "agent = ChatAgent(system=\"You are terse.\", mode=\"auto\", tools=[word_count])\n"
          "answer = await agent.chat_async(\"Count the words in 'hello brave new world'\")\nprint(answer)"),
-    code("%agent_run -a agent -q Count the words again"),
+    # A self-contained task: the embedded model keeps no earlier turns in its prompt (README: Models).
+    code("%agent_run -a agent -q How many words are in 'the quick brown fox jumps'?"),
     md("## A real model's run, recorded and replayed\n\n"
        "`cassettes/weather_local.jsonl` holds one run of the embedded SmolLM2-135M model (llama.cpp), recorded by "
        "`scripts/record_cassette.py`. Replaying it needs no model and no key and gives the same tool call and "
