@@ -32,6 +32,7 @@ from fast_openai_server import FastServer
 
 from menglong_magic import ChatAgent, tool
 from menglong_magic.agent.limiter import AdaptiveLimiter
+from menglong_magic.loopcache import PerLoop
 from menglong_magic.models import OpenAIModel
 from menglong_magic.tools import as_tool
 
@@ -85,7 +86,7 @@ async def batch(latency: float) -> dict[str, float]:
         item = hand_written(client)
         agent = make_agent(server)
         old = make_agent(server)  # the previous default: slow start from 32 in flight
-        old._limiters[asyncio.get_running_loop()] = AdaptiveLimiter(initial=32)
+        old._limiters = PerLoop(lambda: AdaptiveLimiter(initial=32))
         texts = [f"m{i}" for i in range(BATCH)]
         for warm in (item("w"), agent.batch_chat_async(["w"] * 4), old.batch_chat_async(["w"] * 4)):
             await warm
