@@ -29,37 +29,16 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fast_openai_server import FastServer
+from hand_loop import hand_written, lookup
 
-from menglong_magic import ChatAgent, tool
+from menglong_magic import ChatAgent
 from menglong_magic.agent.limiter import AdaptiveLimiter
 from menglong_magic.loopcache import PerLoop
 from menglong_magic.models import OpenAIModel
-from menglong_magic.tools import as_tool
 
 BATCH = 100
 SEQUENTIAL = 20
 REPEATS = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 5
-
-
-@tool
-def lookup(key: str) -> str:
-    """Look a key up."""
-    return f"value of {key}"
-
-
-def hand_written(client: openai.AsyncOpenAI) -> Any:
-    schema = as_tool(lookup).schema()
-
-    async def item(text: str) -> str:
-        messages: list[Any] = [{"role": "user", "content": text}]
-        first = await client.chat.completions.create(model="m", messages=messages, tools=[schema])
-        call = first.choices[0].message.tool_calls[0]
-        messages += [first.choices[0].message.model_dump(exclude_none=True),
-                     {"role": "tool", "tool_call_id": call.id, "content": lookup(text)}]
-        second = await client.chat.completions.create(model="m", messages=messages, tools=[schema])
-        return second.choices[0].message.content or ""
-
-    return item
 
 
 def make_agent(server: FastServer) -> ChatAgent:

@@ -33,21 +33,15 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fast_openai_server import FastServer
+from hand_loop import hand_written, lookup
 
-from menglong_magic import ChatAgent, tool
+from menglong_magic import ChatAgent
 from menglong_magic.maps.run import Journal
 from menglong_magic.models import OpenAIModel
-from menglong_magic.tools import as_tool
 from menglong_magic.ui.mapview import MapPanel
 
 LATENCY = 0.05
 REPEATS = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 5
-
-
-@tool
-def lookup(key: str) -> str:
-    """Look a key up."""
-    return f"value of {key}"
 
 
 class StallMonitor:
@@ -106,16 +100,7 @@ async def measure(coro: Any) -> tuple[float, float, Any]:
 async def map_of_100(latency: float) -> None:
     with FastServer(latency=latency) as server, tempfile.TemporaryDirectory() as tmp:
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench")  # the SDK retries, as the agent does
-        schema = as_tool(lookup).schema()
-
-        async def hand(text: str) -> str:
-            messages: list[Any] = [{"role": "user", "content": text}]
-            first = await client.chat.completions.create(model="m", messages=messages, tools=[schema])
-            call = first.choices[0].message.tool_calls[0]
-            messages += [first.choices[0].message.model_dump(exclude_none=True),
-                         {"role": "tool", "tool_call_id": call.id, "content": lookup(text)}]
-            second = await client.chat.completions.create(model="m", messages=messages, tools=[schema])
-            return second.choices[0].message.content or ""
+        hand = hand_written(client)
 
         agent = ChatAgent(model=OpenAIModel("m", base_url=server.base_url, api_key="sk-bench"), mode="auto",
                           tools=[lookup])
