@@ -221,14 +221,14 @@ MULTI_AGENT = [
          "      f\"~{max(r.execution_time for r in results):.1f}s, not the sum\")"),
     md("## `--bg`: each run gets its own panel and the notebook stays usable"),
     code("r_agent, w_agent = researcher(), writer()"),
-    code("h1 = %agent_run -a r_agent --bg research tides"),
-    code("h2 = %agent_run -a w_agent --bg write about tides"),
+    code("# NBVAL_IGNORE_OUTPUT\nh1 = %agent_run -a r_agent --bg research tides"),
+    code("# NBVAL_IGNORE_OUTPUT\nh2 = %agent_run -a w_agent --bg write about tides"),
     code("first, second = await h1, await h2\nfirst.final_output, second.final_output"),
     md("## Cancelling one\n\nThe handle's `cancel()` (or the panel's Stop button) cancels the run; its history "
        "stays valid."),
     code("slow = ChatAgent(name=\"slow\", mode=\"auto\", tools=[search],\n"
          "                 model=ScriptedModel([calls(call(\"search\", {\"query\": \"everything\"}))] * 2))"),
-    code("h3 = %agent_run -a slow --bg search everything"),
+    code("# NBVAL_IGNORE_OUTPUT\nh3 = %agent_run -a slow --bg search everything"),
     code("await asyncio.sleep(0.3)\nh3.cancel()\nresult = await h3\nresult.stop_reason, len(slow.messages)"),
     md("## One conversation is one line of turns; `fork()` for parallel work\n\n"
        "Turns that write to the same agent's history never interleave: a turn that starts while another is "

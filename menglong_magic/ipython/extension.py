@@ -6,6 +6,7 @@ from typing import Any
 
 from ..tools.mcp import close_all
 from ..ui.frontend import unwatch, watch
+from ..ui.live import track_requests, untrack_requests
 from . import kernel_status
 from .cells import CellMagicRewriter, install_runner, uninstall_runner
 from .history_magic import HistoryMagics
@@ -29,12 +30,14 @@ def load_ipython_extension(ipython: Any) -> None:
         ipython.input_transformers_cleanup.append(CellMagicRewriter(ipython, *_REWRITTEN))
     install_runner(ipython)
     watch(ipython)
+    track_requests(ipython)  # a --bg run ending after its cell updates the saved notebook (see ui/live.py)
     kernel_status.install(ipython)  # the status stays "busy" while an agent cell runs (see kernel_status)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove every magic and rewriter, forget ``_agent_last`` and close every MCP server of the process."""
     unwatch(ipython)
+    untrack_requests(ipython)
     kernel_status.uninstall(ipython)
     for magics_class in _MAGICS:
         magics = ipython.magics_manager.registry.pop(magics_class.__name__, None)

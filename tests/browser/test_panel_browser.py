@@ -157,3 +157,27 @@ def test_final_view_is_one_output_with_markdown(page: Any, lab: Lab, tmp_path: P
         final.locator("details.mm-steps > summary").click()
         page.wait_for_timeout(300)
         final.screenshot(path=str(Path(__file__).resolve().parents[2] / "docs" / "panel.png"))
+
+
+def test_a_bg_run_ending_after_its_cell_shows_its_final_view_there(page: Any, lab: Lab) -> None:
+    # The run ends while a later cell runs (and after it): its final view replaces the live panel in its own cell,
+    # once (the same update is also sent under the running request, for headless executors such as nbclient).
+    cells = [SETUP, "later = ChatAgent(model=ScriptedModel([calls(call('slow_step', {'seconds': 3})), "
+                    "reply('background answer')]), mode='auto', tools=[slow_step], name='later-agent')",
+             "h = %agent_run -a later --bg take a while", "await asyncio.sleep(1.5)\nprint('next cell done')",
+             "await asyncio.sleep(4)\nprint(h.result().final_output)"]
+    open_notebook(page, lab, "bg_final.ipynb", cells)
+    run_all(page)
+    notebook_cells = page.locator(".jp-Notebook .jp-CodeCell")
+    bg_cell = notebook_cells.nth(2)
+    bg_cell.locator(".mm-live").wait_for(state="attached", timeout=60_000)
+    notebook_cells.nth(4).get_by_text("background answer").wait_for(timeout=60_000)
+    final = bg_cell.locator(".mm-final")
+    final.wait_for(state="attached", timeout=30_000)
+    assert final.locator(".mm-status-completed").count() == 1
+    assert "background answer" in final.inner_text()
+    assert bg_cell.locator(".jp-OutputArea-child").count() == 1, bg_cell.locator(".jp-OutputArea").inner_html()[:2000]
+    assert bg_cell.locator(".mm-live").count() == 0
+    # The cells that ran meanwhile show only their own output.
+    assert notebook_cells.nth(3).locator(".mm-panel").count() == 0
+    assert notebook_cells.nth(4).locator(".mm-panel").count() == 0
