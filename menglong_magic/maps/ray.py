@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..agent.settings import ChatMode, RunSettings
 from ..models.offline import OfflineModel
-from ..models.openai_compat import _NO_KEY, OpenAIModel, redact
+from ..models.openai_compat import NO_API_KEY, OpenAIModel, redact
 from ..tools.base import Tool
 from .run import ItemOutcome, MapItem, MapJob, run_admitted, run_item, usage_from_json, usage_to_json
 
@@ -91,7 +91,7 @@ class ModelSpec:
             headers[name] = value
         options = dict(self.options)
         request_model = options.pop("request_model", None)
-        model = OpenAIModel(api_key=api_key or _NO_KEY, default_headers=headers or None, **options)
+        model = OpenAIModel(api_key=api_key or NO_API_KEY, default_headers=headers or None, **options)
         if request_model:
             model.request_model = request_model
         return model
@@ -109,21 +109,17 @@ def model_spec(model: Any) -> tuple[ModelSpec, dict[str, str]]:
         raise RayExecutorError(
             f"{type(model).__name__} cannot run on Ray workers: use an OpenAIModel (any OpenAI-compatible "
             f"endpoint the workers can reach) or the offline model")
-    options = {"name": model.name, "base_url": model.base_url, "timeout": model.timeout,
-               "settings": dict(model.settings), "provider": model.provider, "retry": model.retry,
-               "stream_usage": model._stream_usage, "reset_tool_choice": model.reset_tool_choice}
-    if model.request_model != model.name:
-        options["request_model"] = model.request_model
+    options, key, headers = model.rebuild_options()
     secrets: dict[str, str] = {}
     key_env = None
-    if model._api_key != _NO_KEY:
-        key_env = "OPENAI_API_KEY" if os.environ.get("OPENAI_API_KEY") == model._api_key else _secret_env(
-            model._api_key)
-        secrets[key_env] = model._api_key
+    if key is not None:
+        value = key.get()
+        key_env = "OPENAI_API_KEY" if os.environ.get("OPENAI_API_KEY") == value else _secret_env(value)
+        secrets[key_env] = value
     header_envs = {}
-    for name, value in model._default_headers.items():
-        header_envs[name] = env = _secret_env(value)
-        secrets[env] = value
+    for name, secret in headers.items():
+        header_envs[name] = env = _secret_env(secret.get())
+        secrets[env] = secret.get()
     return ModelSpec("openai", options, key_env, header_envs), secrets
 
 

@@ -29,8 +29,9 @@ _T = TypeVar("_T")
 
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 _OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_NO_KEY = "sk-no-key-required"
-_NO_KEY_SECRET = Secret(_NO_KEY)
+#: The key sent when there is none (OpenAI-compatible local servers ignore it; the SDK requires one).
+NO_API_KEY = "sk-no-key-required"
+_NO_KEY_SECRET = Secret(NO_API_KEY)
 _MAX_DETAIL = 500  # server error bodies can be huge (llama.cpp sends whole validation reports)
 
 
@@ -237,7 +238,7 @@ class OpenAIModel(Model):
         #: The model id sent to the server (``name`` is what panels and results show).
         self.request_model = self.name
         # Keyless local servers still need some key for the SDK; it is never shown anywhere.
-        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or _NO_KEY
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or NO_API_KEY
         self._default_headers = {str(k): str(v) for k, v in (default_headers or {}).items()}
         if base_url:
             check_base_url(base_url)
@@ -260,7 +261,7 @@ class OpenAIModel(Model):
 
     @_api_key.setter
     def _api_key(self, value: str) -> None:
-        self._key = Secret(value) if value != _NO_KEY else _NO_KEY_SECRET
+        self._key = Secret(value) if value != NO_API_KEY else _NO_KEY_SECRET
 
     @property
     def _default_headers(self) -> dict[str, str]:
@@ -269,6 +270,17 @@ class OpenAIModel(Model):
     @_default_headers.setter
     def _default_headers(self, headers: dict[str, str]) -> None:
         self._headers = {name: Secret(value) for name, value in headers.items()}
+
+    def rebuild_options(self) -> tuple[dict[str, Any], Secret | None, dict[str, Secret]]:
+        """What rebuilds this model in another process (the Ray executor's workers): the constructor's options
+        (no secrets), the API key (None when there is none) and the default headers, both as Secret holders."""
+        options = {"name": self.name, "base_url": self.base_url, "timeout": self.timeout,
+                   "settings": dict(self.settings), "provider": self.provider, "retry": self.retry,
+                   "stream_usage": self._stream_usage, "reset_tool_choice": self.reset_tool_choice}
+        if self.request_model != self.name:
+            options["request_model"] = self.request_model
+        key = None if self._key is _NO_KEY_SECRET else self._key
+        return options, key, dict(self._headers)
 
     def __repr__(self) -> str:  # never the key
         where = f", base_url={safe_url(self.base_url)!r}" if self.base_url else ""

@@ -262,13 +262,13 @@ class RunViewModel:
                 shown = event.name if event.api_name is None else f"{event.name} (as {event.api_name})"
                 it.tools[event.call_id] = ToolCard(event.call_id, shown, event.arguments)
         elif isinstance(event, ev.ApprovalRequested):
-            card = self._card(event.call_id)
+            card = self.card(event.call_id)
             if card is None and (it := self._iteration()) is not None:
                 card = it.tools[event.call_id] = ToolCard(event.call_id, event.name, event.arguments)
             if card is not None and card.state == "running":
                 card.state, card.approval = "awaiting", "pending"
         elif isinstance(event, ev.ApprovalDecided):
-            card = self._card(event.call_id)
+            card = self.card(event.call_id)
             if card is not None:
                 card.approval = "approved" if event.approved else "denied"
                 card.approval_by = event.by
@@ -276,19 +276,19 @@ class RunViewModel:
                 if card.state == "awaiting":
                     card.state = "running" if event.approved else "denied"
         elif isinstance(event, ev.ToolProgress):
-            card = self._card(event.call_id)
+            card = self.card(event.call_id)
             if card is not None and card.state == "running":
                 card.progress_done, card.progress_total = event.done, event.total
                 card.progress_note = clip(event.note or "", 200)
         elif isinstance(event, ev.ToolAttachment):
-            card = self._card(event.call_id)
+            card = self.card(event.call_id)
             if card is not None and len(card.attachments) < MAX_ATTACHMENTS:
                 # Only well-formed base64 is kept: it is placed inside an HTML attribute as a data: URI.
                 ok = len(event.data) <= MAX_ATTACHMENT_BYTES and _BASE64.fullmatch(event.data) is not None
                 data = event.data if ok else ""
                 card.attachments.append((event.mime, data, clip(event.description, 200)))
         elif isinstance(event, ev.ToolCallFinished):
-            card = self._card(event.call_id)
+            card = self.card(event.call_id)
             if card is not None:
                 card.state = event.status or ("ok" if event.ok else "error")
                 card.duration = event.duration
@@ -357,7 +357,7 @@ class RunViewModel:
     def _iteration(self) -> IterationView | None:
         return self.iterations[-1] if self.iterations else None
 
-    def _card(self, call_id: str) -> ToolCard | None:
+    def card(self, call_id: str) -> ToolCard | None:
         for it in reversed(self.iterations):
             card = it.tools.get(call_id)
             if card is not None:

@@ -86,7 +86,7 @@ class TextView:
             final = event.total is not None and event.done >= event.total
             if last is None or final or now - last >= self.PROGRESS_INTERVAL:
                 self._progress_at[event.call_id] = now
-                card = model._card(event.call_id)
+                card = model.card(event.call_id)
                 text = card.progress_text() if card is not None else f"{event.done}"
                 self._line(f"  … {event.name} {text}")
         elif isinstance(event, ev.ToolAttachment):
@@ -103,7 +103,7 @@ class TextView:
             self._line(f"  {mark} {event.name} {describe_decision(event.approved, event.by, event.reason)}")
         elif isinstance(event, ev.ToolCallFinished):
             status = event.status or ("ok" if event.ok else "error")
-            card = model._card(event.call_id)
+            card = model.card(event.call_id)
             if status == "denied" and card is not None and card.approval == "denied":
                 return  # the decision line above said it
             mark = TOOL_ICONS.get(status, "✗")

@@ -24,7 +24,7 @@ from ..openai_compat import (
     safe_url,
 )
 from .answer import grounding_problem, order_arguments, results_answer
-from .prompt import _STOP, arguments_grammar, chatml_prompt, choice_grammar
+from .prompt import STOP, arguments_grammar, chatml_prompt, choice_grammar
 from .routing import route
 from .server import DEFAULT_LOCAL_SETTINGS, LocalModelError, LocalServer, default_gguf, local_server, server_running
 
@@ -310,7 +310,7 @@ class LocalModel(OpenAIModel):
         options: dict[str, Any] = {
             "max_tokens": int(settings.get("max_tokens") or 128),
             "temperature": float(settings.get("temperature") or 0.0),
-            "stop": [*_STOP, "\n\n"], "finish": finish, "settings": settings,
+            "stop": [*STOP, "\n\n"], "finish": finish, "settings": settings,
         }  # fmt: skip
         if not turn.calls:
             prompt = chatml_prompt(history)
@@ -353,7 +353,7 @@ class LocalModel(OpenAIModel):
         Streamed (text deltas emitted) when ``stream`` and ``emit``."""
         kwargs: dict[str, Any] = {
             "model": self.request_model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
-            "stop": stop or _STOP,
+            "stop": stop or STOP,
         }  # fmt: skip
         for key in ("top_p", "seed", "presence_penalty", "frequency_penalty"):
             if settings and settings.get(key) is not None:

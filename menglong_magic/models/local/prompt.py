@@ -41,7 +41,7 @@ def adapt_messages(messages: list[dict[str, Any]], *, add_system: bool) -> list[
 
 # --------------------------------------------------------------------------- prompts (ChatML, built here)
 #: ChatML markers end a turn; a message must not be able to forge one (the server parses special tokens).
-_STOP = ["<|im_end|>", "<|im_start|>", "<|endoftext|>"]
+STOP = ["<|im_end|>", "<|im_start|>", "<|endoftext|>"]
 #: Old turns beyond this many characters are left out of the prompt (the context is 4096 tokens).
 _MAX_PROMPT_CHARS = 9000
 
