@@ -116,7 +116,7 @@ class OutputSpec:
 
 @functools.lru_cache(maxsize=128)
 def _cached_spec(output_type: Any) -> OutputSpec:
-    return OutputSpec._build(output_type)
+    return OutputSpec._build(output_type)  # noqa: SLF001 (the class's own constructor, cached here)
 
 
 def _identifier(name: str) -> str:

@@ -28,18 +28,19 @@ class BusyWhileRunning:
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
-        self._original: Callable[..., Any] = kernel._publish_status
+        # ipykernel has no public hook for the status it publishes.
+        self._original: Callable[..., Any] = kernel._publish_status  # noqa: SLF001
         self._cells: dict[int, dict[str, Any]] = {}  # token → the running cell's execute_request
         self._tokens = itertools.count()
         self._lock = threading.Lock()  # status is published from the shell, control and subshell threads
 
     def install(self) -> None:
-        self.kernel._publish_status = self._publish
+        self.kernel._publish_status = self._publish  # noqa: SLF001
         setattr(self.kernel, _ATTRIBUTE, self)
 
     def uninstall(self) -> None:
         if self.kernel.__dict__.get("_publish_status") == self._publish:
-            del self.kernel._publish_status  # back to the class's method
+            del self.kernel._publish_status  # noqa: SLF001 (back to the class's method)
         if getattr(self.kernel, _ATTRIBUTE, None) is self:
             delattr(self.kernel, _ATTRIBUTE)
 

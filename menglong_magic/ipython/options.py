@@ -105,8 +105,10 @@ def split_options(parser: Any, line: str) -> tuple[str, str]:
     The options end at the first word that does not start with ``-`` (and is not an option's value), or
     at ``--``. Only the options are shell-parsed, so an apostrophe in the task ("What's") is just text.
     """
-    takes_value = {opt for action in parser._actions for opt in action.option_strings if action.nargs != 0}
-    flags = {opt for action in parser._actions for opt in action.option_strings}
+    # argparse lists its options nowhere public.
+    takes_value = {opt for action in parser._actions  # noqa: SLF001
+                   for opt in action.option_strings if action.nargs != 0}
+    flags = {opt for action in parser._actions for opt in action.option_strings}  # noqa: SLF001
     index = 0
     expect_value = False
     while True:

@@ -637,7 +637,7 @@ class _DoneWatcher:
         if inner is None or not hasattr(inner, "aiter_bytes"):  # another SDK layout: cannot tell, trust the end
             return None
         watcher = cls(inner)
-        stream._decoder = watcher
+        stream._decoder = watcher  # noqa: SLF001 (the SDK's stream has no public hook for its bytes)
         return watcher
 
     async def aiter_bytes(self, iterator: Any) -> Any:

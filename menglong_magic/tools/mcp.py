@@ -464,8 +464,9 @@ class MCPServer:
                 token = _SPAWN_SINK.set(self._spawned)
                 transport: Any = stdio_client(params, errlog=errlog)
             else:
+                # The mcp package's own client factory (its defaults for streamable HTTP) is not re-exported.
                 from mcp.client.streamable_http import streamable_http_client
-                from mcp.shared._httpx_utils import create_mcp_http_client
+                from mcp.shared._httpx_utils import create_mcp_http_client  # noqa: PLC2701
 
                 http_client = create_mcp_http_client(headers=self._headers or None)
                 transport = _http_transport(streamable_http_client, self.url or "", http_client)

@@ -122,7 +122,7 @@ class FrontendWatch:
     def uninstall(self) -> None:
         for (table, kind), original in self._originals.items():
             handlers = getattr(self.kernel, table, None)
-            if isinstance(handlers, dict) and getattr(handlers.get(kind), "_menglong_wrapped", None) is original:
+            if isinstance(handlers, dict) and getattr(handlers.get(kind), "menglong_wrapped", None) is original:
                 handlers[kind] = original
         self._originals.clear()
 
@@ -131,7 +131,7 @@ class FrontendWatch:
             self.observe(msg)
             return original(stream, ident, msg)  # an awaitable when the original is async: ipykernel awaits it
 
-        handler._menglong_wrapped = original  # type: ignore[attr-defined]
+        handler.menglong_wrapped = original  # type: ignore[attr-defined]
         return handler
 
 

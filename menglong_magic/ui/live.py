@@ -135,7 +135,8 @@ class LiveWidgetView:
         self.before_close()
         widget, self.widget = self.widget, None
         if widget is not None:
-            layout = widget._trait_values.get("layout")
+            # Read without creating it (``widget.layout`` would make a default Layout just to close it).
+            layout = widget._trait_values.get("layout")  # noqa: SLF001
             widget.close()
             if layout is not None:
                 layout.close()
