@@ -270,17 +270,17 @@ def test_ctrl_c_cancels_the_task_before_keyboardinterrupt(tmp_path: Any) -> None
         import asyncio, os, signal
         from menglong_magic import ChatAgent, tool
         from menglong_magic.models import ScriptedModel, calls, call
+        import threading
         @tool
         async def wait() -> str:
+            # Ctrl-C once the tool runs (a fixed delay from the start raced the run's start on a busy machine).
+            threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
             try:
-                await asyncio.sleep(10)
+                await asyncio.sleep(30)
             except asyncio.CancelledError:
                 print("tool cancelled", flush=True)
                 raise
         agent = ChatAgent(model=ScriptedModel([calls(call("wait"))]), mode="auto", tools=[wait])
-        loop = asyncio.new_event_loop()
-        import threading
-        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
         try:
             agent.run("x")
         except KeyboardInterrupt:
