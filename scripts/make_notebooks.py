@@ -349,7 +349,7 @@ def main() -> None:
         cells = NOTEBOOKS[name]
         nb = nbformat.v4.new_notebook()
         nb.cells = cells
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
         # No widget state: a finished run closes its widget and leaves a static final view (widget state would be
         # dead weight in the file).
         NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=False).execute(cwd=str(HERE))

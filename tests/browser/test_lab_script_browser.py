@@ -70,6 +70,14 @@ def test_the_printed_url_opens_the_quickstart_and_the_browser_shows_only_noteboo
         names = set(page.locator(".jp-DirListing-item .jp-DirListing-itemText").all_inner_texts())
         notebooks = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
         assert names == notebooks | {"cassettes"}, names  # no config files, no repository root
+        # Opening it and starting its kernel leaves it unmodified (no "save changes?" for a notebook not touched).
+        page.wait_for_function(
+            "() => { const w = window.jupyterapp.shell.currentWidget; const k = w.sessionContext.session"
+            " && w.sessionContext.session.kernel; return k && k.status === 'idle' && k.info; }", timeout=120_000)
+        page.wait_for_timeout(3000)
+        changed = page.evaluate("() => { const m = window.jupyterapp.shell.currentWidget.context.model;"
+                                " return m.dirty ? JSON.stringify(m.metadata) : null; }")
+        assert changed is None, changed
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
