@@ -263,6 +263,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        if len(raw) < length:  # the client went away mid-request (a killed worker): nothing to record or answer
+            self.close_connection = True
+            return
         split = urllib.parse.urlsplit(self.path)
         path = split.path.rstrip("/")
         if not path.endswith("/completions"):  # /chat/completions, or the legacy /completions (llama.cpp)

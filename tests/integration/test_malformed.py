@@ -150,3 +150,24 @@ async def test_a_changed_model_timeout_applies_to_the_cached_client(openai_serve
         await model.request(request(), lambda e: None)
     assert model.client is client  # same cached client, new timeout
     assert "timed out after 0.3s" in str(info.value) and len(openai_server.requests) == 2
+
+
+def test_a_request_cut_off_by_its_client_is_neither_recorded_nor_answered(openai_server: ScriptedOpenAIServer) -> None:
+    # A client that dies mid-request (a killed Ray worker) left a body of {} in server.requests, which scripted
+    # responders then failed on.
+    import socket
+    import urllib.parse
+
+    server = openai_server
+    server.enqueue(reply("whole"))
+    url = urllib.parse.urlsplit(server.base_url)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    for sent in (b"", body[:10]):
+        with socket.create_connection((url.hostname, url.port)) as cut:
+            cut.sendall(f"POST {url.path}/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                        f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + sent)
+            cut.shutdown(socket.SHUT_WR)
+            assert cut.recv(1000) == b""  # closed without an answer
+    result = ChatAgent(model=model_for(server)).run("hi")
+    assert result.final_output == "whole"
+    assert [b["messages"][-1]["content"] for b in server.requests] == ["hi"]

@@ -71,7 +71,7 @@ def test_a_right_final_answer_states_the_results_and_invents_nothing(
 
 
 # 46 questions: ~2 s each on an idle 2-core machine, 9-18 s at load 5; the suite-wide 300 s limit is for hangs.
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(3600)  # ~4 min on a quiet 2-core machine, 25 under a CPU burner
 async def test_the_local_model_answers_at_least_90_percent_right() -> None:
     module = load_eval()
     kinds = [len(expected) for _, expected, _ in module.QUESTIONS]
