@@ -5,6 +5,7 @@ tool cards, batch table, progress and the final view. Every piece of model or to
 
 from __future__ import annotations
 
+import time
 from html import escape
 
 from ..markup import NO_TYPESET, clip, output_html, render_markdown
@@ -91,7 +92,14 @@ def error_html(vm: RunViewModel) -> str:
     return f'<div class="mm-error" style="color:#cf222e">{escape(vm.error or "")}</div>'
 
 def iteration_html(vm: RunViewModel, it: IterationView, expanded: bool, skip_text: bool = False) -> str:
-    state = f"{it.duration:.2f}s" if it.duration is not None else ("running…" if not vm.finished else "")
+    if it.duration is not None:
+        state = f"{it.duration:.2f}s"
+    elif vm.finished:
+        state = ""
+    elif it.model_since is not None:
+        state = f"waiting for the model · {time.monotonic() - it.model_since:.0f}s"
+    else:
+        state = "running…"
     summary = " · ".join(x for x in (f"iteration {it.number}", f"{len(it.tools)} tool call(s)", state) if x)
     inner = []
     if it.text and not skip_text:

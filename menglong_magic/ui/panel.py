@@ -146,7 +146,9 @@ class RunPanel(LiveWidgetView):
             return
         m = self.model
         header = header_html(m)
-        changed = m.version != self._flushed_version
+        # While the model is deciding, the iteration's "waiting for the model · Ns" moves with the idle tick.
+        waiting = not m.finished and bool(m.iterations) and m.iterations[-1].model_since is not None
+        changed = m.version != self._flushed_version or waiting
         approvals = self._pending_ids()
         if not changed and header == w.header and approvals == w.approvals:
             return

@@ -136,6 +136,9 @@ class IterationView:
     tools: dict[str, ToolCard] = field(default_factory=dict)
     duration: float | None = None
     finished: bool = False
+    #: time.monotonic() when a model request was sent and nothing of its answer has come yet (a slow local model
+    #: can take many seconds to decide; the summary then says so instead of a bare "running…").
+    model_since: float | None = None
 
 
 @dataclass
@@ -245,14 +248,21 @@ class RunViewModel:
                 dropped = self.iterations.pop(0)
                 self.dropped_iterations += 1
                 self.dropped_tool_calls += len(dropped.tools)
+        elif isinstance(event, ev.ModelRequestStarted):
+            it = self._iteration()
+            if it is not None:
+                it.model_since = time.monotonic()
         elif isinstance(event, ev.TextDelta):
             it = self._iteration()
             if it is not None:
+                it.model_since = None
                 text = it.text + event.delta
                 # Bounded memory; keep the newest text, which is what a live view is for.
                 it.text = text if len(text) <= MAX_TEXT else "…" + text[-MAX_TEXT:]
         elif isinstance(event, ev.ModelResponseReceived):
             it = self._iteration()
+            if it is not None:
+                it.model_since = None
             if it is not None and event.text and not it.text:
                 it.text = clip(event.text, MAX_TEXT)  # non-streamed answer
         elif isinstance(event, ev.ToolCallStarted):
@@ -297,7 +307,7 @@ class RunViewModel:
         elif isinstance(event, ev.IterationFinished):
             it = self._iteration()
             if it is not None:
-                it.finished, it.duration = True, event.duration
+                it.finished, it.duration, it.model_since = True, event.duration, None
         elif isinstance(event, ev.Retry):
             self.retries += 1
             it = self._iteration()

@@ -669,3 +669,28 @@ def _static_files() -> list[Any]:
     import menglong_magic.ui as ui
 
     return sorted((pathlib.Path(ui.__file__).parent / "static").glob("*.js"))
+
+
+def test_an_iteration_waiting_for_the_model_says_so_with_its_seconds() -> None:
+    # A slow model (the embedded one can take half a minute to decide) showed a bare "running…" that never moved.
+    from menglong_magic.ui.state import RunViewModel
+
+    model = RunViewModel("t")
+    for e in (ev.RunStarted("r", agent="a", model="m", mode="auto", task="x", max_iterations=3),
+              ev.IterationStarted("r", iteration=1, max_iterations=3)):
+        model.apply(e)
+    assert "running…" in body_html(model) and "waiting for the model" not in body_html(model)
+    model.apply(ev.ModelRequestStarted("r", iteration=1, messages=1, tools=2))
+    model.iterations[-1].model_since -= 12.4  # as if sent 12 s ago
+    assert "iteration 1 · 0 tool call(s) · waiting for the model · 12s" in body_html(model)
+    model.apply(ev.ModelResponseReceived("r", iteration=1, text=None, tool_calls=("c1",), usage=None, duration=12.4))
+    model.apply(ev.ToolCallStarted("r", iteration=1, call_id="c1", name="lookup", arguments={}))
+    assert "waiting for the model" not in body_html(model) and "running…" in body_html(model)
+    # Streamed text ends the wait at its first delta; a finished iteration shows its duration.
+    model.apply(ev.IterationStarted("r", iteration=2, max_iterations=3))
+    model.apply(ev.ModelRequestStarted("r", iteration=2, messages=3, tools=2))
+    assert "iteration 2 · 0 tool call(s) · waiting for the model · 0s" in body_html(model)
+    model.apply(ev.TextDelta("r", iteration=2, delta="Sun"))
+    assert "waiting for the model" not in body_html(model)
+    model.apply(ev.IterationFinished("r", iteration=2, duration=1.5, tool_calls=0))
+    assert "iteration 2 · 0 tool call(s) · 1.50s" in body_html(model)
