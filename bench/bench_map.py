@@ -39,6 +39,7 @@ from hand_loop import hand_written, lookup
 from menglong_magic import ChatAgent
 from menglong_magic.maps.run import Journal
 from menglong_magic.models import OpenAIModel
+from menglong_magic.testing.stall import StallMonitor
 from menglong_magic.ui.mapview import MapPanel
 
 LATENCY = 0.05
@@ -47,30 +48,6 @@ LATENCY = 0.05
 SLOW_LATENCY = 0.2
 RAW_CAP = 60.0
 REPEATS = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 5
-
-
-class StallMonitor:
-    """The longest time the event loop did not get round to a 1 ms timer, while it runs."""
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            t = loop.time()
-            await asyncio.sleep(0.001)
-            self.longest = max(self.longest, loop.time() - t - 0.001)
-
-    async def __aenter__(self) -> StallMonitor:
-        self._task = asyncio.ensure_future(self._watch())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
 
 def attached_panel(title: str) -> MapPanel:

@@ -24,6 +24,7 @@ from menglong_magic.agent.limiter import AdaptiveLimiter
 from menglong_magic.maps.run import Journal, JournalUnavailableWarning, MapItemsRestored
 from menglong_magic.models import OpenAIModel, RetryPolicy
 from menglong_magic.testing import ScriptedOpenAIServer, call_tools, fault, reply, tool_call
+from menglong_magic.testing.stall import StallMonitor
 
 FAST_RETRY = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.2)
 
@@ -323,30 +324,6 @@ def hold_write_lock(tmp_path: Path, journal: Path, seconds: float) -> subprocess
                               text=True)
     assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
     return locker
-
-
-class StallMonitor:
-    """The longest time the event loop did not get round to a 1 ms timer, while it runs."""
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            t = loop.time()
-            await asyncio.sleep(0.001)
-            self.longest = max(self.longest, loop.time() - t - 0.001)
-
-    async def __aenter__(self) -> StallMonitor:
-        self._task = asyncio.ensure_future(self._watch())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
 
 def committed(journal: Path) -> list[str]:
