@@ -183,7 +183,7 @@ def test_a_bg_run_ending_after_its_cell_shows_its_final_view_there(page: Any, la
     assert notebook_cells.nth(4).locator(".mm-panel").count() == 0
 
 
-def test_a_slow_model_shows_the_seconds_it_has_been_deciding(page: Any, lab: Lab) -> None:
+def test_a_slow_model_shows_the_seconds_it_has_been_deciding(page: Any, lab: Lab, tmp_path: Path) -> None:
     cells = [SETUP, "thinker = ChatAgent(model=ScriptedModel([reply('decided', delay=4)]), name='thinker')",
              "%agent_run -a thinker decide slowly"]
     open_notebook(page, lab, "slow_model.ipynb", cells)
@@ -191,6 +191,7 @@ def test_a_slow_model_shows_the_seconds_it_has_been_deciding(page: Any, lab: Lab
     panel = page.locator(".jp-Notebook .jp-CodeCell").nth(2).locator(".mm-live")
     panel.get_by_text("waiting for the model · 1s").wait_for(timeout=60_000)
     panel.get_by_text("waiting for the model · 2s").wait_for(timeout=10_000)  # it moves while nothing else does
+    panel.screenshot(path=str(tmp_path / "waiting-for-the-model.png"))
     final = page.locator(".jp-Notebook .jp-CodeCell").nth(2).locator(".mm-final")
     final.wait_for(state="attached", timeout=60_000)
     assert "decided" in final.inner_text() and "waiting for the model" not in final.inner_text()
