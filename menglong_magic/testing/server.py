@@ -281,7 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
             body["_endpoint"] = "completions"  # recorded with the request; steps answer as text completions
         authorization = self.headers.get("Authorization")
         headers = {k: ("<redacted>" if k.lower() == "authorization" else v) for k, v in self.headers.items()}
-        owner._enter(body, headers, authorization)
+        owner._enter(body, headers, authorization, self.path)
         try:
             if owner._over_rate_limit():
                 self._answer(body, Fault(429, owner.rate_limit_retry_after, "rate limit: too many concurrent requests"))
@@ -693,6 +693,8 @@ class ScriptedOpenAIServer:
         self._thread: threading.Thread | None = None
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
+        #: Each request's path and query, as sent (``/v1/chat/completions?api-version=...``).
+        self.request_paths: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self.exhausted_calls = 0
@@ -754,16 +756,19 @@ class ScriptedOpenAIServer:
         with self._lock:
             self.requests.clear()
             self.request_headers.clear()
+            self.request_paths.clear()
             self.authorization_schemes.clear()
             self.max_in_flight = self.in_flight
             self.exhausted_calls = 0
             self.rate_limited = 0
 
     # used by the handler
-    def _enter(self, body: dict[str, Any], headers: dict[str, str], authorization: str | None = None) -> None:
+    def _enter(self, body: dict[str, Any], headers: dict[str, str], authorization: str | None = None,
+               path: str = "") -> None:
         with self._lock:
             self.requests.append(body)
             self.request_headers.append(headers)
+            self.request_paths.append(path)
             self.authorization_schemes.append(authorization.partition(" ")[0] if authorization else None)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
