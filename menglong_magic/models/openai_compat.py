@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import random
+import ssl
 import time
 import urllib.parse
 import uuid
@@ -335,9 +336,12 @@ class OpenAIModel(Model):
         if self._default_headers:
             options["default_headers"] = dict(self._default_headers)
         http_client_type = getattr(openai, "DefaultAsyncHttpxClient", None)
-        if http_client_type is not None and _is_loopback(self.base_url):
+        if http_client_type is not None:
             # httpx honours HTTP(S)_PROXY even for 127.0.0.1: a proxy must not capture local servers.
-            options["http_client"] = http_client_type(trust_env=False)
+            trust_env = not _is_loopback(self.base_url)
+            context = _ssl_context(trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+            verify = {} if context is None else {"verify": context}
+            options["http_client"] = http_client_type(trust_env=trust_env, **verify)
         return options
 
     def _new_client(self) -> openai.AsyncOpenAI:
@@ -688,6 +692,23 @@ def _extra(tool_call: Any) -> dict[str, Any] | None:
     """Provider fields beside a tool call's standard ones (Gemini's ``extra_content``), kept for the history."""
     extra = getattr(tool_call, "model_extra", None)
     return {k: v for k, v in extra.items() if k == "extra_content"} or None if isinstance(extra, dict) else None
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(trust_env: bool, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext | None:
+    """One TLS context per process (per CA setting), shared by every client this module makes.
+
+    Each HTTP client otherwise builds its own, loading the whole CA bundle: 30-80 ms on the event loop for every
+    new model or loop (a kernel's first run, each worker), 2 ms with the shared one. ``SSL_CERT_FILE``/``_DIR``
+    are part of the key, so a changed setting gets its own context, made as the HTTP library makes it.
+    """
+    del cert_file, cert_dir  # only the cache key: the library reads them itself when trust_env is on
+    for base in getattr(openai, "DefaultAsyncHttpxClient", object).__mro__:
+        root = base.__module__.partition(".")[0]
+        if root.startswith("httpx"):  # httpx, or the httpx2 that newer SDKs use
+            make = getattr(importlib.import_module(root), "create_ssl_context", None)
+            return make(trust_env=trust_env) if make is not None else None
+    return None
 
 
 async def _close_client(client: openai.AsyncOpenAI) -> None:

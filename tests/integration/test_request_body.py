@@ -119,3 +119,43 @@ async def test_a_parameter_the_server_refuses_is_a_clean_model_error() -> None:
         assert len(server.requests) == 1  # a 400 is not retried
     assert caught.value.status == 400 and "temprature" in str(caught.value)
     assert KEY not in str(caught.value)
+
+
+async def test_every_client_shares_one_tls_context_per_ca_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each HTTP client used to build its own TLS context (the whole CA bundle, 30-80 ms on the loop for each new
+    model or loop); now one per process and CA setting. Requests still work through the shared one."""
+    import importlib
+
+    from menglong_magic.models import openai_compat
+
+    roots = [base.__module__.partition(".")[0] for base in openai.DefaultAsyncHttpxClient.__mro__]
+    library = importlib.import_module(next(root for root in roots if root.startswith("httpx")))
+    made: list[bool] = []
+    real = library.create_ssl_context
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(kwargs.get("trust_env", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(library, "create_ssl_context", counting)
+    openai_compat._ssl_context.cache_clear()
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with ScriptedOpenAIServer() as server:
+        server.enqueue(reply("a"), reply("b"))
+        local = [OpenAIModel("m", base_url=server.base_url, api_key=KEY) for _ in range(3)]
+        remote = [OpenAIModel("m", base_url="https://api.example.invalid/v1", api_key=KEY) for _ in range(3)]
+        for model in local + remote:
+            assert model.client is not None  # each model's own client, for this loop
+        assert made == [False, True]  # one context for local servers (no proxies), one for the rest
+        texts = [(await m.request(ModelRequest(messages=[{"role": "user", "content": "hi"}]), lambda e: None)).text
+                 for m in local[:2]]
+        assert texts == ["a", "b"]
+        import certifi
+
+        monkeypatch.setenv("SSL_CERT_FILE", certifi.where())  # another CA setting: its own context
+        other = OpenAIModel("m", base_url="https://api.example.invalid/v1", api_key=KEY)
+        assert other.client is not None
+        for model in [*local, *remote, other]:
+            await model.aclose()
+    assert made[:2] == [False, True] and len(made) == 3
+    openai_compat._ssl_context.cache_clear()
