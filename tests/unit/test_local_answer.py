@@ -158,3 +158,28 @@ def test_the_answer_prompt_leaves_out_earlier_answers_and_tool_results() -> None
     assert _prompt_history(messages, 0) == [messages[0], messages[-1]]
     with_one = _prompt_history(messages, 1)
     assert with_one == [messages[0], messages[1], messages[4], messages[-1]]  # no tool call, no tool result
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        ('{"temperature_c": 18.0, "sky": "sunny", "windy": false}',
+         "Get weather (Paris): temperature c 18; sky sunny; windy no."),
+        ('["Nairobi", "Mombasa", "Kisumu"]', "Get weather (Paris): Nairobi, Mombasa, Kisumu."),
+        ('{"city": "Paris", "days": [{"t": 18}, {"t": 20}], "alert": null}',
+         'Get weather (Paris): city Paris; days [{"t": 18}, {"t": 20}]; alert none.'),
+        ("{}", "Get weather (Paris): (empty)."),
+        ("{not json, as a tool may print", "Get weather (Paris): {not json, as a tool may print."),
+        ("[1, 2.5, 3.0]", "Get weather (Paris): 1, 2.5, 3."),
+    ],
+    ids=["object", "list", "nested", "empty", "not-json", "numbers"],
+)
+def test_a_json_result_reads_as_words_in_the_results_answer(result: str, expected: str) -> None:
+    assert results_answer([("get_weather", {"city": "Paris"}, result)]) == expected
+
+
+def test_a_json_object_answer_still_states_every_fact() -> None:
+    result = '{"temperature_c": 18, "sky": "sunny"}'
+    text = results_answer([("get_weather", {"city": "Paris"}, result)])
+    assert "{" not in text and '"' not in text
+    assert grounding_problem(text, "What is the weather in Paris?", [result]) is None

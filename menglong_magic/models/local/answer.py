@@ -10,6 +10,7 @@ written from the results by a template (:func:`results_answer`). Arguments namin
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -97,12 +98,43 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
+def _readable(result: str) -> str:
+    """A JSON object or list result as words ("temp 18, sky sunny"; "a, b"); anything else as it is.
+
+    Tools often return dicts (serialised as JSON): braces and quotes in a sentence read as a program's output.
+    Nested values stay JSON, one level down.
+    """
+    text = result.strip()
+    if text[:1] not in ("{", "["):
+        return result
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return result
+
+    def word(item: Any) -> str:
+        if isinstance(item, (dict, list)):
+            return json.dumps(item, ensure_ascii=False)
+        if item is None:
+            return "none"
+        if isinstance(item, bool):
+            return "yes" if item else "no"
+        return _value_text(item)
+
+    if isinstance(value, dict):
+        return "; ".join(f"{key.replace('_', ' ')} {word(item)}" for key, item in value.items()) or "(empty)"
+    if isinstance(value, list):
+        return ", ".join(word(item) for item in value) or "(empty)"
+    return result
+
+
 def results_answer(calls: list[tuple[str, dict[str, Any], str]]) -> str:
     """An answer written from the tool results alone: a result that is a sentence as it is, a short
-    result as "Capital of (Kenya): Nairobi." (the tool and its arguments say what the value is)."""
+    result as "Capital of (Kenya): Nairobi." (the tool and its arguments say what the value is), a JSON
+    object as its keys and values in words."""
     lines = []
     for name, arguments, result in calls:
-        result = " ".join(str(result).split())
+        result = _readable(" ".join(str(result).split()))
         if len(result.split()) >= 4 and result[-1:] in ".!?":
             lines.append(result)
             continue
