@@ -35,8 +35,9 @@ _OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 NO_API_KEY = "sk-no-key-required"
 _NO_KEY_SECRET = Secret(NO_API_KEY)
 _MAX_DETAIL = 500  # server error bodies can be huge (llama.cpp sends whole validation reports)
-#: What create() sends as request options besides ours: the SDK (3.x) picks the auth header per endpoint.
-_BEARER: dict[str, Any] = (
+#: The request options that make the SDK (3.x, which picks the auth header per endpoint) send the key, as
+#: create() does; empty for SDKs that always send it.
+BEARER_AUTH: dict[str, Any] = (
     {"security": {"bearer_auth": True}} if "security" in getattr(openai, "RequestOptions", dict).__annotations__ else {}
 )
 
@@ -439,7 +440,7 @@ class OpenAIModel(Model):
         which judges it (providers' own parameters need no ``extra_body``).
         """
         body = dict(kwargs)
-        options: dict[str, Any] = dict(_BEARER)
+        options: dict[str, Any] = dict(BEARER_AUTH)
         if "timeout" in body:
             options["timeout"] = body.pop("timeout")
         headers = body.pop("extra_headers", None)

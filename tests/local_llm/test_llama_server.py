@@ -2,7 +2,7 @@
 
 Every request goes to ``/v1/completions`` with a ChatML prompt built by LocalModel (never llama.cpp's
 HTML-escaping Jinja); tools are routed by words and their arguments written under a grammar. llama-cpp-python
-reports usage for plain requests but never in streams.
+reports usage for plain requests but never in streams (the model counts those with the server's tokenizer).
 """
 
 from __future__ import annotations
@@ -189,7 +189,16 @@ async def test_streaming_gives_the_same_message_as_non_streaming(model: Recordin
     deltas = [e.delta for e in events if isinstance(e, ev.TextDelta)]
     assert len(deltas) > 1 and "".join(deltas) == streamed.text
     assert plain.usage is not None and plain.usage.output_tokens
-    assert streamed.usage is None  # llama-cpp-python sends no usage in streams: unknown, never zero
+    # llama-cpp-python sends no usage in streams: the model counts with the server's tokenizer. The same prompt
+    # (so the same input tokens as llama.cpp reported for the plain request); at least a token a delta, at most
+    # the request's max_tokens (and the BOS the tokenizer adds to any text is not counted).
+    assert streamed.usage is not None
+    assert streamed.usage.input_tokens == plain.usage.input_tokens
+    assert len(deltas) <= streamed.usage.output_tokens <= SHORT["max_tokens"]
+    again = await model.request(ModelRequest(messages=question, stream=True), lambda e: None)
+    assert again.usage is not None and again.usage.input_tokens == plain.usage.input_tokens
+    if again.text == plain.text:  # the wording can differ (see above); when it does not, the counts agree
+        assert again.usage.output_tokens == plain.usage.output_tokens
 
     # A forced tool call, streamed and not: the same call.
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",

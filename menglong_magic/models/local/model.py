@@ -10,10 +10,14 @@ import pathlib
 import time
 from typing import Any
 
+import openai
+
 from ...events import ModelReady, ModelStarting, TextDelta
 from ...usage import Usage
 from ..base import Emit, ModelRequest, ModelResponse, ToolCall
 from ..openai_compat import (
+    _TRANSPORT_ERRORS,
+    BEARER_AUTH,
     MalformedResponseError,
     OpenAIModel,
     RetryPolicy,
@@ -166,6 +170,7 @@ class LocalModel(OpenAIModel):
             "n_ctx": n_ctx, "n_threads": n_threads, "startup_timeout": startup_timeout,
         }  # fmt: skip
         self._server: LocalServer | None = None
+        self._bos_tokens: int | None = None  # what the tokenizer adds to any text (counted once)
 
     @property
     def endpoint(self) -> str:
@@ -403,8 +408,31 @@ class LocalModel(OpenAIModel):
                             emit(TextDelta(request.run_id, iteration=request.iteration, delta=delta))
                     if choice.finish_reason and finish is not None:
                         finish[0] = choice.finish_reason
-        usages.append(None)  # llama-cpp-python reports no usage in streams: unknown, never zero
-        return "".join(parts)
+        text = "".join(parts)
+        usages.append(await self._stream_usage_of(kwargs["prompt"], text))
+        return text
+
+    async def _stream_usage_of(self, prompt: str, text: str) -> Usage | None:
+        """A streamed completion's usage, counted by the server's own tokenizer (llama-cpp-python reports none
+        in streams): the prompt's tokens, and the answer's (without the BOS the tokenizer adds). None, never
+        zero, when the server cannot count (another server behind ``base_url``)."""
+        if self._bos_tokens is None:
+            self._bos_tokens = await self._count_tokens("")
+        prompt_tokens = await self._count_tokens(prompt)
+        text_tokens = await self._count_tokens(text)
+        if prompt_tokens is None or text_tokens is None or self._bos_tokens is None:
+            return None
+        return Usage(prompt_tokens, max(text_tokens - self._bos_tokens, 0))
+
+    async def _count_tokens(self, text: str) -> int | None:
+        url = (self.base_url or "").rstrip("/").removesuffix("/v1") + "/extras/tokenize/count"
+        try:
+            data = await self.client.post(url, body={"input": text}, cast_to=object,
+                                          options={**BEARER_AUTH, "timeout": 30.0})
+        except (openai.OpenAIError, *_TRANSPORT_ERRORS, ValueError):  # not llama-cpp-python, or it is busy
+            return None
+        count = data.get("count") if isinstance(data, dict) else None
+        return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
 
 
 def _sum_usage(usages: list[Usage | None]) -> Usage | None:
