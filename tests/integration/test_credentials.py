@@ -187,7 +187,7 @@ async def test_an_echoing_server_leaks_nothing(
     seen: list[ev.Event] = []
     result = await agent.arun("x", on_event=seen.append)
     # The secret really went over the wire and was echoed back (else this test proves nothing).
-    headers = openai_server.request_headers[0]
+    headers = {name.lower(): value for name, value in openai_server.request_headers[0].items()}  # httpx 0.27 keeps case
     assert openai_server.authorization_schemes[0] in ("Bearer", "Basic")
     if source == "default_headers":
         assert headers.get("x-api-token") == HEADER
