@@ -74,6 +74,7 @@ class ModelResponseReceived(Event):
     usage: Usage | None
     duration: float
     cost: float | None = None  # US dollars, when the model and provider are known to genai-prices
+    note: str | None = None  # the model layer's word on this answer (ModelResponse.note)
 
 
 @dataclass(frozen=True)

@@ -383,6 +383,7 @@ class Turn:
                     usage=response.usage,
                     duration=time.perf_counter() - started,
                     cost=cost,
+                    note=response.note,
                 )
             )
             if limits is not None and response.tool_calls:

@@ -155,6 +155,7 @@ def response_data(response: ModelResponse) -> dict[str, Any]:
             "usage": _usage_data(response.usage),
             "model": response.model,
             "finish_reason": response.finish_reason,
+            **({"note": response.note} if response.note else {}),
         }
     )
 
@@ -495,6 +496,7 @@ class Replay(Model):
             usage=None if usage is None else Usage(usage.get("input_tokens"), usage.get("output_tokens")),
             model=str(data.get("model") or self.recorded_model or self.name),
             finish_reason=data.get("finish_reason"),
+            note=data["note"] if isinstance(data.get("note"), str) else None,
         )
 
     @staticmethod

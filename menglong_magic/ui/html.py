@@ -91,6 +91,10 @@ def model_note_html(vm: RunViewModel) -> str:
 def error_html(vm: RunViewModel) -> str:
     return f'<div class="mm-error" style="color:#cf222e">{escape(vm.error or "")}</div>'
 
+def note_html(note: str) -> str:
+    return f'<div class="mm-note" style="color:#6e7781;font-size:90%">ⓘ {escape(note)}</div>'
+
+
 def iteration_html(vm: RunViewModel, it: IterationView, expanded: bool, skip_text: bool = False) -> str:
     if it.duration is not None:
         state = f"{it.duration:.2f}s"
@@ -104,6 +108,8 @@ def iteration_html(vm: RunViewModel, it: IterationView, expanded: bool, skip_tex
     inner = []
     if it.text and not skip_text:
         inner.append(f'<div class="mm-text">{render_markdown(it.text)}</div>')
+    if it.note:
+        inner.append(note_html(it.note))
     for card in it.tools.values():
         inner.append(card_html(card))
     return (f'<details class="mm-iteration"{" open" if expanded else ""}><summary>{escape(summary)}</summary>'
@@ -237,5 +243,7 @@ def final_html(vm: RunViewModel) -> str:
         out.append(f'<div class="mm-output">{output_html(vm.output)}</div>')
     elif vm.final_output:
         out.append(f'<div class="mm-answer">{render_markdown(clip(vm.final_output, MAX_ANSWER))}</div>')
+        if vm.answer_note:  # e.g. the embedded model's answer was replaced by one written from the results
+            out.append(note_html(vm.answer_note))
     out.append("</div>")
     return "".join(out)

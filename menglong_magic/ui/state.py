@@ -139,6 +139,8 @@ class IterationView:
     #: time.monotonic() when a model request was sent and nothing of its answer has come yet (a slow local model
     #: can take many seconds to decide; the summary then says so instead of a bare "running…").
     model_since: float | None = None
+    #: The model layer's word on this iteration's answer ("written from the tool results: ...").
+    note: str | None = None
 
 
 @dataclass
@@ -178,6 +180,7 @@ class RunViewModel:
         self.error: str | None = None
         self.retries = 0
         self.model_note = ""  # "starting the local model…", then "local model started in 3.2s"
+        self.answer_note: str | None = None  # the latest response's note: shown with the answer it explains
         self.waiting_ahead: int | None = None  # earlier turns of the conversation still ahead of this run
         self.waited: float | None = None
         self.batch: list[BatchRow] | None = None
@@ -261,8 +264,10 @@ class RunViewModel:
                 it.text = text if len(text) <= MAX_TEXT else "…" + text[-MAX_TEXT:]
         elif isinstance(event, ev.ModelResponseReceived):
             it = self._iteration()
+            self.answer_note = event.note
             if it is not None:
                 it.model_since = None
+                it.note = event.note
             if it is not None and event.text and not it.text:
                 it.text = clip(event.text, MAX_TEXT)  # non-streamed answer
         elif isinstance(event, ev.ToolCallStarted):

@@ -28,6 +28,7 @@ class TextView:
         self._finished = False
         self._streamed = ""  # the text streamed by the current iteration
         self._progress_at: dict[str, float] = {}
+        self._noted: str | None = None  # the answer note printed under a streamed answer
 
     @property
     def out(self) -> TextIO:
@@ -70,6 +71,9 @@ class TextView:
         elif isinstance(event, ev.IterationStarted):
             self._streamed = ""
             self._line(f"[{title}] iteration {event.iteration}/{event.max_iterations}")
+        elif isinstance(event, ev.ModelResponseReceived) and event.note and self._streamed.strip():
+            self._line(f"  ⓘ {event.note}")  # under the streamed answer it explains (else with the answer, at the end)
+            self._noted = event.note
         elif isinstance(event, ev.Retry):
             self._streamed = ""
             self._line(f"  ↻ retry {event.attempt} in {event.delay:.1f}s: {event.error}")
@@ -132,4 +136,6 @@ class TextView:
                 lines.append(f"output: {clip(repr(model.output), MAX_ANSWER)}")
             elif answer and (self.compact or self._streamed.strip() != answer.strip()):
                 lines.append(clip(answer, MAX_ANSWER))
+            if answer and model.answer_note and model.answer_note != self._noted:
+                lines.append(f"ⓘ {model.answer_note}")
         self._line("\n".join(lines))

@@ -534,6 +534,65 @@ async def test_local_model_an_answer_the_tools_did_not_say_is_replaced_by_the_re
     assert (await agent.arun("Weather in Oslo?")).final_output == "It is 21 C and sunny in Oslo."
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_local_model_a_replaced_answer_says_so_in_the_panel_the_text_view_and_a_cassette(
+    openai_server: Any, tmp_path: Any, stream: bool
+) -> None:
+    """The answer written from the results is marked where it is shown (final view, live iteration, text view),
+    with the reason; a cassette keeps the note for its replays; a kept answer has none."""
+    import io
+
+    from menglong_magic.models import Recorder, Replay
+    from menglong_magic.ui.html import final_html
+    from menglong_magic.ui.state import RunViewModel
+    from menglong_magic.ui.textview import TextView
+
+    cassette = tmp_path / "local.jsonl"
+    openai_server.enqueue(reply('{"city": "Rome"}'), reply("The capital of France is Paris."),  # not grounded
+                          reply('{"city": "Oslo"}'), reply(""),  # no answer at all
+                          reply('{"city": "Bergen"}'), reply("It is 21 C and sunny in Bergen."))  # grounded
+    agent = ChatAgent(model=Recorder(local_model_for(openai_server), cassette), mode="auto", tools=[get_weather],
+                      stream=stream)
+    notes = []
+    for question, expected in [
+        ("What's the weather in Rome?", "not grounded (the name 'France' is neither in the question nor in a tool"),
+        ("Weather in Oslo?", "the model wrote no answer"),
+        ("Weather in Bergen?", None),
+    ]:
+        vm, printed = RunViewModel("agent"), io.StringIO()
+        view = TextView(stream=printed)
+        events: list[ev.Event] = []
+
+        def seen(event: ev.Event, vm: RunViewModel = vm, view: TextView = view,
+                 events: list[ev.Event] = events) -> None:
+            events.append(event)
+            vm.apply(event)
+            view.handle(event)
+
+        result = await agent.arun(question, on_event=seen)
+        view.finish()
+        received = [e for e in events if isinstance(e, ev.ModelResponseReceived)]
+        html, text = final_html(vm), printed.getvalue()
+        if expected is None:
+            assert received[-1].note is None and "mm-note" not in html and "ⓘ" not in text
+            assert result.final_output == "It is 21 C and sunny in Bergen."
+        else:
+            note = received[-1].note
+            assert note is not None and note.startswith("written from the tool results: ") and expected in note
+            assert result.final_output.startswith("Get weather (")
+            assert html.count('class="mm-note"') == 2  # under the answer, and in its (collapsed) iteration
+            assert f"ⓘ {note}" in text and text.index(f"ⓘ {note}") > text.index("Get weather (")
+        notes.append(received[-1].note)
+    # Replayed from the cassette: the same answers, the same notes.
+    replayed = ChatAgent(model=Replay(cassette), mode="auto", tools=[get_weather], stream=stream)
+    again = []
+    for question in ["What's the weather in Rome?", "Weather in Oslo?", "Weather in Bergen?"]:
+        events = []
+        await replayed.arun(question, on_event=events.append)
+        again.append([e for e in events if isinstance(e, ev.ModelResponseReceived)][-1].note)
+    assert again == notes
+
+
 async def test_local_model_a_question_matching_no_tool_is_answered_directly(openai_server: Any) -> None:
     openai_server.enqueue(reply("Hello! How can I help?", usage=(12, 5)))
     agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather, count])

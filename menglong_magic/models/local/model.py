@@ -226,8 +226,8 @@ class LocalModel(OpenAIModel):
             if calls:
                 return ModelResponse(text=None, tool_calls=calls, usage=_sum_usage(usages), model=self.name,
                                      finish_reason="tool_calls")  # fmt: skip
-        text, finish = await self._answer(request, settings, emit, usages)
-        return ModelResponse(text=text, usage=_sum_usage(usages), model=self.name, finish_reason=finish)
+        text, finish, note = await self._answer(request, settings, emit, usages)
+        return ModelResponse(text=text, usage=_sum_usage(usages), model=self.name, finish_reason=finish, note=note)
 
     async def _decide(
         self,
@@ -307,7 +307,8 @@ class LocalModel(OpenAIModel):
 
     async def _answer(
         self, request: ModelRequest, settings: dict[str, Any], emit: Emit, usages: list[Usage | None]
-    ) -> tuple[str, str | None]:
+    ) -> tuple[str, str | None, str | None]:
+        """The answer, why generation stopped, and a note when the answer was written from the results."""
         messages = request.messages
         turn = _current_turn(messages)
         history = _prompt_history(messages, self.history_turns)
@@ -320,7 +321,7 @@ class LocalModel(OpenAIModel):
         if not turn.calls:
             prompt = chatml_prompt(history)
             text = await self._text(request, prompt, usages, stream=request.stream, emit=emit, **options)
-            return text.strip(), finish[0]
+            return text.strip(), finish[0], None
         results = "\n".join(f"- {name}({json.dumps(args, ensure_ascii=False)}): {result}"
                             for name, args, result in turn.calls)  # fmt: skip
         content = f"{turn.question}\n\nTool results:\n{results}\n\nAnswer the question using these results."
@@ -329,13 +330,18 @@ class LocalModel(OpenAIModel):
         # Not streamed: an answer that is not grounded in the results is replaced before anyone sees it.
         text = (await self._text(request, chatml_prompt(history, system=system), usages, emit=emit, **options)).strip()
         names = tuple(dict.fromkeys(name for name, _, _ in turn.calls))
-        if self.grounded_answers and grounding_problem(text, turn.question, [r for _, _, r in turn.calls], names):
-            text = results_answer(turn.calls)  # the 135M model's sentence said something the tools did not
-        elif not text:  # never end a run without an answer: say what the tools returned
+        note = None
+        problem = grounding_problem(text, turn.question, [r for _, _, r in turn.calls], names) if text else None
+        if self.grounded_answers and problem:
+            # The 135M model's sentence said something the tools did not: say so, where the answer is shown.
+            why = problem if len(problem) <= 160 else problem[:159] + "…"
+            note = f"written from the tool results: the model's answer was not grounded ({why})"
             text = results_answer(turn.calls)
+        elif not text:  # never end a run without an answer: say what the tools returned
+            text, note = results_answer(turn.calls), "written from the tool results: the model wrote no answer"
         if request.stream:
             emit(TextDelta(request.run_id, iteration=request.iteration, delta=text))
-        return text, finish[0]
+        return text, finish[0], note
 
     # ------------------------------------------------------------------ the completions endpoint
     async def _text(
