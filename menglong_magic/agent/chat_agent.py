@@ -110,6 +110,7 @@ class ChatAgent:
             raise ValueError("max_iterations must be at least 1")
         self.max_iterations = max_iterations
         self.name = name or f"agent-{next(self._names)}"
+        self._generated_name = None if name else self.name
         if max_concurrency != "auto" and (not isinstance(max_concurrency, int) or max_concurrency < 1):
             raise ValueError('max_concurrency must be "auto" or at least 1')
         self.max_concurrency = max_concurrency
@@ -162,6 +163,12 @@ class ChatAgent:
         The one place defaults are settled (:func:`~menglong_magic.agent.options.resolve_settings`)."""
         return resolve_settings(self, options, where="settings()")
 
+    @property
+    def named(self) -> bool:
+        """Whether the name was given (``name=``, or set later), not generated ("agent-3"): views of a run
+        started by a magic's ``-a VARIABLE`` are titled with the variable's name when the agent has none."""
+        return self.name != self._generated_name
+
     def fork(self, name: str | None = None) -> ChatAgent:
         """A new agent with a copy of this history and the same model, tools and defaults.
 
@@ -171,6 +178,7 @@ class ChatAgent:
         twin = ChatAgent.__new__(ChatAgent)
         twin.__dict__.update(self.__dict__)
         twin.name = name or f"{self.name}-fork-{next(self._names)}"
+        twin._generated_name = None if name else twin.name  # noqa: SLF001 (a ChatAgent: this class's own)
         twin.tools = dict(self.tools)
         twin.model_settings = dict(self.model_settings)
         twin.messages = [dict(m) for m in self.messages]

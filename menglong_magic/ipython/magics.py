@@ -282,6 +282,8 @@ class AgentMagics(Magics):
 
     def _starter(self, args: Any, kind: str, cell: str | None, task_text: str, agent: ChatAgent,
                  options: dict[str, Any]) -> tuple[Callable[[Callable[[Any], None]], Awaitable[Any]], str, bool]:
+        # A generated name ("agent-3") says less than the variable the user wrote after -a.
+        title = args.agent if args.agent and not agent.named else agent.name
         if kind == "line":
             if not task_text:
                 raise UsageError("%agent_run needs a task, e.g. %agent_run summarise the data")
@@ -291,7 +293,7 @@ class AgentMagics(Magics):
             # approver (the panel's buttons) is added to it after the view exists.
             mode = args.mode or ChatMode.AUTO
             return (lambda on_event: agent.arun(task_text, on_event=on_event, **{**options, "mode": mode})), \
-                agent.name, True
+                title, True
         body = (cell or "").strip()  # a terminal's cell ends with the blank lines that closed it
         if args.interpolate:
             body = interpolate(body, self.shell.user_ns)
@@ -303,9 +305,9 @@ class AgentMagics(Magics):
                 raise UsageError("--batch/--sequential need one message per line in the cell")
             if args.batch:
                 return (lambda on_event: agent.batch_run_async(messages, on_event=on_event, **options)), \
-                    agent.name, False
+                    title, False
             return (lambda on_event: agent.sequential_run_async(messages, on_event=on_event, **options)), \
-                agent.name, False
+                title, False
         if not body.strip():
             raise UsageError("%%agent needs a message in the cell body")
         if ChatMode(options.get("mode") or agent.mode) is ChatMode.WORKFLOW:
@@ -313,8 +315,8 @@ class AgentMagics(Magics):
                 raise UsageError("workflow mode: the agent has no steps (agent.add_workflow_step(name, action))")
             step_options = {k: v for k, v in options.items() if k != "mode"}
             return (lambda on_event: agent.execute_workflow_async(body, on_event=on_event, **step_options)), \
-                agent.name, False
-        return (lambda on_event: agent.chat_result_async(body, on_event=on_event, **options)), agent.name, True
+                title, False
+        return (lambda on_event: agent.chat_result_async(body, on_event=on_event, **options)), title, True
 
     def _approver(self, view: Any, background: bool = False) -> Callable[[Any], Any] | None:
         """Who is asked about tool calls that need approval (the agent has no ``approve`` callback).

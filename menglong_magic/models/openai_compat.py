@@ -456,8 +456,15 @@ class OpenAIModel(Model):
         if isinstance(response_format, type):  # create() refuses a class too; it is for .parse()
             raise TypeError("response_format must be a dict (a JSON schema), not a class")
         stream = bool(body.get("stream"))
-        return await self.client.post("/chat/completions", body=body, cast_to=ChatCompletion, options=options,
-                                      stream=stream, stream_cls=openai.AsyncStream[ChatCompletionChunk])
+        try:
+            return await self.client.post("/chat/completions", body=body, cast_to=ChatCompletion, options=options,
+                                          stream=stream, stream_cls=openai.AsyncStream[ChatCompletionChunk])
+        except TypeError as exc:  # raised while encoding the body, before anything was sent
+            if "serializable" not in str(exc):
+                raise
+        # A value only create()'s transform turns into JSON (an SDK object put in the history, with an SDK
+        # older than 2.x, whose post() encodes with the standard json module): send it the slow way.
+        return await self.client.chat.completions.create(**kwargs)
 
     async def _complete(self, request: ModelRequest) -> ModelResponse:
         try:

@@ -114,3 +114,24 @@ async def test_bg_out_var_stays_the_handle_and_the_result_lands_in_agent_last(
     result = await run(shell, "await job")
     assert result.result is shell.user_ns["r"]
     assert "done" in repr(job)
+
+
+async def test_a_run_on_an_unnamed_agent_is_titled_with_its_variable(shell: InteractiveShell,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """-a VARIABLE: the view says the variable's name for an agent whose name was generated ("agent-7" says
+    nothing the user wrote); an agent given a name keeps it; a fork's generated name is generated too."""
+    await run(shell, "from menglong_magic import ChatAgent\n"
+                     "helper = ChatAgent(model='scripted')\nscout = ChatAgent(model='scripted', name='Scout')\n"
+                     "twin = helper.fork()\nnamed_twin = helper.fork('Twin')")
+    ns = shell.user_ns
+    assert not ns["helper"].named and ns["scout"].named and not ns["twin"].named and ns["named_twin"].named
+    for variable, title in [("helper", "helper"), ("scout", "Scout"), ("twin", "twin"), ("named_twin", "Twin")]:
+        capsys.readouterr()
+        await run(shell, f"%agent_run -a {variable} -q say hi")
+        await run(shell, f"%%agent -a {variable} -q\nhello")
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+        assert [line.split("]")[0] for line in lines] == [f"[{title}", f"[{title}"], lines
+    ns["helper"].name = "Renamed"  # set later: now given
+    capsys.readouterr()
+    await run(shell, "%agent_run -a helper -q say hi")
+    assert capsys.readouterr().out.startswith("[Renamed] ")

@@ -162,3 +162,25 @@ async def test_every_client_shares_one_tls_context_per_ca_setting(monkeypatch: p
             await model.aclose()
     assert made[:2] == [False, True] and len(made) == 3
     openai_compat._ssl_context.cache_clear()
+
+
+async def test_an_sdk_object_in_the_history_is_sent_as_create_would() -> None:
+    """A ChatCompletionMessage (what create() returns) put into the messages by hand: create()'s transform
+    turns it into JSON, and so does our path (new SDKs encode it in post(); older ones fall back to create())."""
+    from openai.types.chat import ChatCompletionMessage
+
+    messages: list[Any] = [{"role": "user", "content": "a"},
+                           ChatCompletionMessage(role="assistant", content="hi there"),
+                           {"role": "user", "content": "b"}]
+    with ScriptedOpenAIServer() as server:
+        server.enqueue(reply("ok"), reply("ok"))
+        model = OpenAIModel("m", base_url=server.base_url, api_key=KEY)
+        response = await model.request(ModelRequest(messages=messages), lambda event: None)
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0,
+                                    http_client=openai.DefaultAsyncHttpxClient(trust_env=False))
+        await client.chat.completions.create(model="m", messages=messages)
+        await client.close()
+        await model.aclose()
+    assert response.text == "ok" and len(server.requests) == 2
+    assert server.requests[0] == server.requests[1]
+    assert server.requests[0]["messages"][1] == {"role": "assistant", "content": "hi there"}
