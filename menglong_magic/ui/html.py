@@ -5,6 +5,7 @@ tool cards, batch table, progress and the final view. Every piece of model or to
 
 from __future__ import annotations
 
+import json
 import time
 from html import escape
 
@@ -115,6 +116,30 @@ def iteration_html(vm: RunViewModel, it: IterationView, expanded: bool, skip_tex
     return (f'<details class="mm-iteration"{" open" if expanded else ""}><summary>{escape(summary)}</summary>'
             + "".join(inner) + "</details>")
 
+_PRE = 'style="margin:2px 0;white-space:pre-wrap;flex:1;min-width:0"'
+
+
+def _labelled(label: str, inner: str) -> str:
+    """A card row: a small grey label ("arguments", "result", "error") beside what it labels."""
+    return ('<div class="mm-tool-row" style="display:flex;gap:8px;align-items:baseline">'
+            f'<span class="mm-tool-label" style="color:#6e7781;font-size:85%;min-width:5.5em">{label}</span>'
+            f"{inner}</div>")
+
+
+def _pretty_json(text: str) -> str:
+    """A JSON object or array result indented as the arguments are (tools often return dicts); else as it is."""
+    stripped = text.strip()
+    if stripped[:1] not in ("{", "[") or len(stripped) > 20_000:
+        return text
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return text
+    if not isinstance(value, (dict, list)) or not value:
+        return text
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
 def card_html(card: ToolCard) -> str:
     icon = ICON_SVG.get(card.state, "")
     dur = f" · {card.duration:.2f}s" if card.duration is not None else ""
@@ -137,9 +162,9 @@ def card_html(card: ToolCard) -> str:
         body += code_html(code)
         rest = {k: v for k, v in card.arguments.items() if k != "code"}
         if rest:
-            body += f'<pre class="mm-args" style="margin:2px 0;white-space:pre-wrap">{escape(str(rest))}</pre>'
-    else:
-        body += f'<pre class="mm-args" style="margin:2px 0;white-space:pre-wrap">{escape(card.arguments_json())}</pre>'
+            body += _labelled("arguments", f'<pre class="mm-args" {_PRE}>{escape(str(rest))}</pre>')
+    elif card.arguments not in ({}, None, ""):  # a tool without parameters: no "{}" to read
+        body += _labelled("arguments", f'<pre class="mm-args" {_PRE}>{escape(card.arguments_json())}</pre>')
     if card.state == "awaiting":
         # The panel's Approve / Deny controls go here (static/panel.js); other approvers: the note stays.
         body += (f'<div class="mm-approval-slot" data-call-id="{escape(card.call_id)}">'
@@ -149,12 +174,14 @@ def card_html(card: ToolCard) -> str:
     if card.state == "denied" and card.approval == "denied":
         shown = None  # the head says it: "denied (panel): not now"
     if shown is not None:
+        label = "result" if card.state == "ok" else "error" if card.error else "result"
+        shown = _pretty_json(shown)
         short = clip(shown, 200)
         if short == shown:
-            body += f'<pre class="mm-result" style="margin:2px 0;white-space:pre-wrap">{escape(shown)}</pre>'
+            body += _labelled(label, f'<pre class="mm-result" {_PRE}>{escape(shown)}</pre>')
         else:
-            body += (f'<details class="mm-result"><summary>{escape(short)}</summary>'
-                     f'<pre style="white-space:pre-wrap">{escape(shown)}</pre></details>')
+            body += _labelled(label, f'<details class="mm-result"><summary>{escape(short)}</summary>'
+                                     f'<pre style="white-space:pre-wrap">{escape(shown)}</pre></details>')
     for mime, data, description in card.attachments:
         if mime in ("image/png", "image/jpeg") and data:  # base64 only: nothing else can be injected here
             body += (f'<img class="mm-attachment" alt="{escape(description)}" title="{escape(description)}" '
