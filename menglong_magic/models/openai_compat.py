@@ -462,8 +462,8 @@ class OpenAIModel(Model):
         except TypeError as exc:  # raised while encoding the body, before anything was sent
             if "serializable" not in str(exc):
                 raise
-        # A value only create()'s transform turns into JSON (an SDK object put in the history, with an SDK
-        # older than 2.x, whose post() encodes with the standard json module): send it the slow way.
+        # A value only create()'s transform turns into JSON (an SDK object put in the history, with an older SDK
+        # whose post() encodes with the standard json module, as 1.40 does): send it the slow way.
         return await self.client.chat.completions.create(**kwargs)
 
     async def _complete(self, request: ModelRequest) -> ModelResponse:
