@@ -11,6 +11,9 @@ The server is bench/fast_openai_server.py (uvicorn + httptools + uvloop, in its 
    retries; its failed items printed; stopped after 60 s) and vs a gather over create() bounded by exactly 20
    (what a careful user writes: at 50 ms this client's CPU, not the server's limit, is the bound on a slow
    machine: 20 in flight at 50 ms asks for 400 requests a second, ~2.5 ms of CPU each at most);
+2b. 1,000 one-call items at 1 s latency on a server without a limit (~300 in flight): map_async vs a gather over
+   create(), with CPU per request (httpx's pool works per connection on every request: the model spreads
+   requests over one HTTP client per 32 in flight);
 3. 10,000 items with the panel attached, against 1,000: time and peak RSS per item (target: linear).
 
 Every figure is a median of interleaved runs; wall-clock ratios move with the load of a shared machine, so
@@ -186,6 +189,42 @@ async def rate_limited_1000(latency: float, raw: bool) -> None:
         await client.close()
 
 
+async def wide_1000() -> None:
+    """1,000 one-call items at 1 s latency, no server limit: ~300 requests in flight at once. httpx's pool does
+    O(connections) work per request; the model spreads requests over one client per 32 in flight."""
+    n = 1000
+    with FastServer(latency=1.0) as server:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench", max_retries=0,
+                                    http_client=openai.DefaultAsyncHttpxClient(trust_env=False))
+
+        async def one(i: int) -> str:
+            c = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"w{i}"}])
+            return c.choices[0].message.content or ""
+
+        await one(0)
+        agent = ChatAgent(model=OpenAIModel("m", base_url=server.base_url, api_key="sk-bench"))
+        await agent.map_async(["w"])
+        wall: dict[str, list[float]] = {"gather": [], "map": []}
+        cpu: dict[str, list[float]] = {"gather": [], "map": []}
+        peak = 0
+        for run in range(max(REPEATS // 2, 2)):
+            w, c, _ = await measure(asyncio.gather(*(one(i) for i in range(n))))
+            wall["gather"].append(w)
+            cpu["gather"].append(c)
+            server.reset()
+            w, c, result = await measure(agent.map_async([f"r{run} {i}" for i in range(n)]))
+            assert not result.errors
+            peak = max(peak, server.stats()["peak_in_flight"])
+            wall["map"].append(w)
+            cpu["map"].append(c)
+        await client.close()
+    g, m = statistics.median(wall["gather"]), statistics.median(wall["map"])
+    gc, mc = statistics.median(cpu["gather"]), statistics.median(cpu["map"])
+    print(f"2b. {n} one-call items at 1 s latency, no server limit (peak {peak} in flight): gather over create() "
+          f"{g:.2f} s (CPU {gc / n * 1000:.1f} ms a request), map_async {m:.2f} s = {m / g:.2f}x "
+          f"(CPU {mc / n * 1000:.1f} ms an item, {agent.model.open_clients} HTTP clients)")
+
+
 async def with_panel(n: int, server: FastServer) -> tuple[float, float, int]:
     panel = attached_panel("bench")
     agent = ChatAgent(model=OpenAIModel("m", base_url=server.base_url, api_key="sk-bench"))
@@ -216,6 +255,7 @@ async def main() -> None:
             await map_of_100(latency)
     await rate_limited_1000(LATENCY, raw=True)
     await rate_limited_1000(SLOW_LATENCY, raw=False)
+    await wide_1000()
     if "--quick" not in sys.argv:
         await ten_thousand()
 

@@ -8,6 +8,7 @@ headers that carry meaning. Real openai client, real HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import urllib.parse
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from menglong_magic.models import AzureOpenAIModel, ModelError, OpenAIModel
 from menglong_magic.models.base import ModelRequest
-from menglong_magic.testing import fault, reply
+from menglong_magic.testing import echo_responder, fault, reply
 from menglong_magic.testing.server import ScriptedOpenAIServer
 
 KEY = "sk-request-body-0123456789"
@@ -184,3 +185,28 @@ async def test_an_sdk_object_in_the_history_is_sent_as_create_would() -> None:
     assert response.text == "ok" and len(server.requests) == 2
     assert server.requests[0] == server.requests[1]
     assert server.requests[0]["messages"][1] == {"role": "assistant", "content": "hi there"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_concurrent_requests_spread_over_clients_and_all_are_closed(stream: bool) -> None:
+    """httpx's pool does O(connections) work per request: past CLIENT_SHARE concurrent requests a model opens
+    another client beside the first (100 at once: 4 clients); one request at a time never does; aclose() closes
+    every one. Each request is answered, whichever client carried it."""
+    from menglong_magic.models.openai_compat import CLIENT_SHARE
+
+    with ScriptedOpenAIServer(responder=echo_responder(delay=0.3)) as server:
+        model = OpenAIModel("m", base_url=server.base_url, api_key=KEY)
+        for i in range(3):  # one at a time
+            await model.request(ModelRequest(messages=[{"role": "user", "content": f"one {i}"}], stream=stream),
+                                lambda event: None)
+        assert model.open_clients == 1
+        texts = [f"item {i}" for i in range(100)]
+        responses = await asyncio.gather(*(
+            model.request(ModelRequest(messages=[{"role": "user", "content": t}], stream=stream), lambda event: None)
+            for t in texts))
+        assert [r.text for r in responses] == [f"echo: {t}" for t in texts]
+        assert server.max_in_flight == 100  # nothing was held back to spread them
+        assert model.open_clients == -(-100 // CLIENT_SHARE) == 4
+        clients = list(model._clients.get().clients)
+        await model.aclose()
+        assert all(c.is_closed() for c in clients)
