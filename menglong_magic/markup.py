@@ -49,6 +49,18 @@ def terminal_safe(text: str) -> str:
     return text.replace("\r\n", "\n").translate(_TERMINAL_TABLE)
 
 
+def json_container(text: str) -> dict[str, Any] | list[Any] | None:
+    """``text`` parsed when it is a JSON object or array (what tools that return dicts produce), else None."""
+    stripped = text.strip()
+    if stripped[:1] not in ("{", "["):
+        return None
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return None
+    return value if isinstance(value, (dict, list)) else None
+
+
 def clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text

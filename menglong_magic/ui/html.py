@@ -9,7 +9,7 @@ import json
 import time
 from html import escape
 
-from ..markup import NO_TYPESET, clip, output_html, render_markdown
+from ..markup import NO_TYPESET, clip, json_container, output_html, render_markdown
 from .state import (
     EXPANDED_ITERATIONS,
     MAX_ANSWER,
@@ -128,16 +128,8 @@ def _labelled(label: str, inner: str) -> str:
 
 def _pretty_json(text: str) -> str:
     """A JSON object or array result indented as the arguments are (tools often return dicts); else as it is."""
-    stripped = text.strip()
-    if stripped[:1] not in ("{", "[") or len(stripped) > 20_000:
-        return text
-    try:
-        value = json.loads(stripped)
-    except ValueError:
-        return text
-    if not isinstance(value, (dict, list)) or not value:
-        return text
-    return json.dumps(value, indent=2, ensure_ascii=False)
+    value = json_container(text) if len(text) <= 20_000 else None
+    return json.dumps(value, indent=2, ensure_ascii=False) if value else text
 
 
 def card_html(card: ToolCard) -> str:
@@ -174,7 +166,7 @@ def card_html(card: ToolCard) -> str:
     if card.state == "denied" and card.approval == "denied":
         shown = None  # the head says it: "denied (panel): not now"
     if shown is not None:
-        label = "result" if card.state == "ok" else "error" if card.error else "result"
+        label = "error" if card.state != "ok" and card.error else "result"
         shown = _pretty_json(shown)
         short = clip(shown, 200)
         if short == shown:

@@ -180,7 +180,6 @@ class RunViewModel:
         self.error: str | None = None
         self.retries = 0
         self.model_note = ""  # "starting the local model…", then "local model started in 3.2s"
-        self.answer_note: str | None = None  # the latest response's note: shown with the answer it explains
         self.waiting_ahead: int | None = None  # earlier turns of the conversation still ahead of this run
         self.waited: float | None = None
         self.batch: list[BatchRow] | None = None
@@ -264,7 +263,6 @@ class RunViewModel:
                 it.text = text if len(text) <= MAX_TEXT else "…" + text[-MAX_TEXT:]
         elif isinstance(event, ev.ModelResponseReceived):
             it = self._iteration()
-            self.answer_note = event.note
             if it is not None:
                 it.model_since = None
                 it.note = event.note
@@ -368,6 +366,11 @@ class RunViewModel:
         if self.finished_at is None:
             self._finish("cancelled", self.final_output, None)
             self.version += 1
+
+    @property
+    def answer_note(self) -> str | None:
+        """The note on the latest response (shown with the answer it explains): the last iteration's."""
+        return self.iterations[-1].note if self.iterations else None
 
     def _iteration(self) -> IterationView | None:
         return self.iterations[-1] if self.iterations else None

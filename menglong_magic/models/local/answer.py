@@ -14,6 +14,8 @@ import json
 import re
 from typing import Any
 
+from ...markup import json_container
+
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[.,:]\d+)*")
 _NAME = re.compile(r"\b[A-Z][\w'-]*")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*)[\"'“‘(]*$")
@@ -104,13 +106,7 @@ def _readable(result: str) -> str:
     Tools often return dicts (serialised as JSON): braces and quotes in a sentence read as a program's output.
     Nested values stay JSON, one level down.
     """
-    text = result.strip()
-    if text[:1] not in ("{", "["):
-        return result
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return result
+    value = json_container(result)
 
     def word(item: Any) -> str:
         if isinstance(item, (dict, list)):
@@ -125,7 +121,7 @@ def _readable(result: str) -> str:
         return "; ".join(f"{key.replace('_', ' ')} {word(item)}" for key, item in value.items()) or "(empty)"
     if isinstance(value, list):
         return ", ".join(word(item) for item in value) or "(empty)"
-    return result
+    return result  # not JSON, or a JSON scalar: as it is
 
 
 def results_answer(calls: list[tuple[str, dict[str, Any], str]]) -> str:

@@ -331,8 +331,9 @@ class LocalModel(OpenAIModel):
         text = (await self._text(request, chatml_prompt(history, system=system), usages, emit=emit, **options)).strip()
         names = tuple(dict.fromkeys(name for name, _, _ in turn.calls))
         note = None
-        problem = grounding_problem(text, turn.question, [r for _, _, r in turn.calls], names) if text else None
-        if self.grounded_answers and problem:
+        problem = (grounding_problem(text, turn.question, [r for _, _, r in turn.calls], names)
+                   if self.grounded_answers and text else None)
+        if problem:
             # The 135M model's sentence said something the tools did not: say so, where the answer is shown.
             why = problem if len(problem) <= 160 else problem[:159] + "…"
             note = f"written from the tool results: the model's answer was not grounded ({why})"
