@@ -14,9 +14,10 @@ import ssl
 import time
 import urllib.parse
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -64,6 +65,20 @@ def _transport_errors(names: tuple[str, ...]) -> tuple[type[BaseException], ...]
 
 _TIMEOUT_ERRORS = _transport_errors(("TimeoutException",))
 _TRANSPORT_ERRORS = _transport_errors(("TimeoutException", "NetworkError", "RemoteProtocolError"))
+
+HttpLibrary = Literal["aiohttp", "httpx"]
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """Root causes that mean the connection failed (refused, reset, closed by the server), not a timeout."""
+    try:
+        import aiohttp
+    except ImportError:
+        return (OSError,)
+    return (OSError, aiohttp.ClientConnectionError)
+
+
+_CONNECTION_ERRORS = _connection_errors()
 
 
 class ModelError(Exception):
@@ -136,6 +151,23 @@ def _refused(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether the request timed out, judged by the root cause where there is one.
+
+    The SDK's aiohttp transport maps every aiohttp connection error (a refused connection, a server that
+    closed it) to a connect *timeout*: the root cause tells them apart.
+    """
+    root, seen = exc, exc.__cause__ or exc.__context__
+    for _ in range(8):
+        if seen is None:
+            break
+        root, seen = seen, seen.__cause__ or seen.__context__
+    if root is not exc and isinstance(root, _CONNECTION_ERRORS) and not isinstance(root, (TimeoutError,
+                                                                                           asyncio.TimeoutError)):
+        return False
+    return isinstance(exc, (openai.APITimeoutError, *_TIMEOUT_ERRORS))
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:
@@ -221,6 +253,10 @@ class OpenAIModel(Model):
     ``user:password@`` is refused with a ValueError (pass the key or header explicitly instead).
     Malformed or truncated responses (invalid JSON, a broken streamed chunk) are retried like a 5xx.
 
+    ``http_library``: what carries the SDK's requests. ``"aiohttp"`` (the default when the SDK has its aiohttp
+    transport, ``openai[aiohttp]``) costs a quarter of httpx's CPU per request, which is what bounds a map of
+    many requests on a busy client; ``"httpx"`` is the SDK's default. ``MENGLONG_HTTP_LIBRARY`` sets the default.
+
     ``reset_tool_choice``: a forced ``tool_choice`` (a named tool, or ``"required"``) applies to the first
     request of a turn; after a tool round it becomes ``"auto"``, as in the OpenAI Agents SDK, so a forced
     call cannot repeat until ``max_iterations``.
@@ -239,6 +275,7 @@ class OpenAIModel(Model):
         reset_tool_choice: bool = True,
         default_headers: dict[str, str] | None = None,
         provider: str | None = None,
+        http_library: HttpLibrary | None = None,
     ):
         self.name = name or os.environ.get("MENGLONG_OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
         #: The provider for prices (genai-prices id, e.g. "openai"); None: inferred from ``base_url``.
@@ -259,6 +296,7 @@ class OpenAIModel(Model):
         self.reset_tool_choice = reset_tool_choice
         self._stream_usage = stream_usage
         self._stream_usage_accepted = False
+        self.http_library: HttpLibrary = _http_library(http_library)
         # Clients per loop, closed when their loop shuts down (httpx clients are loop-bound).
         self._clients: PerLoop[_ClientShards] = PerLoop(self._new_shards, _close_shards)
 
@@ -284,7 +322,8 @@ class OpenAIModel(Model):
         (no secrets), the API key (None when there is none) and the default headers, both as Secret holders."""
         options = {"name": self.name, "base_url": self.base_url, "timeout": self.timeout,
                    "settings": dict(self.settings), "provider": self.provider, "retry": self.retry,
-                   "stream_usage": self._stream_usage, "reset_tool_choice": self.reset_tool_choice}
+                   "stream_usage": self._stream_usage, "reset_tool_choice": self.reset_tool_choice,
+                   "http_library": self.http_library}
         if self.request_model != self.name:
             options["request_model"] = self.request_model
         key = None if self._key is _NO_KEY_SECRET else self._key
@@ -338,20 +377,18 @@ class OpenAIModel(Model):
         return len(self._clients.get().clients)
 
     def _new_shards(self) -> _ClientShards:
-        return _ClientShards(self._new_client)
+        return _ClientShards(self._new_client, CLIENT_SHARE[self.http_library])
 
     def _client_options(self) -> dict[str, Any]:
         install_log_redaction()  # the SDK's and httpx's loggers exist once openai is imported
         options: dict[str, Any] = {"max_retries": 0, "timeout": self.timeout}
         if self._default_headers:
             options["default_headers"] = dict(self._default_headers)
-        http_client_type = getattr(openai, "DefaultAsyncHttpxClient", None)
-        if http_client_type is not None:
-            # httpx honours HTTP(S)_PROXY even for 127.0.0.1: a proxy must not capture local servers.
-            trust_env = not _is_loopback(self.base_url)
-            context = _ssl_context(trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-            verify = {} if context is None else {"verify": context}
-            options["http_client"] = http_client_type(trust_env=trust_env, **verify)
+        # httpx honours HTTP(S)_PROXY even for 127.0.0.1: a proxy must not capture local servers.
+        trust_env = not _is_loopback(self.base_url)
+        http_client = _http_client(self.http_library, trust_env)
+        if http_client is not None:
+            options["http_client"] = http_client
         return options
 
     def _new_client(self) -> openai.AsyncOpenAI:
@@ -616,7 +653,7 @@ class OpenAIModel(Model):
         where = safe_url(self.base_url) or "the OpenAI API"
         if isinstance(exc, MalformedResponseError):
             return redact(f"malformed response from {self.endpoint}: {exc}", self._api_key)
-        if isinstance(exc, (openai.APITimeoutError, *_TIMEOUT_ERRORS)):
+        if _timed_out(exc):
             seconds = self.timeout if timeout is None else timeout
             after = f" after {seconds:g}s" if seconds else ""
             return redact(f"request to {where} timed out{after}", self._api_key)
@@ -727,6 +764,36 @@ def _extra(tool_call: Any) -> dict[str, Any] | None:
     return {k: v for k, v in extra.items() if k == "extra_content"} or None if isinstance(extra, dict) else None
 
 
+def _http_library(requested: str | None) -> HttpLibrary:
+    chosen = (requested or os.environ.get("MENGLONG_HTTP_LIBRARY") or "aiohttp").strip().lower()
+    if chosen not in ("aiohttp", "httpx"):
+        raise ValueError(f"http_library must be 'aiohttp' or 'httpx', not {chosen!r}")
+    if chosen == "aiohttp" and not _has_aiohttp_transport():
+        return "httpx"
+    return chosen  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=1)
+def _has_aiohttp_transport() -> bool:
+    """Whether this SDK has its aiohttp transport (openai >= 1.8x) and the packages it needs are installed."""
+    if getattr(openai, "DefaultAioHttpClient", None) is None:
+        return False
+    try:  # its aiohttp session is made at the first request: nothing to close
+        openai.DefaultAioHttpClient(verify=False)
+    except (RuntimeError, ImportError):  # "you must have installed the package with the `aiohttp` extra"
+        return False
+    return True
+
+
+def _http_client(library: HttpLibrary, trust_env: bool) -> Any:
+    """The SDK's default HTTP client for ``library`` with the process's shared TLS context (None: SDK's own)."""
+    make = getattr(openai, "DefaultAioHttpClient" if library == "aiohttp" else "DefaultAsyncHttpxClient", None)
+    if make is None:
+        return None
+    context = _ssl_context(trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    return make(trust_env=trust_env, **({} if context is None else {"verify": context}))
+
+
 @functools.lru_cache(maxsize=8)
 def _ssl_context(trust_env: bool, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext | None:
     """One TLS context per process (per CA setting), shared by every client this module makes.
@@ -746,24 +813,32 @@ def _ssl_context(trust_env: bool, cert_file: str | None, cert_dir: str | None) -
 
 #: Concurrent requests one HTTP client carries before another is opened beside it. httpx's connection pool does
 #: O(connections) work on every request it adds or removes (each idle connection is probed by a syscall): 1,000
-#: concurrent requests cost 8.8 s of CPU through one client, 6.0 s through eight.
-CLIENT_SHARE = 32
+#: concurrent requests cost 8.8 s of CPU through one client, 6.0 s through eight. aiohttp's pool does not.
+CLIENT_SHARE: dict[str, int] = {"httpx": 32, "aiohttp": 1_000_000}
 #: At most this many clients per model and loop (beyond, the least busy one takes the request).
 MAX_CLIENTS = 64
 
 
 class _ClientShards:
-    """A model's HTTP clients on one loop, each carrying at most :data:`CLIENT_SHARE` requests at a time when it
-    can: a request goes to the least busy client, a new one is opened when every client is full."""
+    """A model's HTTP clients on one loop, each carrying at most ``share`` requests at a time when it can: a
+    request goes to the least busy client, a new one is opened when every client is full.
 
-    def __init__(self, make: Callable[[], openai.AsyncOpenAI]) -> None:
+    Clients left open when the shards are dropped (a model collected while its loop runs: a notebook cell
+    that makes a new agent) are closed on their loop then. The finalizer holds them till that is done, so the
+    garbage collector never meets an open one among the model's garbage (aiohttp reports that as an error).
+    """
+
+    def __init__(self, make: Callable[[], openai.AsyncOpenAI], share: int) -> None:
         self._make = make
+        self._share = share
         self.clients = [make()]
         self.busy = [0]
+        self.closer = weakref.finalize(self, _close_later, weakref.ref(asyncio.get_running_loop()), self.clients)
+        self.closer.atexit = False
 
     def take(self) -> int:
         index = min(range(len(self.busy)), key=self.busy.__getitem__)
-        if self.busy[index] >= CLIENT_SHARE and len(self.clients) < MAX_CLIENTS:
+        if self.busy[index] >= self._share and len(self.clients) < MAX_CLIENTS:
             self.clients.append(self._make())
             self.busy.append(0)
             index = len(self.clients) - 1
@@ -775,8 +850,32 @@ class _ClientShards:
 
 
 async def _close_shards(shards: _ClientShards) -> None:
-    for client in shards.clients:
+    shards.closer.detach()
+    await _close_all(shards.clients)
+
+
+async def _close_all(clients: list[openai.AsyncOpenAI]) -> None:
+    for client in clients:
         await client.close()
+
+
+_closing: set[asyncio.Future[None]] = set()  # closings under way (a task only weakly held would be collected)
+
+
+def _close_later(loop_ref: weakref.ref[asyncio.AbstractEventLoop], clients: list[openai.AsyncOpenAI]) -> None:
+    loop = loop_ref()
+    if loop is None or loop.is_closed():
+        return
+
+    def start() -> None:
+        task = asyncio.ensure_future(_close_all(clients))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    try:
+        loop.call_soon_threadsafe(start)
+    except RuntimeError:  # closed meanwhile
+        pass
 
 
 def _call_id() -> str:
