@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from menglong_magic.models import AzureOpenAIModel, ModelError, OpenAIModel
+from menglong_magic.models import AzureOpenAIModel, ModelError, OpenAIModel, openai_compat
 from menglong_magic.models.base import ModelRequest
 from menglong_magic.testing import echo_responder, fault, reply
 from menglong_magic.testing.server import ScriptedOpenAIServer
@@ -168,7 +168,8 @@ async def test_every_client_shares_one_tls_context_per_ca_setting(monkeypatch: p
     openai_compat._ssl_context.cache_clear()
 
 
-async def test_an_sdk_object_in_the_history_is_sent_as_create_would() -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_an_sdk_object_in_the_history_is_sent_as_create_would(stream: bool) -> None:
     """A ChatCompletionMessage (what create() returns) put into the messages by hand: create()'s transform
     turns it into JSON, and so does our path (new SDKs encode it in post(); older ones fall back to create())."""
     from openai.types.chat import ChatCompletionMessage
@@ -179,18 +180,23 @@ async def test_an_sdk_object_in_the_history_is_sent_as_create_would() -> None:
     with ScriptedOpenAIServer() as server:
         server.enqueue(reply("ok"), reply("ok"))
         model = OpenAIModel("m", base_url=server.base_url, api_key=KEY)
-        response = await model.request(ModelRequest(messages=messages), lambda event: None)
+        response = await model.request(ModelRequest(messages=messages, stream=stream), lambda event: None)
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0,
                                     http_client=openai.DefaultAsyncHttpxClient(trust_env=False))
-        await client.chat.completions.create(model="m", messages=messages)
+        streamed = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+        made = await client.chat.completions.create(model="m", messages=messages, **streamed)
+        if stream:
+            async for _ in made:
+                pass
         await client.close()
         await model.aclose()
-    assert response.text == "ok" and len(server.requests) == 2
+    assert response.text == "ok" and response.usage is not None and len(server.requests) == 2
     assert server.requests[0] == server.requests[1]
     assert server.requests[0]["messages"][1] == {"role": "assistant", "content": "hi there"}
 
 
-@pytest.mark.parametrize("library", ["httpx", "aiohttp"])
+@pytest.mark.parametrize("library", ["httpx", pytest.param("aiohttp", marks=pytest.mark.skipif(
+    not openai_compat._has_aiohttp_transport(), reason="this SDK has no aiohttp transport"))])
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 async def test_concurrent_requests_spread_over_clients_and_all_are_closed(stream: bool, library: str) -> None:
     """httpx's pool does O(connections) work per request: past CLIENT_SHARE concurrent requests a model opens

@@ -21,6 +21,7 @@ from ..openai_compat import (
     MalformedResponseError,
     OpenAIModel,
     RetryPolicy,
+    _as_dict,
     _call_id,
     _json_problem,
     _shape,
@@ -386,7 +387,7 @@ class LocalModel(OpenAIModel):
             if not isinstance(choices, list):
                 raise MalformedResponseError(f"the response body is not a text completion ({_shape(completion)})")
             choice = choices[0] if choices else None
-            usages.append(_usage(completion.usage))
+            usages.append(_usage(_as_dict(completion.usage)))
             if finish is not None:
                 finish[0] = choice.finish_reason if choice else None
             return choice.text if choice and choice.text else ""
