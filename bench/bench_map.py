@@ -3,14 +3,16 @@
 The server is bench/fast_openai_server.py (uvicorn + httptools + uvloop, in its own process).
 
 1. a map of 100 two-call items (tool call + answer) with a journal and the live map panel attached, at 0 ms
-   and 50 ms latency, vs ``asyncio.gather`` of the same calls written by hand (target <= 1.25x); the longest
+   and 50 ms latency, vs ``asyncio.gather`` of the same calls written by hand (target <= 1.25x), and vs the same
+   gather over the SDK's aiohttp client (the transport the model uses, so the engine's own cost shows); the longest
    event-loop stall during the map (target < 20 ms), and the same map without journal and panel;
 2. 1,000 one-call items at 50 ms and at 200 ms against a server answering 429 + Retry-After 0.1 s beyond 20
    requests in flight: map_async "auto" (targets: 0 failed, <= 1.3x the limit-bound ideal 1,000 / 20 x latency),
    then a second map on the same endpoint (it starts at the learned window), vs the raw gather (the SDK's own
    retries; its failed items printed; stopped after 60 s) and vs a gather over create() bounded by exactly 20
    (what a careful user writes: at 50 ms this client's CPU, not the server's limit, is the bound on a slow
-   machine: 20 in flight at 50 ms asks for 400 requests a second, ~2.5 ms of CPU each at most);
+   machine: 20 in flight at 50 ms asks for 400 requests a second, ~2.5 ms of CPU each at most), and the same
+   gather over the SDK's aiohttp client (the transport the model uses);
 2b. 1,000 one-call items at 1 s latency on a server without a limit (~300 in flight): map_async vs a gather over
    create(), with CPU per request (httpx's pool works per connection on every request: the model spreads
    requests over one HTTP client per 32 in flight);
@@ -47,8 +49,8 @@ from menglong_magic.testing.stall import StallMonitor
 from menglong_magic.ui.mapview import MapPanel
 
 LATENCY = 0.05
-#: A latency at which this client's CPU (the SDK costs ~5 ms a request on the 2-core test machine) is not the bound:
-#: 20 in flight at 50 ms asks for 400 requests a second, at 200 ms for 100.
+#: A latency at which this client's CPU (the SDK costs 2-3 ms a request over aiohttp, 3.5-5 ms over httpx, on the
+#: 2-core test machine) is not the bound: 20 in flight at 50 ms asks for 400 requests a second, at 200 ms for 100.
 SLOW_LATENCY = 0.2
 RAW_CAP = 60.0
 REPEATS = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else 5
@@ -87,13 +89,18 @@ async def map_of_100(latency: float) -> None:
     with FastServer(latency=latency) as server, tempfile.TemporaryDirectory() as tmp:
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench")  # the SDK retries, as the agent does
         hand = hand_written(client)
+        # The same gather over the SDK's aiohttp client, which the agent's model uses: what the transport alone gives.
+        aio_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench",
+                                        http_client=openai.DefaultAioHttpClient())
+        aio_hand = hand_written(aio_client)
+        await aio_hand("w")
 
         agent = ChatAgent(model=OpenAIModel("m", base_url=server.base_url, api_key="sk-bench"), mode="auto",
                           tools=[lookup])
         await hand("w")
         await agent.map_async(["w"])
-        wall: dict[str, list[float]] = {"gather": [], "map": [], "plain": []}
-        cpu: dict[str, list[float]] = {"gather": [], "map": [], "plain": []}
+        wall: dict[str, list[float]] = {"gather": [], "map": [], "plain": [], "aio gather": []}
+        cpu: dict[str, list[float]] = {"gather": [], "map": [], "plain": [], "aio gather": []}
         stalls: dict[str, list[float]] = {"gather": [], "map": [], "plain": [], "record": [], "mean record": []}
         for run in range(REPEATS):
             texts = [f"r{run} m{i}" for i in range(100)]  # new prompts each run: nothing comes from the journal
@@ -102,6 +109,9 @@ async def map_of_100(latency: float) -> None:
             wall["gather"].append(w)
             cpu["gather"].append(c)
             stalls["gather"].append(monitor.longest)
+            w, c, _ = await measure(asyncio.gather(*(aio_hand(t) for t in texts)))
+            wall["aio gather"].append(w)
+            cpu["aio gather"].append(c)
             panel = attached_panel("bench")
             journal = await asyncio.to_thread(TimedJournal, Path(tmp) / "j.sqlite")
             async with StallMonitor() as monitor:
@@ -120,11 +130,14 @@ async def map_of_100(latency: float) -> None:
             wall["plain"].append(w)
             cpu["plain"].append(c)
         await client.close()
-    g, m, p = (statistics.median(wall[k]) for k in ("gather", "map", "plain"))
-    gc, mc, pc = (statistics.median(cpu[k]) for k in ("gather", "map", "plain"))
+        await aio_client.close()
+    g, m, p, a = (statistics.median(wall[k]) for k in ("gather", "map", "plain", "aio gather"))
+    gc, mc, pc, ac = (statistics.median(cpu[k]) for k in ("gather", "map", "plain", "aio gather"))
     print(f"1. map of 100 two-call items at {latency * 1000:.0f} ms: gather {g * 1000:.0f} ms; with journal + panel "
           f"{m * 1000:.0f} ms = {m / g:.2f}x (target <= 1.25x), CPU {mc / gc:.2f}x; without either "
           f"{p * 1000:.0f} ms = {p / g:.2f}x, CPU {pc / gc:.2f}x")
+    print(f"   the same gather over the SDK's aiohttp client (the transport the model uses) {a * 1000:.0f} ms: the map "
+          f"with journal + panel {m / a:.2f}x it, CPU {mc / ac:.2f}x")
     ms = {k: statistics.median(v) * 1000 for k, v in stalls.items()}
     print(f"   longest event-loop stall (median of runs): during the map with a journal {ms['map']:.1f} ms "
           f"(target < 20 ms), without journal and panel {ms['plain']:.1f} ms, during the hand-written gather "
@@ -175,6 +188,23 @@ async def rate_limited_1000(latency: float, raw: bool) -> None:
         print(f"   gather bounded by exactly {cap} over create() (what a careful user writes): {fixed_time:.2f} s = "
               f"{fixed_time / ideal:.2f}x ideal, {fixed_failed} failed; CPU {fixed_cpu:.2f} s "
               f"({fixed_cpu / n * 1000:.1f} ms a request: {bound_by} is the bound)")
+        aio_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench",
+                                        http_client=openai.DefaultAioHttpClient())
+
+        async def aio_bounded(i: int) -> str:
+            async with bound:
+                c = await aio_client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"r{i}"}])
+                return c.choices[0].message.content or ""
+
+        await aio_bounded(0)
+        server.reset()
+        c0, t = time.process_time(), time.perf_counter()
+        aio = await asyncio.gather(*(aio_bounded(i) for i in range(n)), return_exceptions=True)
+        aio_time, aio_cpu = time.perf_counter() - t, time.process_time() - c0
+        await aio_client.close()
+        print(f"   the same over the SDK's aiohttp client (the transport the model uses): {aio_time:.2f} s = "
+              f"{aio_time / ideal:.2f}x ideal, {sum(isinstance(r, BaseException) for r in aio)} failed; CPU "
+              f"{aio_cpu / n * 1000:.1f} ms a request")
         for label in ("first map on this endpoint", "a later map (learned window)"):
             agent = ChatAgent(model=OpenAIModel("m", base_url=server.base_url, api_key="sk-bench"))
             server.reset()
