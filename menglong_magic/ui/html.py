@@ -38,6 +38,7 @@ ICON_SVG = {
     "cancelled": _svg('<rect x="2.5" y="2.5" width="7" height="7" rx="1" fill="currentColor"/>', "cancelled"),
     "denied": _svg('<circle cx="6" cy="6" r="4.8"/><path d="M2.6 9.4l6.8-6.8"/>', "denied"),
     "waiting": _svg('<path d="M4.2 2.5v7M7.8 2.5v7"/>', "waiting"),
+    "info": _svg('<circle cx="6" cy="6" r="4.8"/><path d="M6 5.4v3M6 3.6v.1"/>', "info"),
 }
 
 
@@ -93,7 +94,7 @@ def error_html(vm: RunViewModel) -> str:
     return f'<div class="mm-error" style="color:#cf222e">{escape(vm.error or "")}</div>'
 
 def note_html(note: str) -> str:
-    return f'<div class="mm-note" style="color:#6e7781;font-size:90%">ⓘ {escape(note)}</div>'
+    return f'<div class="mm-note" style="color:#6e7781;font-size:90%">{ICON_SVG["info"]} {escape(note)}</div>'
 
 
 def iteration_html(vm: RunViewModel, it: IterationView, expanded: bool, skip_text: bool = False) -> str:

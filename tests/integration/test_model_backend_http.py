@@ -581,6 +581,7 @@ async def test_local_model_a_replaced_answer_says_so_in_the_panel_the_text_view_
             assert note is not None and note.startswith("written from the tool results: ") and expected in note
             assert result.final_output.startswith("Get weather (")
             assert html.count('class="mm-note"') == 2  # under the answer, and in its (collapsed) iteration
+            assert "mm-icon-info" in html and "ⓘ" not in html  # an SVG: no font on the machine has U+24D8
             assert f"ⓘ {note}" in text and text.index(f"ⓘ {note}") > text.index("Get weather (")
         notes.append(received[-1].note)
     # Replayed from the cassette: the same answers, the same notes.
