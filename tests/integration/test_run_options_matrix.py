@@ -138,6 +138,8 @@ def _check_timeout(server: ScriptedOpenAIServer, results: list[RunResult]) -> No
 
 
 def _check_request_timeout(server: ScriptedOpenAIServer, results: list[RunResult]) -> None:
+    if server.requests and header(server, 0, "x-stainless-read-timeout") is None:  # not even the default one
+        pytest.skip("this openai SDK (older than 1.5x) sends no x-stainless-read-timeout header to read")
     assert server.requests and all(header(server, i, "x-stainless-read-timeout") == "7.5"
                                    for i in range(len(server.requests)))
     _completed(results)
