@@ -68,16 +68,14 @@ _TRANSPORT_ERRORS = _transport_errors(("TimeoutException", "NetworkError", "Remo
 HttpLibrary = Literal["aiohttp", "httpx"]
 
 
+@functools.lru_cache(maxsize=1)
 def _connection_errors() -> tuple[type[BaseException], ...]:
     """Root causes that mean the connection failed (refused, reset, closed by the server), not a timeout."""
-    try:
+    try:  # imported when first needed: importing this package does not import aiohttp
         import aiohttp
     except ImportError:
         return (OSError,)
     return (OSError, aiohttp.ClientConnectionError)
-
-
-_CONNECTION_ERRORS = _connection_errors()
 
 
 class ModelError(Exception):
@@ -163,8 +161,8 @@ def _timed_out(exc: BaseException) -> bool:
         if seen is None:
             break
         root, seen = seen, seen.__cause__ or seen.__context__
-    if root is not exc and isinstance(root, _CONNECTION_ERRORS) and not isinstance(root, (TimeoutError,
-                                                                                           asyncio.TimeoutError)):
+    if root is not exc and isinstance(root, _connection_errors()) and not isinstance(root, (TimeoutError,
+                                                                                            asyncio.TimeoutError)):
         return False
     return isinstance(exc, (openai.APITimeoutError, *_TIMEOUT_ERRORS))
 
