@@ -61,7 +61,7 @@ CELLS = [
     "fast = RetryPolicy(max_attempts=2, base_delay=0.01)\n"
     "env_agent = ChatAgent(base_url=base, stream=True)  # key from OPENAI_API_KEY\n"
     "hdr_agent = ChatAgent(model=OpenAIModel('scripted', base_url=base, api_key=os.environ['NB_ARG_KEY'],\n"
-    "    default_headers={'X-Api-Token': os.environ['NB_HEADER']}, retry=fast))\n"
+    "    default_headers={'X-Api-Token': os.environ['NB_HEADER']}, retry=fast, http_library='httpx'))\n"
     "basic_agent = ChatAgent(model=OpenAIModel('scripted', base_url=base, retry=fast,\n"
     "    default_headers={'Authorization': os.environ['NB_BASIC']}))\n"
     "env_agent, hdr_agent, hdr_agent.model, basic_agent.model",
@@ -114,7 +114,7 @@ def test_saved_notebook_holds_no_secret(tmp_path: pathlib.Path, monkeypatch: pyt
     # ... and the notebook really recorded what could have leaked (else 0 hits proves nothing).
     for evidence in (
         "HTTP Request: POST http://127.0.0.1",  # httpx2's INFO line, saved in the cell's stderr
-        "X-Echo-Authorization",  # httpcore2's DEBUG line with the echoed header
+        "X-Echo-Authorization",  # httpcore2's DEBUG line with the echoed header (hdr_agent's model uses httpx)
         "hello from the loopback server",
         "HTTP 401",
         "request headers:",
