@@ -238,7 +238,7 @@ class OpenAIModel(Model):
     """Any OpenAI-compatible chat completions endpoint (OpenAI, Ollama, vLLM, DeepSeek, llama.cpp).
 
     ``api_key``/``base_url`` default to ``OPENAI_API_KEY``/``OPENAI_BASE_URL``. One ``AsyncOpenAI``
-    client is created per running event loop (httpx clients are loop-bound). The SDK's own retries are
+    client is created per running event loop (HTTP clients are loop-bound). The SDK's own retries are
     off: this class retries, once, in one place (see :class:`RetryPolicy`); a request's own
     ``max_retries`` (``ModelRequest.max_retries``: 0 = one attempt) overrides the policy's count. The
     timeout (``timeout``, or ``ModelRequest.timeout``) is sent with every request, so changing
@@ -294,7 +294,7 @@ class OpenAIModel(Model):
         self._stream_usage = stream_usage
         self._stream_usage_accepted = False
         self.http_library: HttpLibrary = _http_library(http_library)
-        # Clients per loop, closed when their loop shuts down (httpx clients are loop-bound).
+        # Clients per loop, closed when their loop shuts down (HTTP clients are loop-bound).
         self._clients: PerLoop[_ClientShards] = PerLoop(self._new_shards, _close_shards)
 
     # The key and header values live in Secret holders: vars(model), pickles and reprs show "***".
@@ -381,7 +381,7 @@ class OpenAIModel(Model):
         options: dict[str, Any] = {"max_retries": 0, "timeout": self.timeout}
         if self._default_headers:
             options["default_headers"] = dict(self._default_headers)
-        # httpx honours HTTP(S)_PROXY even for 127.0.0.1: a proxy must not capture local servers.
+        # The SDK's client honours HTTP(S)_PROXY even for 127.0.0.1: a proxy must not capture local servers.
         trust_env = not _is_loopback(self.base_url)
         http_client = _http_client(self.http_library, trust_env)
         if http_client is not None:

@@ -176,3 +176,73 @@ async def test_an_sdk_without_its_aiohttp_extra_falls_back_to_httpx(openai_serve
     finally:
         monkeypatch.undo()
         openai_compat._has_aiohttp_transport.cache_clear()
+
+
+class ForwardProxy:
+    """A plain-HTTP forward proxy on 127.0.0.1 that sends every request to one server (it resolves no names)."""
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import threading
+        import urllib.parse
+
+        self.seen: list[str] = []
+        proxy = self
+        origin = urllib.parse.urlsplit(target)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                import http.client
+
+                proxy.seen.append(self.path)  # a proxy is sent the absolute URL
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                path = urllib.parse.urlsplit(self.path).path
+                upstream = http.client.HTTPConnection(origin.hostname, origin.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "proxy-connection")}
+                upstream.request("POST", path, body=body, headers=headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                upstream.close()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+async def test_a_remote_server_is_reached_through_the_environments_proxy_a_local_one_directly(
+    openai_server: ScriptedOpenAIServer, library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = ForwardProxy(openai_server.base_url)
+    try:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        openai_server.enqueue(reply("through the proxy"), reply("direct"))
+        remote = OpenAIModel("m", base_url="http://models.example.test/v1", http_library=library,  # type: ignore[arg-type]
+                             retry=ONCE)
+        assert (await remote.request(ask(), lambda event: None)).text == "through the proxy"
+        assert proxy.seen == ["http://models.example.test/v1/chat/completions"]
+        local = OpenAIModel("m", base_url=openai_server.base_url, http_library=library,  # type: ignore[arg-type]
+                            retry=ONCE)
+        assert (await local.request(ask(), lambda event: None)).text == "direct"
+        assert len(proxy.seen) == 1  # a loopback server is never sent through a proxy
+        await remote.aclose()
+        await local.aclose()
+    finally:
+        proxy.close()
