@@ -67,7 +67,7 @@ class ModelResponse:
     usage: Usage | None = None  # None: the server did not report usage (unknown, not zero)
     model: str = ""
     finish_reason: str | None = None
-    #: What the model layer says about this answer (the embedded model: "written from the tool results, ...").
+    #: What the model layer says about this answer (the embedded model: "answer assembled from the tool results: ...").
     note: str | None = None
 
     def __post_init__(self) -> None:

@@ -97,7 +97,8 @@ def note_html(note: str) -> str:
     return f'<div class="mm-note" style="color:#6e7781;font-size:90%">{ICON_SVG["info"]} {escape(note)}</div>'
 
 
-def iteration_html(vm: RunViewModel, it: IterationView, expanded: bool, skip_text: bool = False) -> str:
+def iteration_html(vm: RunViewModel, it: IterationView, expanded: bool, skip_text: bool = False,
+                   skip_note: bool = False) -> str:
     if it.duration is not None:
         state = f"{it.duration:.2f}s"
     elif vm.finished:
@@ -110,7 +111,7 @@ def iteration_html(vm: RunViewModel, it: IterationView, expanded: bool, skip_tex
     inner = []
     if it.text and not skip_text:
         inner.append(f'<div class="mm-text">{render_markdown(it.text)}</div>')
-    if it.note:
+    if it.note and not skip_note:
         inner.append(note_html(it.note))
     for card in it.tools.values():
         inner.append(card_html(card))
@@ -240,9 +241,11 @@ def final_html(vm: RunViewModel) -> str:
         if vm.dropped_iterations:
             steps.append(f"<div>… {vm.dropped_iterations} earlier iteration(s) not shown</div>")
         answer = vm.final_output.strip()
+        noted_below = vm.output is None and bool(vm.final_output) and bool(vm.answer_note)
         for it in vm.iterations:
-            # The answer is shown once, below: not again inside the step that produced it.
-            steps.append(iteration_html(vm, it, False, skip_text=bool(answer) and it.text.strip() == answer))
+            # The answer (and its note) is shown once, below: not again inside the step that produced it.
+            steps.append(iteration_html(vm, it, False, skip_text=bool(answer) and it.text.strip() == answer,
+                                        skip_note=noted_below and it is vm.iterations[-1]))
         if steps:
             summary = (f"{vm.iteration_count} iteration(s) · {vm.tool_call_count} tool call(s) · "
                        f"{vm.usage_text()}")

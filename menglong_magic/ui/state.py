@@ -139,7 +139,7 @@ class IterationView:
     #: time.monotonic() when a model request was sent and nothing of its answer has come yet (a slow local model
     #: can take many seconds to decide; the summary then says so instead of a bare "running…").
     model_since: float | None = None
-    #: The model layer's word on this iteration's answer ("written from the tool results: ...").
+    #: The model layer's word on this iteration's answer ("answer assembled from the tool results: ...").
     note: str | None = None
 
 

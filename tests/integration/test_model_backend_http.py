@@ -543,7 +543,7 @@ async def test_local_model_a_replaced_answer_says_so_in_the_panel_the_text_view_
     import io
 
     from menglong_magic.models import Recorder, Replay
-    from menglong_magic.ui.html import final_html
+    from menglong_magic.ui.html import final_html, iteration_html
     from menglong_magic.ui.state import RunViewModel
     from menglong_magic.ui.textview import TextView
 
@@ -555,8 +555,8 @@ async def test_local_model_a_replaced_answer_says_so_in_the_panel_the_text_view_
                       stream=stream)
     notes = []
     for question, expected in [
-        ("What's the weather in Rome?", "not grounded (the name 'France' is neither in the question nor in a tool"),
-        ("Weather in Oslo?", "the model wrote no answer"),
+        ("What's the weather in Rome?", "did not match them (the name 'France' is neither in the question nor in a"),
+        ("Weather in Oslo?", "the model gave none"),
         ("Weather in Bergen?", None),
     ]:
         vm, printed = RunViewModel("agent"), io.StringIO()
@@ -578,9 +578,11 @@ async def test_local_model_a_replaced_answer_says_so_in_the_panel_the_text_view_
             assert result.final_output == "It is 21 C and sunny in Bergen."
         else:
             note = received[-1].note
-            assert note is not None and note.startswith("written from the tool results: ") and expected in note
+            assert note is not None and note.startswith("answer assembled from the tool results: ") and expected in note
             assert result.final_output.startswith("Get weather (")
-            assert html.count('class="mm-note"') == 2  # under the answer, and in its (collapsed) iteration
+            assert html.count('class="mm-note"') == 1  # under the answer, not again in its (collapsed) iteration
+            live = iteration_html(vm, vm.iterations[-1], True)  # what the live panel shows while it runs
+            assert 'class="mm-note"' in live
             assert "mm-icon-info" in html and "ⓘ" not in html  # an SVG: no font on the machine has U+24D8
             assert f"ⓘ {note}" in text and text.index(f"ⓘ {note}") > text.index("Get weather (")
         notes.append(received[-1].note)

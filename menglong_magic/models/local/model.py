@@ -337,10 +337,10 @@ class LocalModel(OpenAIModel):
         if problem:
             # The 135M model's sentence said something the tools did not: say so, where the answer is shown.
             why = problem if len(problem) <= 160 else problem[:159] + "…"
-            note = f"written from the tool results: the model's answer was not grounded ({why})"
+            note = f"answer assembled from the tool results: the model's own answer did not match them ({why})"
             text = results_answer(turn.calls)
         elif not text:  # never end a run without an answer: say what the tools returned
-            text, note = results_answer(turn.calls), "written from the tool results: the model wrote no answer"
+            text, note = results_answer(turn.calls), "answer assembled from the tool results: the model gave none"
         if request.stream:
             emit(TextDelta(request.run_id, iteration=request.iteration, delta=text))
         return text, finish[0], note
