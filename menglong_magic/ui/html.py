@@ -111,6 +111,9 @@ def iteration_html(vm: RunViewModel, it: IterationView, expanded: bool, skip_tex
     inner = []
     if it.text and not skip_text:
         inner.append(f'<div class="mm-text">{render_markdown(it.text)}</div>')
+    elif it.text:  # the answer: shown once, under the steps (an empty step read as a broken one)
+        inner.append('<div class="mm-text mm-answer-below" style="color:#6e7781;font-style:italic">'
+                     "the answer, shown below</div>")
     if it.note and not skip_note:
         inner.append(note_html(it.note))
     for card in it.tools.values():

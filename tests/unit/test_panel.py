@@ -127,6 +127,7 @@ async def test_panel_follows_a_real_run_then_leaves_one_final_view(recorded: lis
     assert text.splitlines()[0].startswith("[agent] completed · 2 iteration(s) · 1 tool call(s) · ")
     assert text.count("answer ") == 1
     assert html.count("answer ") == 1  # the answer once, not again inside its step
+    assert html.count("the answer, shown below") == 1  # ... which says where it is instead of opening empty
     assert "<img" not in html and "<script" not in html and "&lt;script&gt;" in html
     for tag in ("<h2>Result</h2>", "<li>one</li>", "<table>", "<td>1</td>", '<code class="language-python">'):
         assert tag in html

@@ -71,10 +71,10 @@ def grounding_problem(answer: str, question: str, results: list[str], tools: tup
     does not quote the prompt's list of calls (``get_weather({...}): ...``, ``tools``: the tools' names).
     """
     if not answer.strip():
-        return "the answer is empty"
+        return "it is empty"
     copied = [name for name in tools if f"{name}(" in answer] or (["Tool results"] if "Tool results" in answer else [])
     if copied:  # the model repeated its prompt's list of calls instead of answering
-        return f"the answer quotes the prompt ({copied[0]})"
+        return f"it quotes the prompt ({copied[0]})"
     source = "\n".join([question, *results])
     known_numbers = _number_forms(source)
     for number in _number_forms(answer):
@@ -88,9 +88,9 @@ def grounding_problem(answer: str, question: str, results: list[str], tools: tup
     for result in results:
         numbers, words = _result_facts(result)
         if numbers and not numbers & said_numbers:
-            return f"the result {result!r} is not stated"
+            return f"it does not state the result {result!r}"
         if words and not any(w.lower() in said for w in words):
-            return f"the result {result!r} is not stated"
+            return f"it does not state the result {result!r}"
     return None
 
 

@@ -335,9 +335,12 @@ class LocalModel(OpenAIModel):
         problem = (grounding_problem(text, turn.question, [r for _, _, r in turn.calls], names)
                    if self.grounded_answers and text else None)
         if problem:
-            # The 135M model's sentence said something the tools did not: say so, where the answer is shown.
+            # The 135M model's sentence said something the tools did not: say so, and what it said, where the
+            # answer is shown (the sentence itself is not kept anywhere else).
             why = problem if len(problem) <= 160 else problem[:159] + "…"
-            note = f"answer assembled from the tool results: the model's own answer did not match them ({why})"
+            said = " ".join(text.split())
+            said = said if len(said) <= 120 else said[:119] + "…"
+            note = f"answer assembled from the tool results: the model's own answer “{said}” did not match them ({why})"
             text = results_answer(turn.calls)
         elif not text:  # never end a run without an answer: say what the tools returned
             text, note = results_answer(turn.calls), "answer assembled from the tool results: the model gave none"
