@@ -205,8 +205,14 @@ async def test_concurrent_requests_spread_over_clients_and_all_are_closed(stream
     carried it."""
     from menglong_magic.models.openai_compat import CLIENT_SHARE
 
-    # 2 s: long enough for all 100 to be sent before the first is answered, on a busy machine and an old SDK too
-    with ScriptedOpenAIServer(responder=echo_responder(delay=2.0)) as server:
+    # The 100 wait 2 s: long enough for all to be sent before the first is answered, on a busy machine and an old
+    # SDK too; the requests one at a time are answered at once.
+    slow, fast = echo_responder(delay=2.0), echo_responder()
+
+    def respond(body: dict[str, Any]) -> Any:
+        return (slow if str(body["messages"][-1]["content"]).startswith("item") else fast)(body)
+
+    with ScriptedOpenAIServer(responder=respond) as server:
         model = OpenAIModel("m", base_url=server.base_url, api_key=KEY, http_library=library)  # type: ignore[arg-type]
         for i in range(3):  # one at a time
             await model.request(ModelRequest(messages=[{"role": "user", "content": f"one {i}"}], stream=stream),
