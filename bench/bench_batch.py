@@ -30,7 +30,7 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fast_openai_server import FastServer
-from hand_loop import hand_written, lookup
+from hand_loop import aiohttp_client, hand_written, lookup
 
 from menglong_magic import ChatAgent
 from menglong_magic.agent.limiter import AdaptiveLimiter
@@ -65,8 +65,7 @@ async def batch(latency: float) -> dict[str, float]:
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench")  # the SDK retries, as the agent does
         item = hand_written(client)
         # The same gather over the SDK's aiohttp client, which the agent's model uses: what the transport alone gives.
-        aio_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench",
-                                        http_client=openai.DefaultAioHttpClient())
+        aio_client = aiohttp_client(server.base_url)
         aio_item = hand_written(aio_client)
         agent = make_agent(server)
         old = make_agent(server)  # the previous default: slow start from 32 in flight
@@ -91,8 +90,7 @@ async def sequential(latency: float) -> dict[str, float]:
     with FastServer(latency=latency) as server:
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench")  # the SDK retries, as the agent does
         item = hand_written(client)
-        aio_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench",
-                                        http_client=openai.DefaultAioHttpClient())
+        aio_client = aiohttp_client(server.base_url)
         aio_item = hand_written(aio_client)
         agent = make_agent(server)
         texts = [f"s{i}" for i in range(SEQUENTIAL)]

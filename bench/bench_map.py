@@ -40,7 +40,7 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fast_openai_server import FastServer
-from hand_loop import hand_written, lookup
+from hand_loop import aiohttp_client, hand_written, lookup
 
 from menglong_magic import ChatAgent
 from menglong_magic.maps.run import Journal
@@ -90,8 +90,7 @@ async def map_of_100(latency: float) -> None:
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench")  # the SDK retries, as the agent does
         hand = hand_written(client)
         # The same gather over the SDK's aiohttp client, which the agent's model uses: what the transport alone gives.
-        aio_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench",
-                                        http_client=openai.DefaultAioHttpClient())
+        aio_client = aiohttp_client(server.base_url)
         aio_hand = hand_written(aio_client)
         await aio_hand("w")
 
@@ -188,8 +187,7 @@ async def rate_limited_1000(latency: float, raw: bool) -> None:
         print(f"   gather bounded by exactly {cap} over create() (what a careful user writes): {fixed_time:.2f} s = "
               f"{fixed_time / ideal:.2f}x ideal, {fixed_failed} failed; CPU {fixed_cpu:.2f} s "
               f"({fixed_cpu / n * 1000:.1f} ms a request: {bound_by} is the bound)")
-        aio_client = openai.AsyncOpenAI(base_url=server.base_url, api_key="sk-bench",
-                                        http_client=openai.DefaultAioHttpClient())
+        aio_client = aiohttp_client(server.base_url)
 
         async def aio_bounded(i: int) -> str:
             async with bound:

@@ -30,3 +30,8 @@ def hand_written(client: openai.AsyncOpenAI) -> Any:
         return second.choices[0].message.content or ""
 
     return item
+
+
+def aiohttp_client(base_url: str) -> openai.AsyncOpenAI:
+    """AsyncOpenAI over the SDK's aiohttp client: the transport the agent's model uses, for a like-for-like gather."""
+    return openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", http_client=openai.DefaultAioHttpClient())

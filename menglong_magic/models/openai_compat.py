@@ -138,16 +138,20 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (MalformedResponseError, *_TRANSPORT_ERRORS))
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first (the SDK's APIConnectionError wraps the transport's error,
+    which wraps aiohttp's or the OSError); at most 8."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return chain
+
+
 def _refused(exc: BaseException) -> bool:
     """Whether the connection was refused (the server is out of sockets or down): a congestion signal."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # the SDK's APIConnectionError wraps the transport's ConnectError, which wraps the OSError
-        if seen is None:
-            return False
-        if isinstance(seen, ConnectionRefusedError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(seen, ConnectionRefusedError) for seen in _causes(exc))
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -156,11 +160,7 @@ def _timed_out(exc: BaseException) -> bool:
     The SDK's aiohttp transport maps every aiohttp connection error (a refused connection, a server that
     closed it) to a connect *timeout*: the root cause tells them apart.
     """
-    root, seen = exc, exc.__cause__ or exc.__context__
-    for _ in range(8):
-        if seen is None:
-            break
-        root, seen = seen, seen.__cause__ or seen.__context__
+    root = _causes(exc)[-1]
     if root is not exc and isinstance(root, _connection_errors()) and not isinstance(root, (TimeoutError,
                                                                                             asyncio.TimeoutError)):
         return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -623,6 +624,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 _FILTER_RESULTS = {kind: {"filtered": False, "severity": "safe"}
                    for kind in ("hate", "self_harm", "sexual", "violence")}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts, or a refused connection)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _pieces(text: str, words: bool = True) -> list[str]:

@@ -21,7 +21,7 @@ import pytest
 
 from menglong_magic import ChatAgent
 from menglong_magic import events as ev
-from menglong_magic.models import ModelError, ModelRequest, OpenAIModel, RetryPolicy, openai_compat
+from menglong_magic.models import ModelError, ModelRequest, OpenAIModel, RetryPolicy
 from menglong_magic.secrets import redact, register_secret, secret_forms
 from menglong_magic.testing import reply
 from menglong_magic.testing.server import ScriptedOpenAIServer, disconnect, fault, malformed
@@ -220,11 +220,8 @@ async def test_model_errors_chain_no_exception(openai_server: ScriptedOpenAIServ
 
 
 # --------------------------------------------------------------------------- logs
-LIBRARIES = [pytest.param("aiohttp", marks=pytest.mark.skipif(not openai_compat._has_aiohttp_transport(),
-                                                              reason="this SDK has no aiohttp transport")), "httpx"]
 
 
-@pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("stream", [False, True])
 async def test_sdk_and_http_client_logs_are_redacted(
     openai_server: ScriptedOpenAIServer, stream: bool, library: str, caplog: pytest.LogCaptureFixture
@@ -251,7 +248,6 @@ async def test_sdk_and_http_client_logs_are_redacted(
     assert leaks(text, caplog.text, *(r.getMessage() for r in caplog.records)) == []
 
 
-@pytest.mark.parametrize("library", LIBRARIES)
 def test_logs_are_redacted_in_a_fresh_process_with_basicconfig_first(openai_server: ScriptedOpenAIServer,
                                                                      library: str) -> None:
     """As in a notebook: basicConfig(DEBUG) before anything is imported; the HTTP stack imports lazily."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import socket
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,12 +17,10 @@ import pytest
 from menglong_magic.models import ModelError, OpenAIModel, openai_compat
 from menglong_magic.models.base import ModelRequest, current_gate
 from menglong_magic.models.openai_compat import RetryPolicy
-from menglong_magic.testing import disconnect, fault, reply
+from menglong_magic.testing import disconnect, fault, free_port, reply
 from menglong_magic.testing.server import ScriptedOpenAIServer
 
 AIOHTTP = openai_compat._has_aiohttp_transport()
-LIBRARIES = [pytest.param("aiohttp", marks=pytest.mark.skipif(not AIOHTTP, reason="this SDK has no aiohttp transport")),
-             "httpx"]
 ONCE = RetryPolicy(max_attempts=1)
 
 
@@ -55,13 +52,6 @@ def gate() -> Iterator[RecordingGate]:
         current_gate.reset(token)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 async def test_answers_and_retries_are_the_same(openai_server: ScriptedOpenAIServer, library: str,
                                                 stream: bool) -> None:
@@ -76,7 +66,6 @@ async def test_answers_and_retries_are_the_same(openai_server: ScriptedOpenAISer
     assert len(openai_server.requests) == 3
 
 
-@pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 async def test_a_closed_connection_is_named_a_connection_failure_not_a_timeout(
     openai_server: ScriptedOpenAIServer, library: str, stream: bool
@@ -112,7 +101,6 @@ class ReportedErrors:
         self.messages.append(str(context.get("message")))
 
 
-@pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize("cycle", [False, True], ids=["freed", "in-a-cycle"])
 async def test_a_collected_model_closes_its_clients_on_the_loop(openai_server: ScriptedOpenAIServer, library: str,
                                                                 cycle: bool) -> None:
@@ -224,7 +212,6 @@ class ForwardProxy:
         self.server.server_close()
 
 
-@pytest.mark.parametrize("library", LIBRARIES)
 async def test_a_remote_server_is_reached_through_the_environments_proxy_a_local_one_directly(
     openai_server: ScriptedOpenAIServer, library: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,7 +24,7 @@ pytest.importorskip("mcp")
 from menglong_magic import ChatAgent, tool
 from menglong_magic import events as ev
 from menglong_magic.models import OpenAIModel, RetryPolicy
-from menglong_magic.testing import call_tools, reply, tool_call
+from menglong_magic.testing import call_tools, free_port, reply, tool_call
 from menglong_magic.tools.mcp import MCPServer, MCPServerError, close_all, open_servers
 
 HERE = Path(__file__).resolve().parent
@@ -68,16 +68,10 @@ async def stdio_server() -> Any:
         await server.aclose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def http_server_url(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The test server over streamable HTTP on 127.0.0.1 and a free port, in a child process stopped after."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "http_server.log", "wb")
     process = subprocess.Popen([sys.executable, SERVER, "--http", "--port", str(port)], stdout=log, stderr=log)
     try:

@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from menglong_magic.models import AzureOpenAIModel, ModelError, OpenAIModel, openai_compat
+from menglong_magic.models import AzureOpenAIModel, ModelError, OpenAIModel
 from menglong_magic.models.base import ModelRequest
 from menglong_magic.testing import echo_responder, fault, reply
 from menglong_magic.testing.server import ScriptedOpenAIServer
@@ -195,8 +195,6 @@ async def test_an_sdk_object_in_the_history_is_sent_as_create_would(stream: bool
     assert server.requests[0]["messages"][1] == {"role": "assistant", "content": "hi there"}
 
 
-@pytest.mark.parametrize("library", ["httpx", pytest.param("aiohttp", marks=pytest.mark.skipif(
-    not openai_compat._has_aiohttp_transport(), reason="this SDK has no aiohttp transport"))])
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 async def test_concurrent_requests_spread_over_clients_and_all_are_closed(stream: bool, library: str) -> None:
     """httpx's pool does O(connections) work per request: past CLIENT_SHARE concurrent requests a model opens
