@@ -5,7 +5,8 @@ The server is bench/fast_openai_server.py (uvicorn + httptools + uvloop, in its 
 1. a map of 100 two-call items (tool call + answer) with a journal and the live map panel attached, at 0 ms
    and 50 ms latency, vs ``asyncio.gather`` of the same calls written by hand (target <= 1.25x), and vs the same
    gather over the SDK's aiohttp client (the transport the model uses, so the engine's own cost shows); the longest
-   event-loop stall during the map (target < 20 ms), and the same map without journal and panel;
+   event-loop stall during the map (target < 20 ms), how many of its model turns waited for a later loop iteration
+   (menglong_magic.loopshare), and the same map without journal and panel;
 2. 1,000 one-call items at 50 ms and at 200 ms against a server answering 429 + Retry-After 0.1 s beyond 20
    requests in flight: map_async "auto" (targets: 0 failed, <= 1.3x the limit-bound ideal 1,000 / 20 x latency),
    then a second map on the same endpoint (it starts at the learned window), vs the raw gather (the SDK's own
@@ -43,6 +44,7 @@ from fast_openai_server import FastServer
 from hand_loop import aiohttp_client, hand_written, lookup
 
 from menglong_magic import ChatAgent
+from menglong_magic.loopshare import loop_share
 from menglong_magic.maps.run import Journal
 from menglong_magic.models import OpenAIModel
 from menglong_magic.testing.stall import StallMonitor
@@ -101,6 +103,8 @@ async def map_of_100(latency: float) -> None:
         wall: dict[str, list[float]] = {"gather": [], "map": [], "plain": [], "aio gather": []}
         cpu: dict[str, list[float]] = {"gather": [], "map": [], "plain": [], "aio gather": []}
         stalls: dict[str, list[float]] = {"gather": [], "map": [], "plain": [], "record": [], "mean record": []}
+        share = loop_share()
+        waited: list[float] = []  # the share of the map's loop turns that waited for a later iteration
         for run in range(REPEATS):
             texts = [f"r{run} m{i}" for i in range(100)]  # new prompts each run: nothing comes from the journal
             async with StallMonitor() as monitor:
@@ -113,6 +117,7 @@ async def map_of_100(latency: float) -> None:
             cpu["aio gather"].append(c)
             panel = attached_panel("bench")
             journal = await asyncio.to_thread(TimedJournal, Path(tmp) / "j.sqlite")
+            turns, deferred = share.turns, share.deferred
             async with StallMonitor() as monitor:
                 w, c, result = await measure(agent.map_async(texts, journal=journal, on_event=panel.handle))
             panel.finish()
@@ -121,6 +126,7 @@ async def map_of_100(latency: float) -> None:
             wall["map"].append(w)
             cpu["map"].append(c)
             stalls["map"].append(monitor.longest)
+            waited.append((share.deferred - deferred) / max(share.turns - turns, 1))
             stalls["record"].append(journal.longest_record)
             stalls["mean record"].append(journal.total_record / max(journal.records, 1))
             async with StallMonitor() as monitor:
@@ -142,7 +148,9 @@ async def map_of_100(latency: float) -> None:
           f"(target < 20 ms), without journal and panel {ms['plain']:.1f} ms, during the hand-written gather "
           f"{ms['gather']:.1f} ms (starting 100 requests at once);"
           f" the journal's calls on the loop: mean {ms['mean record'] * 1000:.0f} us, longest {ms['record']:.1f} ms "
-          f"(a thread preempted on a busy machine included)")
+          f"(a thread preempted on a busy machine included); {statistics.median(waited):.0%} of the map's turns "
+          f"(a request's start, an answer's reading) waited for a later loop iteration ({share.budget * 1000:g} ms "
+          f"of them per iteration)")
 
 
 async def rate_limited_1000(latency: float, raw: bool) -> None:

@@ -23,6 +23,7 @@ import openai
 
 from ..events import Retry, TextDelta, ToolCallDelta
 from ..loopcache import PerLoop
+from ..loopshare import loop_share
 from ..secrets import Secret, install_log_redaction, redact, register_secret
 from ..usage import Usage
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall, current_gate
@@ -499,6 +500,7 @@ class OpenAIModel(Model):
         if isinstance(response_format, type):  # create() refuses a class too; it is for .parse()
             raise TypeError("response_format must be a dict (a JSON schema), not a class")
         stream = bool(body.get("stream"))
+        await loop_share().turn()  # building and sending costs a millisecond of the loop: a fair share of it
         try:
             # cast_to=object: the JSON as it came (dicts), read by this module; the SDK's typed objects would
             # cost a sixth of its CPU per request to build, for fields read once.
@@ -828,7 +830,14 @@ def _http_client(library: HttpLibrary, trust_env: bool) -> Any:
     if make is None:
         return None
     context = _ssl_context(trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-    return make(trust_env=trust_env, **({} if context is None else {"verify": context}))
+    return make(trust_env=trust_env, event_hooks={"response": [_answer_turn]},
+                **({} if context is None else {"verify": context}))
+
+
+async def _answer_turn(response: object) -> None:
+    """httpx's response hook: an answer's headers are in; reading and decoding it waits for a fair share of the loop."""
+    del response
+    await loop_share().turn()
 
 
 @functools.lru_cache(maxsize=8)
