@@ -6,13 +6,13 @@ answers that arrive while the loop is busy all resume in its next iteration, whi
 more answers arrive during it. With 100 items in flight that settles at iterations of 10-20 ms on a
 2-core machine, and a widget event, a Stop click or another cell's task waits one or two of them.
 
-:class:`LoopShare` caps that work per loop iteration. The model takes a turn before it builds a request
-and again when an answer's headers arrive, before the answer is read: the first turn of an iteration is
-always given at once, and more while less than ``budget`` seconds of the iteration have passed; after
-that, turns wait (in order) for later iterations, and a callback early in each iteration lets the next
-few go, as many as keep the iterations near ``budget`` long. The loop then turns every few milliseconds
-under any load with the same throughput (the CPU does the same work, in more and shorter iterations), and
-a loop that is not busy never waits.
+:class:`LoopShare` caps that work per loop iteration. A run takes a turn before each model request (before it
+takes a limiter slot: a request waiting for its turn is not in flight), and the model takes one when an answer's
+headers arrive, before the answer is read. Turns are given at once while less than ``budget`` seconds of the
+iteration have passed since its first; after that they wait, in order, for later iterations, and a callback early
+in each iteration lets the next few go, as many as keep the iterations about one to two budgets long. The loop
+then turns every few milliseconds under any load with the same throughput (the CPU does the same work, in more and
+shorter iterations), and a loop that is not busy gives every turn at once.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from ..events import (
     TurnWaiting,
 )
 from ..loopcache import PerLoop
+from ..loopshare import loop_share
 from ..models import Model, ModelError, ModelRequest, ModelResponse, ToolCall
 from ..secrets import redact
 from ..tools import RunContext, Tool, as_tool, execute_tool_call
@@ -362,6 +363,9 @@ class Turn:
             emit(ModelRequestStarted(state.run_id, iteration=iteration, messages=len(request.messages),
                                      tools=len(request_tools)))
             try:
+                # A turn on the loop first (building and sending costs a millisecond of it), then a slot: a request
+                # waiting for its turn is not in flight, so the limiter counts only what the server has.
+                await loop_share().turn()
                 async with self.agent.limiter():
                     response = await self._request(model, request, output, emit)
             except Exception as exc:

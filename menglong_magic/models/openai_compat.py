@@ -500,7 +500,6 @@ class OpenAIModel(Model):
         if isinstance(response_format, type):  # create() refuses a class too; it is for .parse()
             raise TypeError("response_format must be a dict (a JSON schema), not a class")
         stream = bool(body.get("stream"))
-        await loop_share().turn()  # building and sending costs a millisecond of the loop: a fair share of it
         try:
             # cast_to=object: the JSON as it came (dicts), read by this module; the SDK's typed objects would
             # cost a sixth of its CPU per request to build, for fields read once.

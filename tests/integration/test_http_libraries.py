@@ -14,6 +14,7 @@ from typing import Any
 import openai
 import pytest
 
+from menglong_magic import ChatAgent
 from menglong_magic.loopshare import loop_share
 from menglong_magic.models import ModelError, OpenAIModel, openai_compat
 from menglong_magic.models.base import ModelRequest, current_gate
@@ -237,27 +238,28 @@ async def test_a_remote_server_is_reached_through_the_environments_proxy_a_local
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
-async def test_a_request_takes_a_turn_to_start_and_one_to_read_its_answer(
+async def test_a_run_takes_a_turn_before_each_request_and_one_to_read_each_answer(
         openai_server: ScriptedOpenAIServer, library: str, stream: bool) -> None:
     model = OpenAIModel("m", base_url=openai_server.base_url, http_library=library)  # type: ignore[arg-type]
     openai_server.enqueue(reply("one"), reply("two"))
     share = loop_share()
     before = share.turns
     first = await model.request(ask(stream), lambda e: None)
-    assert share.turns - before == 2  # building and sending; reading the answer, once its headers are in
-    await model.request(ask(stream), lambda e: None)
-    assert share.turns - before == 4
-    assert first.text == "one"
+    assert (first.text, share.turns - before) == ("one", 1)  # the answer's headers in: reading it takes a turn
+    agent = ChatAgent(model=model, stream=stream)
+    assert (await agent.chat_async("again")) == "two"
+    assert share.turns - before == 3  # and the run takes one before its request (and before a limiter slot)
     await model.aclose()
 
 
 async def test_requests_started_together_take_turns(openai_server: ScriptedOpenAIServer, library: str) -> None:
     model = OpenAIModel("m", base_url=openai_server.base_url, http_library=library)  # type: ignore[arg-type]
     openai_server.enqueue(*(reply(f"answer {i}") for i in range(20)))
+    agent = ChatAgent(model=model)
     share = loop_share()
     share.budget = 0.0  # any turn after the first of an iteration waits for a later one
-    answers = await asyncio.gather(*(model.request(ask(), lambda e: None) for _ in range(20)))
-    assert sorted(a.text or "" for a in answers) == sorted(f"answer {i}" for i in range(20))
+    answers = await asyncio.gather(*(agent.fork().chat_async("hi") for _ in range(20)))
+    assert sorted(answers) == sorted(f"answer {i}" for i in range(20))
     assert share.turns == 40
     assert share.deferred >= 19  # the 20 started in one iteration: one went on, the others in later ones
     await model.aclose()

@@ -130,3 +130,23 @@ async def test_one_share_per_loop() -> None:
         return loop_share()
 
     assert await asyncio.to_thread(asyncio.run, get()) is not share
+
+
+async def test_a_run_waiting_for_its_turn_holds_no_limiter_slot() -> None:
+    """A request that waits for a loop turn is not in flight: the limiter counts only what the server has (a map's
+    first burst against a limited server would otherwise send every item admitted while the turns waited)."""
+    from menglong_magic import ChatAgent
+    from menglong_magic.models.scripted import ScriptedModel, reply
+
+    share = loop_share()
+    share.budget = 0.0  # any turn after the first of an iteration waits for a later one
+    agent = ChatAgent(model=ScriptedModel([reply(f"a{i}", delay=0.05) for i in range(5)]))
+    limiter = agent.limiter()
+    tasks = [asyncio.ensure_future(agent.fork().chat_async("hi")) for _ in range(5)]
+    waited = 0
+    while not all(t.done() for t in tasks):
+        await asyncio.sleep(0)
+        waited = max(waited, len(share._waiting))
+        assert limiter.in_flight + len(share._waiting) <= 5
+    assert waited >= 3
+    assert sorted(t.result() for t in tasks) == [f"a{i}" for i in range(5)]
