@@ -8,11 +8,11 @@ more answers arrive during it. With 100 items in flight that settles at iteratio
 
 :class:`LoopShare` caps that work per loop iteration. A run takes a turn before each model request (before it
 takes a limiter slot: a request waiting for its turn is not in flight), and the model takes one when an answer's
-headers arrive, before the answer is read. Turns are given at once while less than ``budget`` seconds of the
-iteration have passed since its first; after that they wait, in order, for later iterations, and a callback early
-in each iteration lets the next few go, as many as keep the iterations about one to two budgets long. The loop
-then turns every few milliseconds under any load with the same throughput (the CPU does the same work, in more and
-shorter iterations), and a loop that is not busy gives every turn at once.
+headers arrive, before the answer is read; answers go before new requests. Turns are given at once while less
+than ``budget`` seconds of the iteration have passed since its first; after that they wait, in order, for later
+iterations, and a callback early in each iteration lets the next few go, as many as keep the iterations about one
+to two budgets long. The loop then turns every few milliseconds under any load with the same throughput (the CPU
+does the same work, in more and shorter iterations), and a loop that is not busy gives every turn at once.
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ class LoopShare:
         self.budget = budget
         self._clock = clock
         self._first: float | None = None  # when this iteration's first turn was given
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        # Answers go before new requests: reading one frees its slot and may carry the server's "slow down", which
+        # new requests queued ahead of it would only run into (a map's first burst: 100 sent where 20 fit).
+        self._answers: deque[asyncio.Future[None]] = deque()
+        self._starts: deque[asyncio.Future[None]] = deque()
         self._per_tick = 1  # how many waiting turns one iteration lets go
         self._last_tick: float | None = None
         self._tick_scheduled = False
@@ -52,12 +55,19 @@ class LoopShare:
 
     def __repr__(self) -> str:
         return (f"LoopShare(budget={self.budget}, turns={self.turns}, deferred={self.deferred}, "
-                f"waiting={len(self._waiting)})")
+                f"waiting={self.waiting})")
 
-    async def turn(self) -> None:
-        """Return when this request may go on: at once, unless this iteration has had its share."""
+    @property
+    def waiting(self) -> int:
+        """Turns waiting for a later iteration."""
+        return len(self._answers) + len(self._starts)
+
+    async def turn(self, *, answer: bool = False) -> None:
+        """Return when this request may go on (``answer``: to read its answer): at once, unless this iteration has
+        had its share or turns wait ahead of this one (answers wait only behind answers)."""
         self.turns += 1
-        if not self._waiting:  # otherwise behind those already waiting, in order
+        ahead = self._answers if answer else self._answers or self._starts
+        if not ahead:
             now = self._clock()
             if self._first is None:
                 self._first = now
@@ -67,13 +77,14 @@ class LoopShare:
                 return
         self.deferred += 1
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
+        queue = self._answers if answer else self._starts
+        queue.append(future)
         self._schedule_tick()
         try:
             await future
         except asyncio.CancelledError:
-            if future in self._waiting:
-                self._waiting.remove(future)
+            if future in queue:
+                queue.remove(future)
             raise
 
     def _schedule_tick(self) -> None:
@@ -87,7 +98,7 @@ class LoopShare:
         self._first = None
         now = self._clock()
         last, self._last_tick = self._last_tick, now
-        if not self._waiting:
+        if not self.waiting:
             self._last_tick = None
             return
         if last is not None:  # steer the iterations toward one to two budgets long
@@ -97,11 +108,12 @@ class LoopShare:
             elif took < self.budget:
                 self._per_tick = min(self._per_tick + 1, MAX_PER_TICK)
         released = 0
-        while self._waiting and released < self._per_tick:
-            future = self._waiting.popleft()
-            if not future.done():  # a cancelled turn
-                future.set_result(None)
-                released += 1
+        for queue in (self._answers, self._starts):
+            while queue and released < self._per_tick:
+                future = queue.popleft()
+                if not future.done():  # a cancelled turn
+                    future.set_result(None)
+                    released += 1
         self._schedule_tick()
 
 

@@ -836,7 +836,7 @@ def _http_client(library: HttpLibrary, trust_env: bool) -> Any:
 async def _answer_turn(response: object) -> None:
     """httpx's response hook: an answer's headers are in; reading and decoding it waits for a fair share of the loop."""
     del response
-    await loop_share().turn()
+    await loop_share().turn(answer=True)
 
 
 @functools.lru_cache(maxsize=8)

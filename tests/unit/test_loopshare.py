@@ -119,7 +119,7 @@ async def test_a_cancelled_turn_does_not_hold_up_the_others() -> None:
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert went == [0, 1, 4, 5]
     assert [type(r) for r in results].count(asyncio.CancelledError) == 2
-    assert not share._waiting
+    assert not share.waiting
 
 
 async def test_one_share_per_loop() -> None:
@@ -146,7 +146,23 @@ async def test_a_run_waiting_for_its_turn_holds_no_limiter_slot() -> None:
     waited = 0
     while not all(t.done() for t in tasks):
         await asyncio.sleep(0)
-        waited = max(waited, len(share._waiting))
-        assert limiter.in_flight + len(share._waiting) <= 5
+        waited = max(waited, share.waiting)
+        assert limiter.in_flight + share.waiting <= 5
     assert waited >= 3
     assert sorted(t.result() for t in tasks) == [f"a{i}" for i in range(5)]
+
+
+async def test_answers_go_before_new_requests() -> None:
+    """Reading an answer frees its slot and may carry the server's "slow down": new requests do not go ahead of it."""
+    share = LoopShare(budget=0.0, clock=FakeClock())
+    went: list[str] = []
+
+    async def step(name: str, answer: bool) -> None:
+        await share.turn(answer=answer)
+        went.append(name)
+
+    first = asyncio.ensure_future(step("start 0", False))  # takes this iteration's turn
+    starts = [asyncio.ensure_future(step(f"start {i}", False)) for i in (1, 2, 3)]
+    answers = [asyncio.ensure_future(step(f"answer {i}", True)) for i in (1, 2)]
+    await asyncio.gather(first, *starts, *answers)
+    assert went == ["start 0", "answer 1", "answer 2", "start 1", "start 2", "start 3"]
