@@ -103,6 +103,7 @@ async def map_of_100(latency: float) -> None:
         wall: dict[str, list[float]] = {"gather": [], "map": [], "plain": [], "aio gather": []}
         cpu: dict[str, list[float]] = {"gather": [], "map": [], "plain": [], "aio gather": []}
         stalls: dict[str, list[float]] = {"gather": [], "map": [], "plain": [], "record": [], "mean record": []}
+        collections: dict[str, list[float]] = {"map": [], "plain": []}  # full garbage collections during the maps
         share = loop_share()
         waited: list[float] = []  # the share of the map's loop turns that waited for a later iteration
         for run in range(REPEATS):
@@ -126,12 +127,14 @@ async def map_of_100(latency: float) -> None:
             wall["map"].append(w)
             cpu["map"].append(c)
             stalls["map"].append(monitor.longest)
+            collections["map"] += monitor.full_collections
             waited.append((share.deferred - deferred) / max(share.turns - turns, 1))
             stalls["record"].append(journal.longest_record)
             stalls["mean record"].append(journal.total_record / max(journal.records, 1))
             async with StallMonitor() as monitor:
                 w, c, result = await measure(agent.map_async([f"plain {t}" for t in texts]))
             stalls["plain"].append(monitor.longest)
+            collections["plain"] += monitor.full_collections
             wall["plain"].append(w)
             cpu["plain"].append(c)
         await client.close()
@@ -145,12 +148,21 @@ async def map_of_100(latency: float) -> None:
           f"with journal + panel {m / a:.2f}x it, CPU {mc / ac:.2f}x")
     ms = {k: statistics.median(v) * 1000 for k, v in stalls.items()}
     print(f"   longest event-loop stall (median of runs): during the map with a journal {ms['map']:.1f} ms "
-          f"(target < 20 ms), without journal and panel {ms['plain']:.1f} ms, during the hand-written gather "
-          f"{ms['gather']:.1f} ms (starting 100 requests at once);"
-          f" the journal's calls on the loop: mean {ms['mean record'] * 1000:.0f} us, longest {ms['record']:.1f} ms "
-          f"(a thread preempted on a busy machine included); {statistics.median(waited):.0%} of the map's turns "
-          f"(a request's start, an answer's reading) waited for a later loop iteration ({share.budget * 1000:g} ms "
-          f"of them per iteration)")
+          f"(target < 20 ms{collected(collections['map'])}), without journal and panel {ms['plain']:.1f} ms"
+          f"{collected(collections['plain'])}, during the hand-written gather {ms['gather']:.1f} ms (starting 100 "
+          f"requests at once); the journal's calls on the loop: mean {ms['mean record'] * 1000:.0f} us, longest "
+          f"{ms['record']:.1f} ms (a thread preempted on a busy machine included); {statistics.median(waited):.0%} of "
+          f"the map's turns (a request's start, an answer's reading) waited for a later loop iteration "
+          f"({share.budget * 1000:g} ms of them per iteration)")
+
+
+def collected(durations: list[float]) -> str:
+    """What full garbage collections took during the runs: they stop the process for its whole heap, whoever caused
+    them, and land in one measurement or another."""
+    if not durations:
+        return "; no full garbage collection ran during them"
+    return (f"; {len(durations)} full garbage collection(s) of this process's heap ran during them, "
+            f"{min(durations) * 1000:.0f}-{max(durations) * 1000:.0f} ms each")
 
 
 async def rate_limited_1000(latency: float, raw: bool) -> None:
