@@ -32,6 +32,7 @@ from IPython.core.error import UsageError
 
 from ..agent.sync import drive, run_sync
 from ..markup import terminal_safe
+from .options import asks_for_help
 
 #: The name of the runner object in the shell's (hidden) namespace; rewritten cells call it.
 RUNNER_NAME = "_menglong_magic"
@@ -129,19 +130,24 @@ class MagicRunner:
     def __init__(self, shell: Any):
         self.shell = shell
 
-    def _owner(self, name: str, cell: str | None) -> MagicExecutor:
+    def _method(self, name: str, cell: str | None) -> Any:
         method = self.shell.magics_manager.magics["cell" if cell is not None else "line"].get(name)
-        owner = getattr(method, "__self__", None)
-        if owner is None or not hasattr(owner, "execute_magic"):
+        if not hasattr(getattr(method, "__self__", None), "execute_magic"):
             raise UsageError("menglong_magic is not loaded: run %load_ext menglong_magic")
-        return owner  # type: ignore[no-any-return]
+        return method
 
     async def run(self, name: str, line: str, cell: str | None = None, value: bool = True) -> Any:
-        result = await self._owner(name, cell).execute_magic(name, line, cell)
+        method = self._method(name, cell)
+        if asks_for_help(line):
+            return method(line, *(() if cell is None else (cell,)))  # prints the help (help_flag)
+        result = await method.__self__.execute_magic(name, line, cell)
         return result if value else None
 
     def blocking(self, name: str, line: str, cell: str | None = None, value: bool = True) -> Any:
-        result = run_blocking(self._owner(name, cell).execute_magic(name, line, cell))
+        method = self._method(name, cell)
+        if asks_for_help(line):
+            return method(line, *(() if cell is None else (cell,)))
+        result = run_blocking(method.__self__.execute_magic(name, line, cell))
         return result if value else None
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ..store import RunLog, Store, StoredTurn, StoreError, default_store_path, open_store
+from .options import help_flag
 
 
 def _store(path: str | None) -> Store | None:
@@ -59,6 +60,7 @@ def _turn_lines(turn: StoredTurn, width: int = 300) -> list[str]:
 class HistoryMagics(Magics):
     """Stored conversations and the run log."""
 
+    @help_flag
     @magic_arguments()
     @argument("words", nargs="*",
               help="nothing: list sessions · NAME (or show NAME): its turns · export NAME --md/--json FILE · "
@@ -130,6 +132,7 @@ class HistoryMagics(Magics):
             extra = f" and {runs} run-log row(s)" if args.runs else " (its run-log rows stay; --runs deletes them)"
             print(f"session {name!r} forgotten: {turns} stored turn(s){extra} deleted")
 
+    @help_flag
     @magic_arguments()
     @argument("--session", help="only runs of this session")
     @argument("--model", help="only runs of this model")

@@ -34,6 +34,7 @@ from .cells import AgentInterrupted, AgentRunFailed, AgentTask, await_shielded, 
 from .options import (
     build_options,
     configured,
+    help_flag,
     interpolate,
     named_agent,
     namespace_tools,
@@ -115,6 +116,7 @@ class AgentMagics(Magics):
         self.background: list[AgentTask] = []
 
     # ------------------------------------------------------------------ magics
+    @help_flag
     @magic_arguments()
     @run_arguments
     @argument("--bg", action="store_true", help="run in the background and return a handle at once")
@@ -127,6 +129,7 @@ class AgentMagics(Magics):
         """Send the cell body as one chat message to an agent."""
         return run_blocking(self.execute("cell", line, cell))
 
+    @help_flag
     @magic_arguments()
     @run_arguments
     @argument("--bg", action="store_true", help="run in the background and return a handle at once")
@@ -138,6 +141,7 @@ class AgentMagics(Magics):
         """Run an autonomous task: the agent calls tools until it answers."""
         return run_blocking(self.execute("line", line, None))
 
+    @help_flag
     @magic_arguments()
     @argument("-a", "--agent", help="name of a ChatAgent in the namespace (default: the per-kernel agent)")
     @line_magic
@@ -153,6 +157,7 @@ class AgentMagics(Magics):
                     f"; nothing was stored for session {agent.session!r}")
         print(f"{agent.name if agent else 'agent'}: history cleared{note}")
 
+    @help_flag
     @magic_arguments()
     @argument("-a", "--agent", help="name of a ChatAgent in the namespace")
     @line_magic

@@ -24,13 +24,14 @@ from ..maps.run import MapResult, PromptFormatError, format_prompt, input_rows
 from ..ui.mapview import make_map_view
 from . import kernel_status
 from .cells import AgentInterrupted, await_shielded, run_blocking
-from .options import interpolate, parse_line, run_arguments
+from .options import help_flag, interpolate, parse_line, run_arguments
 
 
 @magics_class
 class AgentMapMagics(Magics):
     """``%agent_map``: one isolated agent run per item of a namespace iterable."""
 
+    @help_flag
     @magic_arguments()
     @run_arguments
     @argument("--journal", metavar="PATH", help="SQLite journal: finished items are kept; a re-run asks only the rest")
@@ -39,10 +40,12 @@ class AgentMapMagics(Magics):
     @no_var_expand
     @line_magic
     def agent_map(self, line: str) -> Any:
-        """Map a namespace iterable through an agent: ``%agent_map [options] ITERABLE [PROMPT with {fields}]``.
+        """Map a namespace iterable through an agent: ``%agent_map [options] ITERABLE [PROMPT TEMPLATE]``.
 
-        ``{field}`` in the template is filled from each item only; ``-i`` first fills other ``{name}``s from the
-        namespace (the items' fields win)."""
+        Each item is one isolated run. A dict or DataFrame row fills ``{field}`` from its fields; a string or other
+        single value fills ``{}`` (or ``{input}``), and is the prompt itself when there is no template. ``-i``
+        first fills other ``{name}``s from the namespace (the items' fields win). Example:
+        ``%agent_map -o labels reviews Classify the sentiment of: {text}``."""
         return run_blocking(self.execute(line))
 
     def _agent_magics(self) -> Any:

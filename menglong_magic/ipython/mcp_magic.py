@@ -31,7 +31,7 @@ from ..agent import ChatAgent
 from ..markup import terminal_safe
 from ..tools.mcp import MCPServer, MCPServerError
 from .cells import run_blocking
-from .options import named_agent
+from .options import help_flag, named_agent
 
 
 class MCPMagicError(Exception):
@@ -47,6 +47,7 @@ class MCPMagicError(Exception):
 class MCPMagics(Magics):
     """``%agent_mcp add|list|refresh|remove``: MCP servers as tools of an agent."""
 
+    @help_flag
     @magic_arguments()
     @argument("action", choices=["add", "list", "refresh", "remove"], help="what to do")
     @argument("name", nargs="?", help="the server's name (it prefixes its tool names on a clash)")

@@ -7,6 +7,7 @@ front end, or the ``-a`` agent's own defaults); a test checks it names every dec
 
 from __future__ import annotations
 
+import functools
 import shlex
 import string
 from collections.abc import Callable, Mapping
@@ -45,6 +46,29 @@ MAGIC_SOURCES: dict[str, str] = {
     "model_settings": "-a AGENT (the agent's model_settings)",
 }
 assert set(MAGIC_SOURCES) == set(RUN_OPTIONS), "every run option needs a source in the magics"
+
+
+#: A first word that asks a magic for its usage and options (what ``%name?`` shows) instead of running it.
+HELP_FLAGS = frozenset({"-h", "--help"})
+
+
+def asks_for_help(line: str) -> bool:
+    """Whether ``line`` (a magic's line) starts with ``-h`` or ``--help``."""
+    words = line.split(None, 1)
+    return bool(words) and words[0] in HELP_FLAGS
+
+
+def help_flag(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``%magic -h`` / ``--help`` prints the magic's usage and options instead of running it (IPython's parsers
+    take no -h: ``%magic?`` is IPython's way, which newcomers do not know). The outermost decorator: the help is the
+    docstring that ``magic_arguments`` wrote."""
+    @functools.wraps(func)
+    def magic(self: Any, line: str, *cell: Any) -> Any:
+        if asks_for_help(line):
+            print(magic.__doc__)
+            return None
+        return func(self, line, *cell)
+    return magic
 
 
 def run_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -126,7 +150,8 @@ def split_options(parser: Any, line: str) -> tuple[str, str]:
             name = token.split("=", 1)[0]
             short = token[:2]
             if name not in flags and short not in flags:
-                raise UsageError(f"unrecognized option {name} (to start the task with '-', write -- before it)")
+                raise UsageError(f"unrecognized option {name} (--help lists the options; text that starts "
+                                 "with '-' goes after --)")
             if name in flags:
                 expect_value = name in takes_value and "=" not in token
             else:  # "-ovalue": a short option with its value attached

@@ -275,3 +275,27 @@ async def test_plain_chat_re_asks_for_a_typed_answer(shell: InteractiveShell) ->
     await run(shell, "%%agent -a bot -q --mode normal --output City -o city\nOslo?")
     assert shell.user_ns["city"].output == shell.user_ns["City"](name="Oslo")
     assert shell.user_ns["city"].iterations_used == 2
+
+
+@pytest.mark.parametrize("code", [
+    "%%agent --help\nignored", "%agent_run --help", "%agent_run -h", "%agent_map --help", "%agent_map -h",
+    "%agent_mcp --help", "%agent_reset --help", "%agent_tools -h", "%agent_history --help", "%agent_log --help",
+    "x = %agent_run --help", "await_me = 1\n%agent_map --help",
+])
+async def test_every_magic_prints_its_help_for_h_and_help(shell: InteractiveShell, code: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    name = code.split("%")[-1].split()[0].lstrip("%")
+    res = await run(shell, code)
+    out = capsys.readouterr().out
+    assert res.error_in_exec is None
+    assert out.lstrip(": \n").startswith(f"%{name} "), out  # the usage line, then the options
+    assert "options:" in out or "optional arguments:" in out, out  # (argparse's heading before Python 3.10)
+    assert "_agent_last" not in shell.user_ns  # nothing ran
+
+
+async def test_help_after_options_or_as_text_is_not_help(shell: InteractiveShell) -> None:
+    res = await run(shell, "%agent_run -q -- -h is a flag")  # text that starts with '-' goes after --
+    assert res.error_in_exec is None
+    assert "-h is a flag" in shell.user_ns["_agent_last"].final_output
+    res = await run(shell, "%agent_run -q --help-me")
+    assert "unrecognized option --help-me (--help lists the options" in str(res.error_in_exec)
