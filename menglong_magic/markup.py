@@ -25,6 +25,10 @@ from typing import Any
 # MathJax 3/4 skip elements with this class (and their children) unless a child opts back in with
 # ``mathjax_process``; ``tex2jax_ignore`` is the MathJax 2 name (classic Notebook).
 NO_TYPESET = "mathjax_ignore tex2jax_ignore"
+# Inline styles for the tables of batch and map results: a saved notebook keeps no stylesheet, and JupyterLab's
+# rendered HTML right-aligns table cells and stripes rows only as wide as their text.
+TABLE_STYLE = "border-collapse:collapse;width:100%"
+CELL_STYLE = "text-align:left;vertical-align:top;padding:1px 8px"
 _TYPESET = "mathjax_process tex2jax_process"
 _CLOSING = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
 

@@ -274,7 +274,29 @@ def test_the_map_view_lists_items_in_input_order_whatever_order_they_finish_in(f
         view.apply(ev.BatchItemFinished("b", index=index, status="error" if failed else "ok", duration=0.1,
                                         result=None if failed else f"answer {index}",
                                         error=f"boom {index}" if failed else None))  # fmt: skip
-    shown = [int(i) for i in re.findall(r"<td>#(\d+)</td>", view.rows_html())]
+    shown = [int(i) for i in re.findall(r"<td[^>]*>#(\d+)</td>", view.rows_html())]
     assert shown == [0, 1, 2, 3]
     assert [int(i) for i in re.findall(r"#(\d+): boom", view.final_html())] == [1, 3]
     assert [line.split()[0] for line in view.summary_text().splitlines()[1:]] == ["#1", "#3"]
+
+
+def test_result_tables_are_left_aligned_and_full_width_in_a_saved_notebook() -> None:
+    """JupyterLab right-aligns rendered table cells and stripes rows only as wide as their text; a saved notebook
+    keeps no stylesheet, so the map's and the batch's tables carry their styles inline."""
+    from menglong_magic.ui.html import batch_html
+    from menglong_magic.ui.mapview import MapViewModel
+    from menglong_magic.ui.state import RunViewModel
+
+    events = [ev.BatchStarted("b", messages=("a", "b")),
+              ev.BatchItemStarted("b", index=0, message="a", item_run_id="r0"),
+              ev.BatchItemStarted("b", index=1, message="b", item_run_id="r1"),
+              ev.BatchItemFinished("b", index=0, status="ok", duration=0.1, result="a long answer", error=None),
+              ev.BatchItemFinished("b", index=1, status="error", duration=0.1, result=None, error="boom")]
+    view, vm = MapViewModel("m"), RunViewModel()
+    for event in events:
+        view.apply(event)
+        vm.apply(event)
+    for html in (view.rows_html(), batch_html(vm)):
+        cells = re.findall(r"<t[dh]( [^>]*)?>", html)
+        assert len(cells) >= 6 and all("text-align:left" in cell for cell in cells), html
+        assert re.search(r'<table [^>]*style="[^"]*width:100%', html), html
