@@ -130,24 +130,32 @@ class MagicRunner:
     def __init__(self, shell: Any):
         self.shell = shell
 
-    def _method(self, name: str, cell: str | None) -> Any:
+    def _owner(self, name: str, cell: str | None) -> MagicExecutor:
         method = self.shell.magics_manager.magics["cell" if cell is not None else "line"].get(name)
-        if not hasattr(getattr(method, "__self__", None), "execute_magic"):
+        owner = getattr(method, "__self__", None)
+        if owner is None or not hasattr(owner, "execute_magic"):
             raise UsageError("menglong_magic is not loaded: run %load_ext menglong_magic")
-        return method
+        return owner  # type: ignore[no-any-return]
+
+    def _printed_help(self, name: str, line: str, cell: str | None) -> bool:
+        """``-h``/``--help``: the magic prints its usage and options (its help_flag) and nothing runs."""
+        if not asks_for_help(line):
+            return False
+        self._owner(name, cell)
+        self.shell.magics_manager.magics["cell" if cell is not None else "line"][name](
+            line, *(() if cell is None else (cell,)))
+        return True
 
     async def run(self, name: str, line: str, cell: str | None = None, value: bool = True) -> Any:
-        method = self._method(name, cell)
-        if asks_for_help(line):
-            return method(line, *(() if cell is None else (cell,)))  # prints the help (help_flag)
-        result = await method.__self__.execute_magic(name, line, cell)
+        if self._printed_help(name, line, cell):
+            return None
+        result = await self._owner(name, cell).execute_magic(name, line, cell)
         return result if value else None
 
     def blocking(self, name: str, line: str, cell: str | None = None, value: bool = True) -> Any:
-        method = self._method(name, cell)
-        if asks_for_help(line):
-            return method(line, *(() if cell is None else (cell,)))
-        result = run_blocking(method.__self__.execute_magic(name, line, cell))
+        if self._printed_help(name, line, cell):
+            return None
+        result = run_blocking(self._owner(name, cell).execute_magic(name, line, cell))
         return result if value else None
 
     def __repr__(self) -> str:
