@@ -183,3 +183,12 @@ def test_a_json_object_answer_still_states_every_fact() -> None:
     text = results_answer([("get_weather", {"city": "Paris"}, result)])
     assert "{" not in text and '"' not in text
     assert grounding_problem(text, "What is the weather in Paris?", [result]) is None
+
+
+def test_an_answer_that_leaves_out_a_result_is_told_in_words() -> None:
+    """The note quotes the result a person reads: a JSON object as words, a long one cut at a word."""
+    problem = grounding_problem("The weather in Paris is sunny, and the count is 6.", "Weather in Paris? Count words.",
+                                ['{"city": "Paris", "sky": "sunny", "celsius": 21}', "6"])
+    assert problem == "it leaves out the tool result “city Paris; sky sunny; celsius 21”"
+    long = grounding_problem("It is done.", "Look it up.", ["alpha " * 50 + "42"])
+    assert long is not None and long.endswith(" …”") and len(long) < 170 and "{" not in long

@@ -87,11 +87,17 @@ def grounding_problem(answer: str, question: str, results: list[str], tools: tup
     said_numbers, said = _number_forms(answer), answer.lower()
     for result in results:
         numbers, words = _result_facts(result)
-        if numbers and not numbers & said_numbers:
-            return f"it does not state the result {result!r}"
-        if words and not any(w.lower() in said for w in words):
-            return f"it does not state the result {result!r}"
+        if (numbers and not numbers & said_numbers) or (words and not any(w.lower() in said for w in words)):
+            # Quoted as words, not JSON: the note is read by people (a result's braces read as a program's).
+            return f"it leaves out the tool result “{clip_words(_readable(result))}”"
     return None
+
+
+def clip_words(text: str, limit: int = 120) -> str:
+    """``text`` cut at a word boundary near ``limit`` characters, with … when cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(";,") + " …"
 
 
 def _value_text(value: Any) -> str:
