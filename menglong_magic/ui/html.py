@@ -9,7 +9,17 @@ import json
 import time
 from html import escape
 
-from ..markup import CELL_STYLE, NO_TYPESET, TABLE_STYLE, clip, json_container, output_html, render_markdown
+from ..markup import (
+    CELL_STYLE,
+    NO_TYPESET,
+    SHORT_CELL_STYLE,
+    TABLE_STYLE,
+    WIDE_CELL_STYLE,
+    clip,
+    json_container,
+    output_html,
+    render_markdown,
+)
 from .state import (
     EXPANDED_ITERATIONS,
     MAX_ANSWER,
@@ -205,20 +215,20 @@ def batch_html(vm: RunViewModel) -> str:
     assert vm.batch is not None
     c = vm.batch_counts()
     rows = []
-    td = f'style="{CELL_STYLE}"'
+    short, text = f'style="{SHORT_CELL_STYLE}"', f'style="{CELL_STYLE};min-width:8em"'
     for row in vm.batch[:MAX_BATCH_ROWS]:
         body = row.answer if row.status == "ok" else (row.error or "")
         dur = f"{row.duration:.2f}s" if row.duration is not None else ""
-        rows.append(f'<tr class="mm-row mm-row-{escape(row.status)}"><td {td}>{row.index + 1}</td>'
-                    f"<td {td}>{escape(clip(row.message, 200))}</td><td {td}>{escape(row.status)}</td>"
-                    f"<td {td}>{dur}</td>"
-                    f'<td style="{CELL_STYLE};white-space:pre-wrap">{escape(clip(body or "", 500))}</td></tr>')
+        rows.append(f'<tr class="mm-row mm-row-{escape(row.status)}"><td {short}>{row.index + 1}</td>'
+                    f"<td {text}>{escape(clip(row.message, 200))}</td><td {short}>{escape(row.status)}</td>"
+                    f"<td {short}>{dur}</td>"
+                    f'<td style="{WIDE_CELL_STYLE}">{escape(clip(body or "", 500))}</td></tr>')
     more = len(vm.batch) - MAX_BATCH_ROWS
     if more > 0:
-        rows.append(f'<tr><td {td} colspan="5">+{more} more</td></tr>')
+        rows.append(f'<tr><td {short} colspan="5">+{more} more</td></tr>')
     counts = (f'<div class="mm-counts">{c["done"]} done · {c["failed"]} failed · {c["running"]} running · '
               f'{c["pending"]} pending</div>')
-    head = "".join(f"<th {td}>{name}</th>" for name in ("#", "message", "status", "time", "answer / error"))
+    head = "".join(f"<th {short}>{name}</th>" for name in ("#", "message", "status", "time", "answer / error"))
     return f'{counts}<table class="mm-batch" style="{TABLE_STYLE}"><tr>{head}</tr>{"".join(rows)}</table>'
 
 def progress_html(vm: RunViewModel, with_bar: bool = True) -> str:

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from .. import events as ev
 from ..maps.run import MapItemsRestored
-from ..markup import CELL_STYLE, NO_TYPESET, TABLE_STYLE, clip, terminal_safe
+from ..markup import NO_TYPESET, SHORT_CELL_STYLE, TABLE_STYLE, WIDE_CELL_STYLE, clip, terminal_safe
 from ..usage import format_cost
 from .live import LiveWidgetView
 
@@ -203,10 +203,10 @@ class MapViewModel:
     def rows_html(self) -> str:
         if not self.rows:
             return ""
-        cell = f'<td style="{CELL_STYLE};white-space:nowrap">'
+        cell = f'<td style="{SHORT_CELL_STYLE}">'
         lines = "".join(
             f'<tr class="mm-map-{escape(status)}">{cell}#{index}</td>{cell}{escape(status)}</td>'
-            f'<td style="{CELL_STYLE};width:100%;white-space:pre-wrap">{escape(text)}</td></tr>'
+            f'<td style="{WIDE_CELL_STYLE}">{escape(text)}</td></tr>'
             for index, status, text in sorted(self.rows, key=lambda row: row[0]))  # input order, not completion
         return f'<table class="mm-map-rows" style="{TABLE_STYLE}">{lines}</table>'
 

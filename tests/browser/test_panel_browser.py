@@ -195,3 +195,45 @@ def test_a_slow_model_shows_the_seconds_it_has_been_deciding(page: Any, lab: Lab
     final = page.locator(".jp-Notebook .jp-CodeCell").nth(2).locator(".mm-final")
     final.wait_for(state="attached", timeout=60_000)
     assert "decided" in final.inner_text() and "waiting for the model" not in final.inner_text()
+
+
+TABLES = r'''
+items = ["alpha", "beta", "gamma"]
+def long_answer(request):
+    return "a long answer about " + request.messages[-1]["content"] + " " + "and more words " * 12
+map_agent = ChatAgent(model=ScriptedModel([long_answer] * 3), name="map-agent")
+batch_agent = ChatAgent(model=ScriptedModel([long_answer] * 3), name="batch-agent")
+'''
+
+# For each row of a table: the first cell's width, whether it ends before the last cell starts, the last cell's
+# alignment, and the last cell's width against the widest other cell.
+MEASURE_ROWS = """table => [...table.rows].slice(table.classList.contains('mm-batch') ? 1 : 0).map(row => {
+    const cells = [...row.cells].map(c => c.getBoundingClientRect());
+    const last = row.cells[row.cells.length - 1];
+    return {first: cells[0].width, apart: cells[0].right <= cells[cells.length - 1].left + 1,
+            align: getComputedStyle(last).textAlign,
+            widest: cells[cells.length - 1].width >= Math.max(...cells.slice(0, -1).map(c => c.width))};
+})"""
+
+
+def test_result_tables_size_their_columns_by_their_content(page: Any, lab: Lab, tmp_path: Path) -> None:
+    """JupyterLab lays rendered tables out with equal columns and right-aligned cells: the map's rows and the batch
+    table keep their short columns readable and give the rest to the answers (a 100%-wide answer cell once
+    squeezed the item numbers to nothing, painted over the answers)."""
+    open_notebook(page, lab, "tables.ipynb", [SETUP, TABLES, "%agent_map -a map_agent items tell me about {}",
+                                              "%%agent -a batch_agent --batch\none\ntwo\nthree"])
+    run_all(page)
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    for index, selector, count in ((2, "table.mm-map-rows", 3), (3, "table.mm-batch", 3)):
+        cell = cells.nth(index)
+        cell.get_by_text("completed", exact=False).first.wait_for(timeout=60_000)
+        table = cell.locator(selector).last
+        page.wait_for_function("t => t.rows.length >= 3", arg=table.element_handle(), timeout=60_000)
+        table.scroll_into_view_if_needed()
+        rows = table.evaluate(MEASURE_ROWS)
+        assert len(rows) == count, rows
+        for row in rows:
+            assert row["first"] > 10 and row["apart"], rows  # the item number has room, beside its answer
+            assert row["align"] in ("left", "start"), rows
+            assert row["widest"], rows  # the answer takes the width
+        table.screenshot(path=str(tmp_path / f"{selector.split('.')[-1]}.png"))
