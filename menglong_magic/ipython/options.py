@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import shlex
 import string
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -65,10 +66,20 @@ def help_flag(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def magic(self: Any, line: str, *cell: Any) -> Any:
         if asks_for_help(line):
-            print(magic.__doc__)
+            print(plain_help(magic.__doc__ or ""))
             return None
         return func(self, line, *cell)
     return magic
+
+
+def plain_help(doc: str) -> str:
+    """A magic's docstring as terminal text: without the reST ``::`` before its usage and the double backquotes
+    of its inline code (both are for ``%magic?`` and Sphinx)."""
+    text = doc.replace("``", "")
+    if text.startswith("::\n\n"):
+        usage, _, rest = text[4:].partition("\n\n")
+        text = f"{textwrap.dedent(usage)}\n\n{rest}"
+    return text
 
 
 def run_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
