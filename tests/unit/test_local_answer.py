@@ -189,6 +189,10 @@ def test_an_answer_that_leaves_out_a_result_is_told_in_words() -> None:
     """The note quotes the result a person reads: a JSON object as words, a long one cut at a word."""
     problem = grounding_problem("The weather in Paris is sunny, and the count is 6.", "Weather in Paris? Count words.",
                                 ['{"city": "Paris", "sky": "sunny", "celsius": 21}', "6"])
-    assert problem == "it leaves out the tool result “city Paris; sky sunny; celsius 21”"
+    assert problem == "it leaves out the 21 of the tool result “city Paris; sky sunny; celsius 21”"
+    several = grounding_problem("It is warm.", "Weather?", ['{"celsius": 21, "wind": 5}'])
+    assert several == "it gives none of the numbers of the tool result “celsius 21; wind 5”"
+    words = grounding_problem("It is done.", "Look it up.", ["Saturn"])
+    assert words == "it leaves out the tool result “Saturn”"
     long = grounding_problem("It is done.", "Look it up.", ["alpha " * 50 + "42"])
-    assert long is not None and long.endswith(" …”") and len(long) < 170 and "{" not in long
+    assert long is not None and long.endswith(" …”") and len(long) < 180 and "{" not in long

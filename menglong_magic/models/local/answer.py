@@ -87,9 +87,14 @@ def grounding_problem(answer: str, question: str, results: list[str], tools: tup
     said_numbers, said = _number_forms(answer), answer.lower()
     for result in results:
         numbers, words = _result_facts(result)
-        if (numbers and not numbers & said_numbers) or (words and not any(w.lower() in said for w in words)):
-            # Quoted as words, not JSON: the note is read by people (a result's braces read as a program's).
-            return f"it leaves out the tool result “{clip_words(_readable(result))}”"
+        # The result quoted as words, not JSON: the note is read by people (braces read as a program's output).
+        quoted = f"the tool result “{clip_words(_readable(result))}”"
+        if numbers and not numbers & said_numbers:
+            written = _NUMBER.findall(result)
+            return f"it leaves out the {written[0]} of {quoted}" if len(written) == 1 else \
+                f"it gives none of the numbers of {quoted}"
+        if words and not any(w.lower() in said for w in words):
+            return f"it leaves out {quoted}"
     return None
 
 
