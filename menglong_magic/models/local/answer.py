@@ -88,7 +88,7 @@ def grounding_problem(answer: str, question: str, results: list[str], tools: tup
     for result in results:
         numbers, words = _result_facts(result)
         # The result quoted as words, not JSON: the note is read by people (braces read as a program's output).
-        quoted = f"the tool result “{clip_words(_readable(result))}”"
+        quoted = f"the tool result “{_clip_words(_readable(result))}”"
         if numbers and not numbers & said_numbers:
             written = _NUMBER.findall(result)
             return f"it leaves out the {written[0]} of {quoted}" if len(written) == 1 else \
@@ -98,7 +98,7 @@ def grounding_problem(answer: str, question: str, results: list[str], tools: tup
     return None
 
 
-def clip_words(text: str, limit: int = 120) -> str:
+def _clip_words(text: str, limit: int = 120) -> str:
     """``text`` cut at a word boundary near ``limit`` characters, with … when cut."""
     if len(text) <= limit:
         return text
