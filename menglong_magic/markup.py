@@ -69,6 +69,11 @@ def json_container(text: str) -> dict[str, Any] | list[Any] | None:
     return value if isinstance(value, (dict, list)) else None
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, the last one "…" when it was cut (a line of a table or note)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text

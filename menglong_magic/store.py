@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .markup import shorten
 from .secrets import redact
 
 if TYPE_CHECKING:
@@ -554,7 +555,7 @@ class RunLog(Sequence[dict[str, Any]]):
             "stop_reason": row["stop_reason"] or "", "iterations": str(row["iterations"]),
             "tools": str(len(calls)), "tokens": "?" if tokens is None else str(tokens),
             "cost": "" if row["cost"] is None else format_cost(row["cost"]),
-            "duration": f"{row['duration']:.2f}s", "task": task if len(task) <= 60 else task[:59] + "…",
+            "duration": f"{row['duration']:.2f}s", "task": shorten(task, 60),
         }
 
     def __repr__(self) -> str:

@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..markup import shorten
+
 if TYPE_CHECKING:
     from .chat_agent import ChatAgent
 
@@ -60,5 +62,4 @@ class ContextSummary:
 
 
 def _short(text: Any, limit: int = 120) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(str(text), limit)

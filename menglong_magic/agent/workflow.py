@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..events import Event, WorkflowFinished, WorkflowStepFinished, WorkflowStepStarted
+from ..markup import shorten
 
 if TYPE_CHECKING:
     from .chat_agent import ChatAgent
@@ -57,8 +58,7 @@ class WorkflowResult:
                  f"{self.execution_time:.2f}s)"]
         for s in self.steps:
             detail = s.error if s.status == "error" else repr(s.output)
-            if detail and len(detail) > 120:
-                detail = detail[:119] + "…"
+            detail = shorten(detail, 120) if detail else detail
             lines.append(f"  {s.name}: {s.status} {s.duration:.2f}s {detail if s.status != 'skipped' else ''}".rstrip())
         return "\n".join(lines)
 

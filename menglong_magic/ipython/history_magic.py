@@ -15,6 +15,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from ..markup import shorten
 from ..store import RunLog, Store, StoredTurn, StoreError, default_store_path, open_store
 from .options import help_flag
 
@@ -42,9 +43,7 @@ def _turn_lines(turn: StoredTurn, width: int = 300) -> list[str]:
         role = message.get("role", "?")
         content = message.get("content")
         text = content if isinstance(content, str) else json.dumps(content) if content else ""
-        text = text.replace("\n", " ")
-        if len(text) > width:
-            text = text[:width - 1] + "…"
+        text = shorten(text.replace("\n", " "), width)
         if role == "tool":
             lines.append(f"    tool result: {text}")
             continue

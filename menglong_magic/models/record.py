@@ -33,6 +33,7 @@ from dataclasses import asdict, is_dataclass
 from typing import Any, Literal
 
 from ..events import Event, Retry, TextDelta, ToolCallDelta
+from ..markup import shorten
 from ..usage import Usage
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
 
@@ -347,8 +348,7 @@ _MISSING = _Missing()
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
+    return shorten(repr(value), _SHOWN)
 
 
 def _matched_part(data: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 import openai
 
 from ...events import ModelReady, ModelStarting, TextDelta
+from ...markup import shorten
 from ...usage import Usage
 from ..base import Emit, ModelRequest, ModelResponse, ToolCall
 from ..openai_compat import (
@@ -337,9 +338,7 @@ class LocalModel(OpenAIModel):
         if problem:
             # The 135M model's sentence said something the tools did not: say so, and what it said, where the
             # answer is shown (the sentence itself is not kept anywhere else).
-            why = problem if len(problem) <= 160 else problem[:159] + "…"
-            said = " ".join(text.split())
-            said = said if len(said) <= 120 else said[:119] + "…"
+            why, said = shorten(problem, 160), shorten(" ".join(text.split()), 120)
             note = f"answer assembled from the tool results: the model's own answer “{said}” did not match them ({why})"
             text = results_answer(turn.calls)
         elif not text:  # never end a run without an answer: say what the tools returned
