@@ -8,7 +8,6 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,12 @@ from typing import Any
 
 import pytest
 
+from menglong_magic.testing import free_port
+
 pytestmark = pytest.mark.browser
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 URL = re.compile(r"http://127\.0\.0\.1:\d+/\S+")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_the_printed_url_opens_the_quickstart_and_the_browser_shows_only_notebooks(
@@ -37,7 +32,7 @@ def test_the_printed_url_opens_the_quickstart_and_the_browser_shows_only_noteboo
                                                                            "checkForUpdates": False}))  # fmt: skip
     quickstart = ROOT / "notebooks" / "quickstart.ipynb"
     before = quickstart.read_bytes()
-    port = _free_port()  # the token: JupyterLab's own, read from the printed URL as a user would
+    port = free_port()  # the token: JupyterLab's own, read from the printed URL as a user would
     env = {**os.environ, "MENGLONG_VENV": sys.prefix, "MENGLONG_MODEL": "offline",
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}  # fmt: skip

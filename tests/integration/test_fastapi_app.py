@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from menglong_magic.testing import tool_then_answer_responder
+from menglong_magic.testing import free_port, tool_then_answer_responder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,9 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def service(openai_server: Any) -> Iterator[str]:
     openai_server.responder = tool_then_answer_responder("word_count", {"text": "a b c"}, "three words", delay=0.2)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "OPENAI_BASE_URL": openai_server.base_url, "OPENAI_API_KEY": "sk-test",
            "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--host", "127.0.0.1",

@@ -23,7 +23,7 @@ from menglong_magic import events as ev
 from menglong_magic.agent.limiter import AdaptiveLimiter
 from menglong_magic.maps.run import Journal, JournalUnavailableWarning, MapItemsRestored
 from menglong_magic.models import OpenAIModel, RetryPolicy
-from menglong_magic.testing import ScriptedOpenAIServer, call_tools, fault, reply, tool_call
+from menglong_magic.testing import ScriptedOpenAIServer, call_tools, fault, free_port, reply, tool_call
 from menglong_magic.testing.stall import StallMonitor
 
 FAST_RETRY = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.2)
@@ -391,11 +391,7 @@ async def test_a_journal_locked_briefly_is_waited_for_without_warning(tmp_path: 
 
 
 async def test_a_refused_connection_narrows_the_window() -> None:
-    import socket
-
-    with socket.socket() as s:  # a port with nobody listening: connections are refused
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port with nobody listening: connections are refused
     agent = ChatAgent(model=OpenAIModel("m", base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-x",
                                         retry=RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02)))
     result = await agent.map_async(["a", "b", "c"])
