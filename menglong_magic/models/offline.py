@@ -86,7 +86,9 @@ def _summary(user_text: str, turn: list[dict[str, Any]], tool_results: list[dict
         if len(result) > 60:
             result = result[:57] + "..."
         parts.append(f"{names.get(message.get('tool_call_id'), 'tool')} returned {result}")
-    return "Offline demo model: I called every tool once. " + "; ".join(parts) + "."
+    summary = "; ".join(parts)
+    # a result that ends a sentence itself ("... in Paris.") gets no second full stop
+    return f"Offline demo model: I called every tool once. {summary}{'' if summary.endswith(('.', '!', '?')) else '.'}"
 
 
 # Quote pairs: ASCII single and double quotes, and typographic ones. A quote opens only at the start of a word

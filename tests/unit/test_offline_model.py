@@ -106,3 +106,27 @@ def test_local_model_question_parts_ignore_apostrophes() -> None:
     assert question_parts("What's the weather in Paris, and what's 'to be or not to be' in words?") == [
         "What's the weather in Paris", "what's 'to be or not to be' in words"]
     assert question_parts("Count 'a, and b' please") == ["Count 'a, and b' please"]  # a quotation is never split
+
+
+@tool
+def sentence_weather(city: str) -> str:
+    """Current weather for a city, as a sentence."""
+    return f"It is 18 degrees and sunny in {city}."
+
+
+@tool
+def exclaim(city: str) -> str:
+    """A greeting for a city."""
+    return f"Hello {city}!"
+
+
+@pytest.mark.parametrize(("tools", "ending"), [
+    ([weather], "weather returned sunny in Paris."),  # a result without a full stop gets one
+    ([sentence_weather], "sentence_weather returned It is 18 degrees and sunny in Paris."),
+    ([exclaim], "exclaim returned Hello Paris!"),
+    ([sentence_weather, weather], "weather returned sunny in Paris."),
+])
+async def test_the_summary_ends_with_one_full_stop(tools: list, ending: str) -> None:
+    answer = await ChatAgent(model=OfflineModel(), tools=tools, mode="auto").chat_async("Weather in 'Paris'?")
+    assert answer.endswith(ending), answer
+    assert not answer.endswith(("..", "!.", "?."))
