@@ -57,7 +57,9 @@ QUICKSTART = [
        "answer every time, which is what a class demo (or a test) wants. Record your own with "
        "`%agent_run --record run.jsonl ...`, replay with `-m replay:run.jsonl` or, for a whole notebook, "
        "`%config AgentMagics.model = \"replay:run.jsonl\"`."),
-    code("@tool\ndef get_weather(city: str) -> str:\n    \"\"\"Current weather for a city.\n\n    Args:\n"
+    code("# A plain function in tools= belongs to this agent alone; the magics' default agent takes every @tool\n"
+         "# function of the notebook, and one weather tool (weather, above) is what it should have.\n"
+         "def get_weather(city: str) -> str:\n    \"\"\"Current weather for a city.\n\n    Args:\n"
          "        city: The city name.\n    \"\"\"\n    return f\"It is 18 degrees and sunny in {city}.\"\n\n\n"
          "recorded = ChatAgent(model=\"replay:cassettes/weather_local.jsonl\", tools=[get_weather], name=\"recorded\")"),
     code("%agent_run -a recorded -o replayed What is the weather in Paris?"),
