@@ -290,6 +290,7 @@ async def test_every_magic_prints_its_help_for_h_and_help(shell: InteractiveShel
     assert res.error_in_exec is None
     assert out.startswith(f"%{name} "), out  # the usage line (without reST's "::"), then the options
     assert "``" not in out
+    assert "<{" not in out  # IPython's formatter wraps an option's choices in <{...}>: named MODE instead
     assert "options:" in out or "optional arguments:" in out, out  # (argparse's heading before Python 3.10)
     assert "_agent_last" not in shell.user_ns  # nothing ran
 
