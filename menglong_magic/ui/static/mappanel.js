@@ -42,8 +42,9 @@ function render({ model, el }) {
     stop.disabled = state !== "enabled";
   }
   stop.addEventListener("click", () => {
+    if (stop.disabled) return;
     stop.disabled = true;
-    stop.textContent = "stopping…";
+    stop.textContent = "Stopping…"; // as the run panel says it
     model.send({ type: "stop" });
   });
   function onMessage(msg) {
