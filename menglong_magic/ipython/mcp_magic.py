@@ -149,6 +149,9 @@ class MCPMagics(Magics):
         except MCPServerError as exc:
             await server.aclose()
             raise MCPMagicError(str(exc)) from None
+        except ImportError as exc:  # the mcp extra is not installed: what to install, in one line
+            await server.aclose()
+            raise UsageError(str(exc)) from None
 
     def _list(self, agent: ChatAgent) -> None:
         servers = [t for t in agent.toolsets if isinstance(t, MCPServer)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -301,3 +302,16 @@ async def test_help_after_options_or_as_text_is_not_help(shell: InteractiveShell
     assert "-h is a flag" in shell.user_ns["_agent_last"].final_output
     res = await run(shell, "%agent_run -q --help-me")
     assert "unrecognized option --help-me (--help lists the options" in str(res.error_in_exec)
+
+
+@pytest.mark.parametrize("line", [
+    "%agent_mcp add demo -- python -c pass",  # stdio
+    "%agent_mcp add web http://127.0.0.1:9/mcp",  # streamable HTTP
+])
+async def test_agent_mcp_without_the_mcp_package_says_what_to_install(shell: InteractiveShell, line: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mcp", None)  # `import mcp` raises ImportError, as when it is not installed
+    res = await run(shell, line)
+    assert type(res.error_in_exec).__name__ == "UsageError"  # one line, no traceback of the rewritten cell
+    assert "pip install 'menglong-magic[mcp]'" in str(res.error_in_exec)
+    assert not shell.user_ns.get("_agent_last")
