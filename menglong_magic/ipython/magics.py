@@ -14,8 +14,10 @@ namespace.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,10 +48,49 @@ from .options import (
 __all__ = ["AgentInterrupted", "AgentMagics", "AgentRunFailed", "AgentTask", "prompt_approver"]
 
 
-def prompt_approver(request: ApprovalRequest) -> ApprovalDecision:
+#: Said in the cell of a run whose approval waits for a prompt left open by an interrupted run.
+EARLIER_PROMPT_OPEN = ("an earlier approval prompt is still open (its run was stopped): answer it (the answer is "
+                       "discarded) and this run's prompt follows")
+
+
+class StdinPrompts:
+    """One stdin prompt at a time, in a worker thread (the loop and the panel keep going while a person reads).
+
+    ipykernel's ``input()`` polls the kernel's one stdin socket until a reply comes, and nothing can stop it
+    from outside: a prompt whose run was interrupted keeps polling until its box is answered. A second prompt
+    polling the same socket beside it would race it for the reply (a hang) or break the socket, so a new
+    prompt waits until the old one is answered, and says so in its cell.
+    """
+
+    def __init__(self) -> None:
+        self._open = threading.Lock()
+
+    async def ask(self, text: str) -> str:
+        said = False
+        while not self._open.acquire(blocking=False):
+            if not said:
+                print(EARLIER_PROMPT_OPEN, flush=True)
+                said = True
+            await asyncio.sleep(0.1)
+        context = contextvars.copy_context()  # ipykernel reads the cell that asks from its context
+
+        def blocking() -> str:
+            try:
+                return context.run(input, text)
+            finally:
+                self._open.release()
+
+        return await asyncio.get_running_loop().run_in_executor(None, blocking)
+
+
+_stdin_prompts = StdinPrompts()
+
+
+async def prompt_approver(request: ApprovalRequest) -> ApprovalDecision:
     """Ask on stdin: y approves; n (or nothing) denies; anything else denies with that text as the reason."""
     arguments = request.arguments if isinstance(request.arguments, str) else json.dumps(request.arguments)
-    answer = input(terminal_safe(f"approve {request.tool_name}({arguments})? [y/N/reason] ")).strip()
+    answer = (await _stdin_prompts.ask(terminal_safe(f"approve {request.tool_name}({arguments})? [y/N/reason] "))
+              ).strip()
     if answer.lower() in ("y", "yes"):
         return ApprovalDecision(True, None, "prompt")
     if answer.lower() in ("", "n", "no"):

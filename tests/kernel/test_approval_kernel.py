@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import time
 
 import nbformat
@@ -95,3 +96,55 @@ def test_panel_buttons_decide_a_bg_runs_calls_over_the_comm(kernel):
     out = send(kernel, "r = await h\nprint(sent, sorted((c.id, c.status, c.approval.by, c.approval.reason) "
                        "for c in r.tool_calls))", metadata=meta)
     assert out.stdout.strip() == "['ann'] [('a', 'ok', 'panel', None), ('b', 'denied', 'panel', 'not bob')]"
+
+
+def _input_request(kernel, timeout: float = 20) -> dict:
+    return kernel.client.get_stdin_msg(timeout=timeout)
+
+
+def _collect(kernel, msg_id: str, until: float) -> list[dict]:
+    """iopub messages of ``msg_id`` until ``until`` (monotonic) or its idle status."""
+    messages = []
+    while time.monotonic() < until:
+        try:
+            msg = kernel.client.get_iopub_msg(timeout=0.2)
+        except Exception:
+            continue
+        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        messages.append(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    return messages
+
+
+def _stdout(messages: list[dict]) -> str:
+    return "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream"
+                   and m["content"]["name"] == "stdout")
+
+
+def test_a_prompt_left_open_by_an_interrupt_is_answered_before_the_next_one(kernel):
+    """Kernel → Interrupt during a stdin approval prompt leaves ipykernel's input() polling in its thread; the
+    next run's prompt used to poll the same socket beside it: the answer went to the dead prompt and the cell
+    hung. Now the next prompt waits for the old one, says so, and then asks."""
+    kernel.ok(SETUP)
+    line = "%agent_run -q -m offline -t send_email Email 'ann'"
+    first = kernel.client.execute(line, allow_stdin=True)
+    assert "approve send_email" in _input_request(kernel)["content"]["prompt"]
+    kernel.km.interrupt_kernel()
+    interrupted = _collect(kernel, first, time.monotonic() + 30)
+    assert any(m["msg_type"] == "error" for m in interrupted)  # the run was cancelled, the cell interrupted
+
+    second = kernel.client.execute(line, allow_stdin=True)
+    waiting = _collect(kernel, second, time.monotonic() + 3)
+    assert "an earlier approval prompt is still open" in _stdout(waiting)
+    with pytest.raises(queue.Empty):  # no second prompt while the first is open
+        kernel.client.get_stdin_msg(timeout=0.5)
+
+    kernel.client.input("y")  # the old box: its run is gone, the answer is discarded
+    assert "approve send_email" in _input_request(kernel)["content"]["prompt"]
+    kernel.client.input("n")
+    finished = _collect(kernel, second, time.monotonic() + 30)
+    assert not [m for m in finished if m["msg_type"] == "error"]
+    out = kernel.ok("print(sent, [(c.status, c.approval.by) for c in _agent_last.tool_calls])")
+    assert out.stdout.strip() == "[] [('denied', 'prompt')]"

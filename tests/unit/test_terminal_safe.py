@@ -130,11 +130,11 @@ def test_run_result_repr_and_error_lines() -> None:
 
 
 @pytest.mark.parametrize("arguments", [f"not json {HOSTILE}", {"path": HOSTILE}])
-def test_the_approval_prompt_is_escaped(monkeypatch: pytest.MonkeyPatch, arguments: object) -> None:
+async def test_the_approval_prompt_is_escaped(monkeypatch: pytest.MonkeyPatch, arguments: object) -> None:
     asked: list[str] = []
     monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "y")
     request = ApprovalRequest(run_id="r", call_id="c", tool_name="write", arguments=arguments,
                              agent_name="a", iteration=1)
-    assert prompt_approver(request).approved
+    assert (await prompt_approver(request)).approved
     assert_inert(asked[0])
     assert asked[0].startswith("approve write(")
