@@ -519,8 +519,10 @@ class RunLog(Sequence[dict[str, Any]]):
     SHOWN = ("started", "session", "kind", "model", "stop_reason", "iterations", "tools", "tokens", "cost",
              "duration", "task")
 
-    def __init__(self, rows: list[dict[str, Any]]):
+    def __init__(self, rows: list[dict[str, Any]], *, empty: str = "no runs"):
         self.rows = rows
+        #: What an empty log says (why there is nothing to show).
+        self.empty = empty
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -560,7 +562,7 @@ class RunLog(Sequence[dict[str, Any]]):
 
     def __repr__(self) -> str:
         if not self.rows:
-            return "RunLog(no runs)"
+            return f"RunLog({self.empty})"
         cells = [self._cells(r) for r in self.rows]
         widths = {c: max(len(c), *(len(row[c]) for row in cells)) for c in self.SHOWN}
         lines = ["  ".join(c.ljust(widths[c]) for c in self.SHOWN).rstrip()]
@@ -570,6 +572,8 @@ class RunLog(Sequence[dict[str, Any]]):
     def _repr_html_(self) -> str:
         from html import escape
 
+        if not self.rows:
+            return f'<p class="mm-runlog">{escape(self.empty)}</p>'
         head = "".join(f"<th>{escape(c)}</th>" for c in self.SHOWN)
         body = "".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in self._cells(r).values()) + "</tr>"
                        for r in self.rows)

@@ -16,7 +16,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ..markup import shorten
-from ..store import RunLog, Store, StoredTurn, StoreError, default_store_path, open_store
+from ..store import RunLog, Store, StoredTurn, StoreError, configured_store_path, default_store_path, open_store
 from .options import help_flag
 
 
@@ -145,11 +145,17 @@ class HistoryMagics(Magics):
         """Recent runs as a table; the returned RunLog has ``.to_pandas()``."""
         args = parse_argstring(self.agent_log, line)
         store = _store(args.store)
+        logging = args.store or configured_store_path()
+        off = "" if logging else (" (the run log is off in this kernel: runs are logged once a store is set, "
+                                  "with %config AgentMagics.store = 'runs.sqlite', MENGLONG_STORE or a session)")
         if store is None:
-            return RunLog([])
+            return RunLog([], empty=f"no runs logged{off}")
         try:
-            return store.runs(session=args.session, model=args.model, status=args.status, since=args.since,
-                              until=args.until, limit=args.limit or None)
+            log = store.runs(session=args.session, model=args.model, status=args.status, since=args.since,
+                             until=args.until, limit=args.limit or None)
+            filtered = any((args.session, args.model, args.status, args.since, args.until))
+            log.empty = f"no runs{' match' if filtered else ' logged'} in {store.path}{off}"
+            return log
         except ValueError as exc:  # a date that is not ISO
             raise UsageError(f"--since/--until: {exc}") from None
         except StoreError as exc:

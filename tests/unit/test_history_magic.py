@@ -111,3 +111,23 @@ def test_session_flag_is_shared_by_the_running_magics(shell: InteractiveShell, t
                 lambda: shell.run_cell_magic("agent", "-a helper --session s", "a message")):
         with pytest.raises(UsageError, match="-a and --session"):
             run()
+
+
+def test_an_empty_run_log_says_why(shell: InteractiveShell, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # a store is configured (the fixture) but nothing ran yet: no file, nothing logged
+    log = shell.run_line_magic("agent_log", "")
+    assert repr(log) == "RunLog(no runs logged)" and log._repr_html_() == '<p class="mm-runlog">no runs logged</p>'
+    ChatAgent(model=ScriptedModel(["fine"]), name="py").chat("from python")
+    filtered = shell.run_line_magic("agent_log", "--status error")
+    assert "no runs match in" in filtered._repr_html_() and "store.sqlite" in filtered._repr_html_()
+    assert "run log is off" not in repr(filtered)
+    # no store configured in this kernel: runs are not logged, and the empty log says how to turn it on
+    shell.run_line_magic("config", "AgentMagics.store = None")
+    monkeypatch.setattr("menglong_magic.ipython.history_magic.default_store_path", lambda: tmp_path / "none.sqlite")
+    off = shell.run_line_magic("agent_log", "")
+    assert "run log is off in this kernel" in repr(off) and "%config AgentMagics.store" in off._repr_html_()
+    # an old store at the default path, but the log is off now: its rows show; an empty answer still says why
+    monkeypatch.setattr("menglong_magic.ipython.history_magic.default_store_path", lambda: tmp_path / "store.sqlite")
+    assert [row["task"] for row in shell.run_line_magic("agent_log", "")] == ["from python"]
+    assert "run log is off" in repr(shell.run_line_magic("agent_log", "--model nosuch"))
