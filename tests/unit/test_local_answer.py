@@ -196,3 +196,19 @@ def test_an_answer_that_leaves_out_a_result_is_told_in_words() -> None:
     assert words == "it leaves out the tool result “Saturn”"
     long = grounding_problem("It is done.", "Look it up.", ["alpha " * 50 + "42"])
     assert long is not None and long.endswith(" …”") and len(long) < 180 and "{" not in long
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (("last_error", {}, "Last error: KeyError: 'pear'"), "Last error: KeyError: 'pear'."),
+        (("last_error", {}, "last error: none in this kernel."), "last error: none in this kernel."),
+        (("capital_of", {"country": "Peru"}, "Lima."), "Capital of (Peru): Lima."),
+        (("shout", {"word": "hey"}, "HEY!"), "Shout (hey): HEY!"),
+        (("get_weather", {"city": "Paris"}, "Weather: sunny"), "Get weather (Paris): Weather: sunny."),
+    ],
+    ids=["label-repeated", "label-lowercase", "own-full-stop", "own-exclamation", "other-label"],
+)
+def test_a_result_that_names_itself_or_ends_its_sentence_is_not_labelled_or_stopped_twice(
+        call: tuple[str, dict[str, Any], str], expected: str) -> None:
+    assert results_answer([call]) == expected

@@ -147,8 +147,12 @@ def results_answer(calls: list[tuple[str, dict[str, Any], str]]) -> str:
             continue
         label = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).replace("_", " ").replace("-", " ").strip()
         label = label[:1].upper() + label[1:]
+        stop = "" if result[-1:] in (".", "!", "?") else "."
+        if result.lower().startswith(label.lower() + ":"):  # "Last error: Traceback …" says what it is itself
+            lines.append(result + stop)
+            continue
         values = ", ".join(_value_text(v) for v in arguments.values() if v not in (None, ""))
-        lines.append(f"{label} ({values}): {result or '(no result)'}." if values else f"{label}: {result}.")
+        lines.append(f"{label} ({values}): {result or '(no result)'}{stop}" if values else f"{label}: {result}{stop}")
     return " ".join(lines)
 
 
