@@ -30,11 +30,12 @@ class OfflineModel(Model):
         tool_results = [m for m in turn if m.get("role") == "tool"]
         if request.tools and not tool_results:
             words = _Phrases(_candidate_strings(user_text))  # shared: tools take the phrases in turn
+            numbers = _Phrases(_candidate_numbers(user_text))  # and the numbers ("Add 2 and 3": a=2, b=3)
             tool_calls = [
                 ToolCall(
                     id=f"offline_{i + 1}",
                     name=spec["function"]["name"],
-                    arguments=json.dumps(example_arguments(spec["function"].get("parameters") or {}, words)),
+                    arguments=json.dumps(example_arguments(spec["function"].get("parameters") or {}, words, numbers)),
                 )
                 for i, spec in enumerate(request.tools)
             ]
@@ -83,8 +84,8 @@ def _summary(user_text: str, turn: list[dict[str, Any]], tool_results: list[dict
     parts = []
     for message in tool_results:
         result = _content(message)
-        if len(result) > 60:
-            result = result[:57] + "..."
+        if len(result) > 120:  # room for a denial with its reason ("… denied by the user: not bob.")
+            result = result[:117] + "..."
         parts.append(f"{names.get(message.get('tool_call_id'), 'tool')} returned {result}")
     summary = "; ".join(parts)
     # a result that ends a sentence itself ("... in Paris.") gets no second full stop
@@ -139,14 +140,22 @@ def _candidate_strings(text: str) -> list[str]:
     return out
 
 
-class _Phrases:
-    """Hands out the message's phrases in turn; once all are used, starts again from the first."""
+_NUMBER_RE = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.]|\.\d)")
 
-    def __init__(self, phrases: list[str]):
+
+def _candidate_numbers(text: str) -> list[float]:
+    """The numbers written in the user's message, in order ("Add 2 and 3.5" gives 2 and 3.5; not "v2" or "3rd")."""
+    return [float(m.group(0)) for m in _NUMBER_RE.finditer(text)]
+
+
+class _Phrases:
+    """Hands out the message's phrases (or numbers) in turn; once all are used, starts again from the first."""
+
+    def __init__(self, phrases: list[Any]):
         self.phrases = list(phrases)
         self.used = 0
 
-    def take(self) -> str | None:
+    def take(self) -> Any:
         if not self.phrases:
             return None
         phrase = self.phrases[self.used % len(self.phrases)]
@@ -154,23 +163,34 @@ class _Phrases:
         return phrase
 
 
-def example_arguments(schema: dict[str, Any], strings: list[str] | _Phrases | None = None) -> dict[str, Any]:
+def example_arguments(schema: dict[str, Any], strings: list[str] | _Phrases | None = None,
+                      numbers: list[float] | _Phrases | None = None) -> dict[str, Any]:
     """Deterministic arguments that satisfy a tool's JSON schema (defaults, enums, then by type).
 
     String parameters take the next of ``strings`` (phrases from the user's message) in turn; when every phrase
     has been used they start again from the first (two tools about 'Paris' both get "Paris"). Only when the
     message has no phrase at all does a string parameter get the schema's first ``examples`` entry, else its own
-    name (a visible placeholder).
+    name (a visible placeholder). Number and integer parameters take ``numbers`` (the message's) the same way,
+    where the value fits (an integer for an integer, within the schema's bounds); else a value the schema allows.
     """
     defs = schema.get("$defs", {})
     phrases = strings if isinstance(strings, _Phrases) else _Phrases(strings or [])
-    value = _example(schema, defs, "", phrases)
+    values = numbers if isinstance(numbers, _Phrases) else _Phrases(numbers or [])
+    value = _example(schema, defs, "", phrases, values)
     return value if isinstance(value, dict) else {}
 
 
-def _example(schema: dict[str, Any], defs: dict[str, Any], name: str, strings: _Phrases) -> Any:
+def _fits(number: Any, schema: dict[str, Any], integer: bool) -> bool:
+    if number is None or (integer and not float(number).is_integer()):
+        return False
+    return schema.get("minimum", -float("inf")) <= number <= schema.get("maximum", float("inf"))
+
+
+def _example(schema: dict[str, Any], defs: dict[str, Any], name: str, strings: _Phrases,
+             numbers: _Phrases | None = None) -> Any:
+    numbers = numbers if numbers is not None else _Phrases([])
     if "$ref" in schema:
-        return _example(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs, name, strings)
+        return _example(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs, name, strings, numbers)
     if "default" in schema:
         return schema["default"]
     if "const" in schema:
@@ -180,16 +200,20 @@ def _example(schema: dict[str, Any], defs: dict[str, Any], name: str, strings: _
     for key in ("anyOf", "oneOf", "allOf"):
         options = [o for o in schema.get(key, ()) if o.get("type") != "null"]
         if options:
-            return _example(options[0], defs, name, strings)
+            return _example(options[0], defs, name, strings, numbers)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), None)
     if kind == "object" or "properties" in schema:
         props = schema.get("properties", {})
         required = schema.get("required", list(props))
-        return {k: _example(v, defs, k, strings) for k, v in props.items() if k in required}
+        return {k: _example(v, defs, k, strings, numbers) for k, v in props.items() if k in required}
     if kind == "array":
-        return [_example(schema.get("items", {}), defs, name, strings)]
+        return [_example(schema.get("items", {}), defs, name, strings, numbers)]
+    if kind in ("integer", "number"):
+        number = numbers.take()
+        if _fits(number, schema, kind == "integer"):
+            return int(number) if kind == "integer" else number
     if kind == "integer":
         return max(int(schema.get("minimum", 2)), 2) if "maximum" not in schema else int(schema["maximum"])
     if kind == "number":

@@ -9,7 +9,7 @@ import pytest
 from menglong_magic import ChatAgent, tool
 from menglong_magic.models import OfflineModel
 from menglong_magic.models.base import ModelRequest
-from menglong_magic.models.offline import _candidate_strings, example_arguments
+from menglong_magic.models.offline import _candidate_numbers, _candidate_strings, example_arguments
 
 
 @tool
@@ -130,3 +130,37 @@ async def test_the_summary_ends_with_one_full_stop(tools: list, ending: str) -> 
     answer = await ChatAgent(model=OfflineModel(), tools=tools, mode="auto").chat_async("Weather in 'Paris'?")
     assert answer.endswith(ending), answer
     assert not answer.endswith(("..", "!.", "?."))
+
+
+@tool
+def add(a: float, b: float) -> float:
+    """Add two numbers."""
+    return a + b
+
+
+@tool
+def repeat(word: str, times: int) -> str:
+    """Repeat a word."""
+    return word * times
+
+
+def test_candidate_numbers() -> None:
+    assert _candidate_numbers("Add 2 and 3.5, then -4; not v2, 3rd or 1.2.3") == [2.0, 3.5, -4.0]
+
+
+@pytest.mark.parametrize(("message", "tools", "expected"), [
+    ("Add 2 and 3", [add], {"add": {"a": 2.0, "b": 3.0}}),
+    ("What is 17 plus 25.5?", [add], {"add": {"a": 17.0, "b": 25.5}}),
+    ("Add 7 to itself", [add], {"add": {"a": 7.0, "b": 7.0}}),  # the numbers start again from the first
+    ("Repeat 'ha' 3 times", [repeat], {"repeat": {"word": "ha", "times": 3}}),
+    ("Repeat 'ha' 2.5 times", [repeat], {"repeat": {"word": "ha", "times": 2}}),  # not an integer: the default
+    ("Add some numbers", [add], {"add": {"a": 1.5, "b": 1.5}}),  # none in the message: the schema's example
+])
+async def test_number_arguments_come_from_the_message(message: str, tools: list, expected: dict) -> None:
+    assert await _arguments(message, *tools) == expected
+
+
+def test_numbers_outside_the_schema_bounds_are_not_taken() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 10, "maximum": 20}}}
+    assert example_arguments(schema, [], [5.0]) == {"n": 20}
+    assert example_arguments(schema, [], [12.0]) == {"n": 12}
