@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 _CANCELLED_TOOL_RESULT = "Error: the run was stopped before this tool call finished."
 _SYNC_STILL_RUNNING = "cancelled while still running (a sync tool's thread cannot be stopped; see RunContext.cancelled)"
+#: A sync tool that takes a RunContext can stop itself: it was told, and its answer is not waited for.
+_SYNC_TOLD = "cancelled (its thread was told through RunContext.cancelled)"
 
 
 def call_arguments(call: ToolCall | None) -> str:
@@ -560,7 +562,7 @@ class Turn:
                     if index in awaiting:
                         record.error = "cancelled while awaiting approval (not executed)"
                     elif tool is not None and not tool.is_async:
-                        record.error = _SYNC_STILL_RUNNING
+                        record.error = _SYNC_STILL_RUNNING if tool.context_parameter is None else _SYNC_TOLD
                     else:
                         record.error = "cancelled"
                     record.duration = time.perf_counter() - started[index]

@@ -216,7 +216,7 @@ async def test_a_sync_tool_polling_cancelled_stops_promptly_and_its_record_says_
     print(f"sync tool stopped {latency * 1000:.1f} ms after the cancel")
     assert latency < 0.2
     record = result.tool_calls[0]
-    assert record.error is not None and "still running" in record.error
+    assert record.error == "cancelled (its thread was told through RunContext.cancelled)"  # it can stop itself
     finished = [e for e in events if isinstance(e, ev.ToolCallFinished)]
     assert [e.status for e in finished] == ["cancelled"]
     assert agent.messages == []  # no round finished: the unfinished turn is not committed (history valid)
@@ -235,6 +235,24 @@ async def test_timeout_sets_cancelled_for_tools_too() -> None:
     result = await agent.arun("x", timeout=0.2)
     assert result.stop_reason == "timeout"
     assert flag["ev"].is_set()
+
+
+async def test_a_sync_tool_without_run_context_is_recorded_as_still_running() -> None:
+    release = threading.Event()
+
+    @tool
+    def stubborn() -> str:
+        """Cannot be told to stop."""
+        release.wait(5)
+        return "late"
+
+    agent = ChatAgent(model=ScriptedModel([calls(call("stubborn", {}))]), mode="auto", tools=[stubborn])
+    try:
+        result = await agent.arun("x", timeout=0.2)
+    finally:
+        release.set()
+    assert result.stop_reason == "timeout"
+    assert result.tool_calls[0].error is not None and "still running" in result.tool_calls[0].error
 
 
 async def test_request_timeout_and_retries_reach_each_request(monkeypatch: pytest.MonkeyPatch) -> None:
