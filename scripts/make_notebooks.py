@@ -148,7 +148,7 @@ TOOLS_AND_CONCURRENCY = [
          "    reply(\"Sent the minutes to Ann; the mail to Eve was refused.\"),\n"
          "]), mode=\"auto\", tools=[send_email], approve=company_only, name=\"mailer\")"),
     code("%agent_run -a mailer -o mailed Send the minutes to Ann and Eve"),
-    code("print(outbox)\nfor c in mailed.tool_calls:\n    print(c.arguments[\"to\"], c.status, c.approval.describe())"),
+    code("print(outbox)\nfor c in mailed.tool_calls:\n    print(c.arguments[\"to\"], c.approval.describe())"),
 ]
 
 BATCHES_AND_WORKFLOWS = [

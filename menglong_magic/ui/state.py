@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import events as ev
-from ..markup import clip
+from ..markup import clip, shorten
 from ..usage import format_cost
 
 MAX_TEXT = 4000  # characters of streamed text kept per iteration in the view
@@ -65,6 +65,13 @@ def describe_decision(approved: bool, by: str | None, reason: str | None) -> str
     if approved:
         return f"approved{who}"
     return f"denied{who}" + (f": {clip(reason, MAX_REASON)}" if reason else "")
+
+
+def call_arguments_text(arguments: Any) -> str:
+    """A call's arguments as the views write them: ``to='ann', n=2`` (a raw string as it came)."""
+    if isinstance(arguments, str):
+        return arguments
+    return ", ".join(f"{k}={v!r}" for k, v in (arguments or {}).items())
 
 
 # ---------------------------------------------------------------------- state
@@ -410,7 +417,8 @@ class RunViewModel:
         return [card for it in self.iterations for card in it.tools.values() if card.approval is not None]
 
     def decision_lines(self) -> list[str]:
-        """One line per gated call: ``✓ lookup approved (panel)``, ``✗ send_email denied (panel): not now``."""
+        """One line per gated call, with its arguments (which address was refused):
+        ``✓ lookup(name='ann') approved (panel)``, ``✗ send_email(to='eve') denied (panel): not now``."""
         lines = []
         for card in self.gated_calls():
             if card.approval == "approved":
@@ -420,7 +428,8 @@ class RunViewModel:
             else:
                 mark = TOOL_ICONS.get(card.state, "")
             text = card.decision_text() if card.approval != "pending" else card.status_text()
-            lines.append(f"{mark} {card.name} {text}")
+            arguments = shorten(call_arguments_text(card.arguments), 80)
+            lines.append(f"{mark} {card.name}{f'({arguments})' if arguments else ''} {text}")
         return lines
 
     def batch_counts(self) -> dict[str, int]:

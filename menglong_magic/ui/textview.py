@@ -8,7 +8,7 @@ from typing import TextIO
 
 from .. import events as ev
 from ..markup import clip, terminal_safe
-from .state import MAX_ANSWER, TOOL_ICONS, RunViewModel, describe_decision
+from .state import MAX_ANSWER, TOOL_ICONS, RunViewModel, call_arguments_text, describe_decision
 
 
 class TextView:
@@ -96,8 +96,7 @@ class TextView:
         elif isinstance(event, ev.ToolAttachment):
             self._line(f"  🖼 {event.name}: {event.description or event.mime} ")
         elif isinstance(event, ev.ToolCallStarted):
-            args = event.arguments if isinstance(event.arguments, str) else ", ".join(
-                f"{k}={v!r}" for k, v in (event.arguments or {}).items())
+            args = call_arguments_text(event.arguments)
             sent_as = f" (as {event.api_name})" if event.api_name else ""
             self._line(f"  → {event.name}({clip(args, 200)}){sent_as}")
         elif isinstance(event, ev.ApprovalRequested):

@@ -97,7 +97,8 @@ def test_approve_and_deny_from_the_panel_blocking_and_bg(page: Any, lab: Lab, tm
     final.wait_for(state="attached", timeout=60_000)
     assert nb_cells.nth(1).locator(".mm-approval-stuck").count() == 0
     decisions = final.locator(".mm-decisions").inner_text()
-    assert "✓ send_email approved (panel)" in decisions and "✗ delete_file denied (panel): not now" in decisions
+    assert "✓ send_email(to='ann') approved (panel)" in decisions
+    assert "✗ delete_file(path='/tmp/x') denied (panel): not now" in decisions  # which call: its arguments
     assert final.locator("button").count() == 0  # nothing clickable after the run
     assert output_text(nb_cells.nth(2)) == (
         "['send_email:ann'] [('delete_file', 'denied', False, 'panel', 'not now'), "
@@ -110,7 +111,7 @@ def test_approve_and_deny_from_the_panel_blocking_and_bg(page: Any, lab: Lab, tm
     approve_and_deny(page, bg, "too risky")
     bg_final = nb_cells.nth(3).locator(".mm-final")
     bg_final.wait_for(state="attached", timeout=60_000)
-    assert "✗ delete_file denied (panel): too risky" in bg_final.locator(".mm-decisions").inner_text()
+    assert "✗ delete_file(path='/tmp/x') denied (panel): too risky" in bg_final.locator(".mm-decisions").inner_text()
     bg_final.screenshot(path=str(tmp_path / "approval-final.png"))
     run_cells(page, "notebook:run-cell", 4)
     assert output_text(nb_cells.nth(4)) == (

@@ -49,7 +49,8 @@ def test_the_code_is_on_the_card_and_approve_runs_it(page: Any, lab: Lab, tmp_pa
     card.locator("button.mm-approve").click()
     final = nb_cells.nth(1).locator(".mm-final")
     final.wait_for(state="attached", timeout=60_000)
-    assert "✓ run_code approved (panel)" in final.locator(".mm-decisions").inner_text()
+    assert "✓ run_code(code=" in final.locator(".mm-decisions").inner_text()
+    assert ") approved (panel)" in final.locator(".mm-decisions").inner_text()
     final_card = final.locator(".mm-tool", has_text="run_code")
     assert final_card.locator("img.mm-attachment").count() == 1
     assert final_card.locator("img.mm-attachment").get_attribute("src").startswith("data:image/png;base64,iVBOR")

@@ -404,9 +404,10 @@ async def test_panel_approves_one_call_and_denies_another_with_a_reason(recorded
     panel.finish()
     final = outputs[-1]["data"]
     lines = final["text/plain"].splitlines()
-    assert "  ✓ send_email approved (panel)" in lines and "  ✗ delete_file denied (panel): not now" in lines
+    assert any(line.startswith("  ✓ send_email(to=") and line.endswith(") approved (panel)") for line in lines)
+    assert "  ✗ delete_file(path='/tmp/x') denied (panel): not now" in lines  # which call: its arguments
     assert '<ul class="mm-decisions"' in final["text/html"]
-    assert "<li>✗ delete_file denied (panel): not now</li>" in final["text/html"]
+    assert "<li>✗ delete_file(path=&#x27;/tmp/x&#x27;) denied (panel): not now</li>" in final["text/html"]
     assert "mm-approval-slot" not in final["text/html"]
     assert result.to_dict()["iterations"][0]["tool_calls"][1]["approval"] == {
         "approved": False, "reason": "not now", "by": "panel"}
@@ -505,8 +506,8 @@ def test_approval_events_render_in_the_view_model_and_text_view() -> None:
                           "  → lookup(to='ann')", "  ? lookup awaiting approval",
                           f"  ✗ send_email denied (prompt): not now {XSS}", "  ✓ lookup approved (callback)"]
     assert lines[7] == "  ✓ lookup 0.01s: ANN" and not any("⊘" in line for line in lines)
-    assert model.summary_text().splitlines()[1:3] == [f"  ✗ send_email denied (prompt): not now {XSS}",
-                                                      "  ✓ lookup approved (callback)"]
+    assert model.summary_text().splitlines()[1:3] == [f"  ✗ send_email(to='ann') denied (prompt): not now {XSS}",
+                                                      "  ✓ lookup(to='ann') approved (callback)"]
     quiet = io.StringIO()
     compact = TextView(title="t", compact=True, stream=quiet)
     for e in [*model_events_for_compact()]:
