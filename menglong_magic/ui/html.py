@@ -277,6 +277,8 @@ def final_html(vm: RunViewModel) -> str:
     elif vm.status == "cancelled":
         out.append(f'<div class="mm-cancelled" style="color:#6e7781">{ICON_SVG["cancelled"]} '
                    "the run was cancelled</div>")
+    elif vm.stop_note():
+        out.append(f'<div class="mm-stopped" style="color:#9a6700">{escape(vm.stop_note())}</div>')
     if vm.output is not None:
         out.append(f'<div class="mm-output">{output_html(vm.output)}</div>')
     elif vm.final_output:

@@ -498,6 +498,13 @@ class RunViewModel:
         return (f"[{self.title}] {status} · {self.iteration_count} iteration(s)"
                 f" · {self.tool_call_count} tool call(s) · {self.elapsed:.1f}s · {tokens}")
 
+    def stop_note(self) -> str:
+        """Why a run that ended without an error stopped early; "" when nothing needs saying."""
+        if self.status == "max_iterations" and not self.error:
+            return (f"stopped at the iteration cap ({self.max_iterations}) while the model was still calling tools: "
+                    "raise --max-iterations (max_iterations=) to let it finish")
+        return ""
+
     def summary_text(self) -> str:
         """Summary line, then the error and the answer (batches: one line per item)."""
         lines = [self.summary_line()]
@@ -509,6 +516,8 @@ class RunViewModel:
         lines.extend(f"  {line}" for line in self.decision_lines())
         if self.error:
             lines.append(f"error: {self.error}")
+        elif self.stop_note():
+            lines.append(self.stop_note())
         if self.output is not None:
             lines.append(f"output: {clip(repr(self.output), MAX_ANSWER)}")
         elif self.final_output:

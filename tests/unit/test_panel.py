@@ -19,6 +19,7 @@ from menglong_magic.agent.result import RunResult, RunUsage
 from menglong_magic.models import ScriptedModel, call, calls, reply
 from menglong_magic.ui.html import ICON_SVG, body_html, final_html, header_html
 from menglong_magic.ui.panel import RunPanel, make_view
+from menglong_magic.ui.state import RunViewModel
 from menglong_magic.ui.textview import TextView
 
 XSS = '<img src=x onerror="window.__pwned=1"><script>alert(1)</script>'
@@ -696,3 +697,26 @@ def test_an_iteration_waiting_for_the_model_says_so_with_its_seconds() -> None:
     assert "waiting for the model" not in body_html(model)
     model.apply(ev.IterationFinished("r", iteration=2, duration=1.5, tool_calls=0))
     assert "iteration 2 · 0 tool call(s) · 1.50s" in body_html(model)
+
+
+@pytest.mark.parametrize(("stop_reason", "said"), [
+    ("max_iterations", "stopped at the iteration cap (1) while the model was still calling tools"),
+    ("completed", None),
+])
+async def test_a_run_stopped_at_the_iteration_cap_says_why(stop_reason: str, said: str | None) -> None:
+    steps = [calls(call("lookup", {"name": "ann"}))] if stop_reason == "max_iterations" else [reply("done")]
+    agent = ChatAgent(model=ScriptedModel(steps), mode="auto", tools=[lookup_tool])
+    model = RunViewModel("t")
+    result = await agent.arun("look", max_iterations=1, on_event=model.apply)
+    assert result.stop_reason == stop_reason
+    html, text = final_html(model), model.summary_text()
+    if said is None:
+        assert "mm-stopped" not in html and "iteration cap" not in text
+    else:
+        assert said in html and 'class="mm-stopped"' in html and said in text.splitlines()[-1]
+
+
+@tool
+def lookup_tool(name: str) -> str:
+    """Look up a name."""
+    return name.upper()
