@@ -607,6 +607,24 @@ async def test_local_model_a_question_matching_no_tool_is_answered_directly(open
     assert (result.usage.input_tokens, result.usage.output_tokens) == (12, 5)
 
 
+async def test_a_decision_made_without_generating_costs_zero_tokens_not_unknown(openai_server: Any) -> None:
+    """A tool without parameters that the question names is called without asking the model: that step used no
+    tokens (it said "usage of 1 request(s) not reported by this model" before), and the run's usage is known."""
+
+    @tool
+    def last_error() -> str:
+        """The last error of the notebook."""
+        return "KeyError: 'pear'"
+
+    openai_server.enqueue(reply("The last error was KeyError: 'pear'.", usage=(30, 9)))
+    agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[last_error])
+    result = await agent.arun("What was the last error?")
+    assert [c.name for c in result.tool_calls] == ["last_error"] and len(openai_server.requests) == 1
+    assert result.iterations[0].usage is not None and result.iterations[0].usage.total_tokens == 0
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (30, 9)
+    assert result.usage.unknown_requests == 0 and "not reported" not in result.usage.describe()
+
+
 async def test_local_model_fills_arguments_under_a_grammar_and_answers_from_the_result(openai_server: Any) -> None:
     openai_server.enqueue(reply('{"city": "Paris"}', usage=(40, 6)), reply("It's sunny, 21 C in Paris.", usage=(60, 7)))
     agent = ChatAgent(model=local_model_for(openai_server), mode="auto", tools=[get_weather])

@@ -446,7 +446,9 @@ class LocalModel(OpenAIModel):
 
 
 def _sum_usage(usages: list[Usage | None]) -> Usage | None:
-    if not usages or any(u is None for u in usages):  # part of it unknown: the sum is unknown too
+    if not usages:  # decided without generating (one tool fits the question): no tokens, which is known
+        return Usage(0, 0)
+    if any(u is None for u in usages):  # part of it unknown: the sum is unknown too
         return None
     total = Usage(0, 0)
     for u in usages:
