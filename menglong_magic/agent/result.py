@@ -131,9 +131,9 @@ class RunResult(Mapping[str, Any]):
         )
 
     def __repr__(self) -> str:
-        from ..markup import terminal_safe  # a terminal shows this repr: the model's text must not drive it
+        from ..markup import shorten, terminal_safe  # a terminal shows this repr: the model's text must not drive it
 
-        text = self.final_output if len(self.final_output) <= 400 else self.final_output[:400] + "…"
+        text = shorten(self.final_output, 401)
         lines = [f"RunResult({self.summary_line()})"]
         if self.error:
             lines.append(f"error: {self.error}")

@@ -145,9 +145,9 @@ class HistoryMagics(Magics):
         """Recent runs as a table; the returned RunLog has ``.to_pandas()``."""
         args = parse_argstring(self.agent_log, line)
         store = _store(args.store)
-        logging = args.store or configured_store_path()
-        off = "" if logging else (" (the run log is off in this kernel: runs are logged once a store is set, "
-                                  "with %config AgentMagics.store = 'runs.sqlite', MENGLONG_STORE or a session)")
+        off = "" if args.store or configured_store_path() else (
+            " (the run log is off in this kernel: runs are logged once a store is set, "
+            "with %config AgentMagics.store = 'runs.sqlite', MENGLONG_STORE or a session)")
         if store is None:
             return RunLog([], empty=f"no runs logged{off}")
         try:

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from ..events import TextDelta
+from ..markup import shorten
 from ..usage import Usage
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
 
@@ -75,7 +76,7 @@ def _content(message: dict[str, Any]) -> str:
 
 def _summary(user_text: str, turn: list[dict[str, Any]], tool_results: list[dict[str, Any]]) -> str:
     if not tool_results:
-        quoted = user_text if len(user_text) <= 80 else user_text[:77] + "..."
+        quoted = shorten(user_text, 80)
         return f'Offline demo model here. You said: "{quoted}". Configure a real model to get real answers.'
     names = {}
     for message in turn:
@@ -83,9 +84,7 @@ def _summary(user_text: str, turn: list[dict[str, Any]], tool_results: list[dict
             names[tc["id"]] = tc["function"]["name"]
     parts = []
     for message in tool_results:
-        result = _content(message)
-        if len(result) > 120:  # room for a denial with its reason ("… denied by the user: not bob.")
-            result = result[:117] + "..."
+        result = shorten(_content(message), 120)  # room for a denial with its reason ("… by the user: not bob.")
         parts.append(f"{names.get(message.get('tool_call_id'), 'tool')} returned {result}")
     summary = "; ".join(parts)
     # a result that ends a sentence itself ("... in Paris.") gets no second full stop
@@ -186,9 +185,7 @@ def _fits(number: Any, schema: dict[str, Any], integer: bool) -> bool:
     return schema.get("minimum", -float("inf")) <= number <= schema.get("maximum", float("inf"))
 
 
-def _example(schema: dict[str, Any], defs: dict[str, Any], name: str, strings: _Phrases,
-             numbers: _Phrases | None = None) -> Any:
-    numbers = numbers if numbers is not None else _Phrases([])
+def _example(schema: dict[str, Any], defs: dict[str, Any], name: str, strings: _Phrases, numbers: _Phrases) -> Any:
     if "$ref" in schema:
         return _example(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs, name, strings, numbers)
     if "default" in schema:
