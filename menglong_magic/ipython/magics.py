@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ctypes
 import json
 import sys
 import threading
@@ -48,39 +49,61 @@ from .options import (
 __all__ = ["AgentInterrupted", "AgentMagics", "AgentRunFailed", "AgentTask", "prompt_approver"]
 
 
-#: Said in the cell of a run whose approval waits for a prompt left open by an interrupted run.
-EARLIER_PROMPT_OPEN = ("an earlier approval prompt is still open (its run was stopped): answer it (the answer is "
-                       "discarded) and this run's prompt follows")
+#: Said in the cell of a run whose approval waits for a prompt still open (one that could not be stopped).
+EARLIER_PROMPT_OPEN = ("an earlier approval prompt is still open: answer it (the answer is discarded) and this "
+                       "run's prompt follows")
 
 
 class StdinPrompts:
     """One stdin prompt at a time, in a worker thread (the loop and the panel keep going while a person reads).
 
-    ipykernel's ``input()`` polls the kernel's one stdin socket until a reply comes, and nothing can stop it
-    from outside: a prompt whose run was interrupted keeps polling until its box is answered. A second prompt
-    polling the same socket beside it would race it for the reply (a hang) or break the socket, so a new
-    prompt waits until the old one is answered, and says so in its cell.
+    ipykernel's ``input()`` polls the kernel's one stdin socket until a reply comes: a prompt whose run was
+    interrupted would keep polling, its box is gone once its cell is run again, and a second prompt polling the
+    same socket beside it races it for the reply (the cell hung). So a prompt whose run is cancelled is ended
+    with a KeyboardInterrupt raised in its thread, which ipykernel's polling loop is written to receive; and a
+    new prompt waits until the old one has ended (saying so, should that take long: a terminal's ``input()``
+    only sees the interrupt after the next line is typed).
     """
 
     def __init__(self) -> None:
-        self._open = threading.Lock()
+        self._open = threading.Lock()  # held while a prompt's input() runs
+        self._guard = threading.Lock()  # orders ending a prompt against its thread leaving input()
 
     async def ask(self, text: str) -> str:
         said = False
+        waited = 0
         while not self._open.acquire(blocking=False):
-            if not said:
+            waited += 1
+            if not said and waited > 5:  # an ended prompt leaves within a few ms; longer: one nobody could end
                 print(EARLIER_PROMPT_OPEN, flush=True)
                 said = True
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1 if said else 0.01)
         context = contextvars.copy_context()  # ipykernel reads the cell that asks from its context
+        asking: dict[str, int] = {}
 
         def blocking() -> str:
             try:
-                return context.run(input, text)
+                try:
+                    with self._guard:
+                        asking["thread"] = threading.get_ident()
+                    answer = context.run(input, text)
+                except KeyboardInterrupt:  # ended below: its run is gone, nobody reads this answer
+                    answer = ""
+                with self._guard:
+                    asking.pop("thread", None)
+                return answer
             finally:
                 self._open.release()
 
-        return await asyncio.get_running_loop().run_in_executor(None, blocking)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, blocking)
+        except asyncio.CancelledError:
+            with self._guard:
+                thread = asking.get("thread")
+                if thread is not None:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread),
+                                                               ctypes.py_object(KeyboardInterrupt))
+            raise
 
 
 _stdin_prompts = StdinPrompts()
