@@ -74,6 +74,11 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def end_sentence(text: str) -> str:
+    """``text`` with a full stop, unless it already ends its sentence ("… in Paris." stays as it is)."""
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from ..events import TextDelta
-from ..markup import shorten
+from ..markup import end_sentence, shorten
 from ..usage import Usage
 from .base import Emit, Model, ModelRequest, ModelResponse, ToolCall
 
@@ -86,9 +86,7 @@ def _summary(user_text: str, turn: list[dict[str, Any]], tool_results: list[dict
     for message in tool_results:
         result = shorten(_content(message), 120)  # room for a denial with its reason ("… by the user: not bob.")
         parts.append(f"{names.get(message.get('tool_call_id'), 'tool')} returned {result}")
-    summary = "; ".join(parts)
-    # a result that ends a sentence itself ("... in Paris.") gets no second full stop
-    return f"Offline demo model: I called every tool once. {summary}{'' if summary.endswith(('.', '!', '?')) else '.'}"
+    return "Offline demo model: I called every tool once. " + end_sentence("; ".join(parts))
 
 
 # Quote pairs: ASCII single and double quotes, and typographic ones. A quote opens only at the start of a word

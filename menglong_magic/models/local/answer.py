@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from ...markup import json_container
+from ...markup import end_sentence, json_container
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[.,:]\d+)*")
 _NAME = re.compile(r"\b[A-Z][\w'-]*")
@@ -147,12 +147,11 @@ def results_answer(calls: list[tuple[str, dict[str, Any], str]]) -> str:
             continue
         label = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).replace("_", " ").replace("-", " ").strip()
         label = label[:1].upper() + label[1:]
-        stop = "" if result[-1:] in (".", "!", "?") else "."
         if result.lower().startswith(label.lower() + ":"):  # "Last error: Traceback …" says what it is itself
-            lines.append(result + stop)
+            lines.append(end_sentence(result))
             continue
         values = ", ".join(_value_text(v) for v in arguments.values() if v not in (None, ""))
-        lines.append(f"{label} ({values}): {result or '(no result)'}{stop}" if values else f"{label}: {result}{stop}")
+        lines.append(end_sentence(f"{label} ({values}): {result or '(no result)'}" if values else f"{label}: {result}"))
     return " ".join(lines)
 
 
