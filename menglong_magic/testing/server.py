@@ -13,6 +13,7 @@ import itertools
 import json
 import re
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -649,6 +650,12 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 256  # batches open 100+ connections at once
     allow_reuse_address = True
     owner: ScriptedOpenAIServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up mid-answer (its timeout, a cancelled run) is what clients do: no traceback for it.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class ScriptedOpenAIServer:

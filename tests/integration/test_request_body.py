@@ -109,6 +109,52 @@ async def test_azure_deployment_path_and_key_header_are_the_sdks() -> None:
         assert ("authorization" in ours) == ("authorization" in by_hand)
 
 
+@pytest.mark.parametrize("suffix", ["", "/"], ids=["no slash", "trailing slash"])
+async def test_servers_other_than_openai_get_no_sdk_telemetry_headers(suffix: str) -> None:
+    """The SDK's X-Stainless-* headers (its version, the client's OS, CPU, Python, retry count and read timeout)
+    are for OpenAI's API; elsewhere they are omitted. A header the user sets, by default or per request, is sent
+    as set, and the path is the one create() uses, with or without the base URL's trailing slash."""
+    with ScriptedOpenAIServer() as server:
+        server.enqueue(reply("ok"), reply("ok"), reply("ok"))
+        model = OpenAIModel("m", base_url=server.base_url + suffix, api_key=KEY,
+                            default_headers={"X-Stainless-OS": "plan9", "X-Team": "blue"})
+        assert not model.sends_sdk_telemetry
+        request = ModelRequest(messages=[{"role": "user", "content": "hi"}])
+        await model.request(request, lambda event: None)
+        await model.request(ModelRequest(messages=request.messages, stream=True,
+                                         settings={"extra_headers": {"X-Stainless-Retry-Count": "9", "X-Trace": "t"}}),
+                            lambda event: None)
+        await model.aclose()
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
+        await client.chat.completions.create(model="m", messages=request.messages)
+        await client.close()
+    sent = [{k.lower(): v for k, v in headers.items()} for headers in server.request_headers]
+    assert {k for k in sent[2] if k.startswith("x-stainless-")} >= {"x-stainless-os", "x-stainless-retry-count"}
+    assert {k: v for k, v in sent[0].items() if k.startswith("x-stainless-")} == {"x-stainless-os": "plan9"}
+    assert {k: v for k, v in sent[1].items() if k.startswith("x-stainless-")} == {
+        "x-stainless-os": "plan9", "x-stainless-retry-count": "9"}
+    assert sent[0]["x-team"] == sent[1]["x-team"] == "blue" and sent[1]["x-trace"] == "t"
+    assert server.request_paths[0] == server.request_paths[1] == server.request_paths[2] == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(("base_url", "telemetry"), [
+    (None, True), ("https://api.openai.com/v1", True), ("https://eu.api.openai.com/v1/", True),
+    ("http://127.0.0.1:8080/v1", False), ("https://openrouter.ai/api/v1", False),
+    ("https://openai.com.example.net/v1", False),
+])
+def test_telemetry_is_kept_for_openai_hosts_only(base_url: str | None, telemetry: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    model = OpenAIModel("m", base_url=base_url, api_key=KEY)
+    assert model.sends_sdk_telemetry is telemetry
+    omitted = [k for k, v in model._client_options().get("default_headers", {}).items() if isinstance(v, openai.Omit)]
+    url, options = model._route
+    assert bool(omitted) is not telemetry and ("headers" in options) is not telemetry
+    assert url == (base_url or "https://api.openai.com/v1").rstrip("/") + "/chat/completions"
+    azure = AzureOpenAIModel("dep", azure_endpoint="https://r.openai.azure.com", api_key=KEY)
+    assert azure.sends_sdk_telemetry and azure._route[0] == "/chat/completions"  # the SDK adds the deployment
+
+
 async def test_a_parameter_the_server_refuses_is_a_clean_model_error() -> None:
     """A key create() would not know (a typo, another provider's parameter) reaches the server; its 400 is the
     usual ModelError, not a TypeError from deep inside the SDK."""
