@@ -9,7 +9,9 @@ The server is bench/fast_openai_server.py (uvicorn + httptools + uvloop, in its 
    (menglong_magic.loopshare), and the same map without journal and panel;
 2. 1,000 one-call items at 50 ms and at 200 ms against a server answering 429 + Retry-After 0.1 s beyond 20
    requests in flight: map_async "auto" (targets: 0 failed, <= 1.3x the limit-bound ideal 1,000 / 20 x latency),
-   then a second map on the same endpoint (it starts at the learned window), vs the raw gather (the SDK's own
+   a first map (nothing learned about the endpoint) and a later one (it starts at the learned window), in
+   interleaved pairs, each run after a full garbage collection and with the collections within it timed (the median
+   and the range of the runs), vs the raw gather (the SDK's own
    retries; its failed items printed; stopped after 60 s) and vs a gather over create() bounded by exactly 20
    (what a careful user writes: at 50 ms this client's CPU, not the server's limit, is the bound on a slow
    machine: 20 in flight at 50 ms asks for 400 requests a second, ~2.5 ms of CPU each at most), and the same
@@ -28,6 +30,7 @@ Run: python bench/bench_map.py [--repeats N] [--quick] [--rate-only]   (--quick 
 from __future__ import annotations
 
 import asyncio
+import gc
 import resource
 import statistics
 import sys
@@ -44,6 +47,7 @@ from fast_openai_server import FastServer
 from hand_loop import aiohttp_client, hand_written, lookup
 
 from menglong_magic import ChatAgent
+from menglong_magic.agent.limiter import endpoint_key, forget_learned
 from menglong_magic.loopshare import loop_share
 from menglong_magic.maps.run import Journal
 from menglong_magic.models import OpenAIModel
@@ -165,6 +169,27 @@ def collected(durations: list[float]) -> str:
             f"{min(durations) * 1000:.0f}-{max(durations) * 1000:.0f} ms each")
 
 
+class GcClock:
+    """Seconds this process spent in garbage collection (every generation) while open."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self._on_collection)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_collection)
+
+
 async def rate_limited_1000(latency: float, raw: bool) -> None:
     n, cap = 1000, 20
     ideal = n / cap * latency
@@ -190,6 +215,7 @@ async def rate_limited_1000(latency: float, raw: bool) -> None:
             raw_failed = sum(task.exception() is not None for task in done)
             print(f"   raw gather (the SDK's retries): {raw_failed} of {n} items failed and {len(pending)} unfinished "
                   f"after {raw_time:.0f} s (stopped at {RAW_CAP:.0f} s), {server.stats()['rate_limited']} 429s")
+            del tasks, done, pending  # their exceptions hold tracebacks: garbage the runs below would collect
             await asyncio.sleep(0.5)
 
         bound = asyncio.Semaphore(cap)
@@ -199,6 +225,7 @@ async def rate_limited_1000(latency: float, raw: bool) -> None:
                 return await one(i)
 
         server.reset()
+        gc.collect()
         c0, t = time.process_time(), time.perf_counter()
         fixed = await asyncio.gather(*(bounded(i) for i in range(n)), return_exceptions=True)
         fixed_time, fixed_cpu = time.perf_counter() - t, time.process_time() - c0
@@ -216,6 +243,7 @@ async def rate_limited_1000(latency: float, raw: bool) -> None:
 
         await aio_bounded(0)
         server.reset()
+        gc.collect()
         c0, t = time.process_time(), time.perf_counter()
         aio = await asyncio.gather(*(aio_bounded(i) for i in range(n)), return_exceptions=True)
         aio_time, aio_cpu = time.perf_counter() - t, time.process_time() - c0
@@ -223,18 +251,32 @@ async def rate_limited_1000(latency: float, raw: bool) -> None:
         print(f"   the same over the SDK's aiohttp client (the transport the model uses): {aio_time:.2f} s = "
               f"{aio_time / ideal:.2f}x ideal, {sum(isinstance(r, BaseException) for r in aio)} failed; CPU "
               f"{aio_cpu / n * 1000:.1f} ms a request")
-        for label in ("first map on this endpoint", "a later map (learned window)"):
-            agent = ChatAgent(model=OpenAIModel("m", base_url=server.base_url, api_key="sk-bench"))
-            server.reset()
-            c0, t = time.process_time(), time.perf_counter()
-            result = await agent.map_async([f"r{i}" for i in range(n)])
-            map_time, map_cpu = time.perf_counter() - t, time.process_time() - c0
-            stats = server.stats()
-            print(f"   map_async auto, {label}: {map_time:.2f} s = {map_time / ideal:.2f}x ideal (target <= 1.3x), "
-                  f"{map_time / fixed_time:.2f}x the bounded gather, CPU {map_cpu / n * 1000:.1f} ms an item "
-                  f"(this process's CPU alone is {map_cpu / ideal:.2f}x the ideal: the floor on one loop), "
-                  f"{len(result.errors)} failed, "
-                  f"{stats['rate_limited']} 429s, peak {stats['peak_in_flight']} in flight; {agent.limiter()!r}")
+        # Interleaved: a first map (nothing learned about this endpoint), then a later one (the learned window).
+        runs: dict[str, list[tuple[float, float, int, int, float, str]]] = {"first": [], "later": []}
+        for _ in range(REPEATS):
+            for label in runs:
+                agent = ChatAgent(model=OpenAIModel("m", base_url=server.base_url, api_key="sk-bench"))
+                if label == "first":
+                    forget_learned(endpoint_key(agent.model))
+                server.reset()
+                gc.collect()  # each run starts without the garbage of the last one
+                with GcClock() as collections:
+                    c0, t = time.process_time(), time.perf_counter()
+                    result = await agent.map_async([f"r{i}" for i in range(n)])
+                    map_time, map_cpu = time.perf_counter() - t, time.process_time() - c0
+                runs[label].append((map_time, map_cpu, len(result.errors), server.stats()["rate_limited"],
+                                    collections.seconds, repr(agent.limiter())))
+        for label, description in (("first", "first map on this endpoint"), ("later", "a later map (learned window)")):
+            times = [r[0] / ideal for r in runs[label]]
+            cpu = statistics.median(r[1] for r in runs[label])
+            print(f"   map_async auto, {description}: {statistics.median(times):.2f}x ideal "
+                  f"({min(times):.2f}-{max(times):.2f}x in {len(times)} runs; target <= 1.3x), "
+                  f"{statistics.median(r[0] for r in runs[label]) / fixed_time:.2f}x the bounded gather, "
+                  f"CPU {cpu / n * 1000:.1f} ms an item (this process's CPU alone is {cpu / ideal:.2f}x the ideal: "
+                  f"the floor on one loop; garbage collection "
+                  f"{statistics.median(r[4] for r in runs[label]) * 1000:.0f} ms of it), "
+                  f"failed items {', '.join(str(r[2]) for r in runs[label])}, "
+                  f"{min(r[3] for r in runs[label])}-{max(r[3] for r in runs[label])} 429s; last: {runs[label][-1][5]}")
         await client.close()
 
 
