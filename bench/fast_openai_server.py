@@ -10,7 +10,8 @@ Answers: when the request offers tools and the last message is the user's, a cal
 flight, a 429 with ``Retry-After: --retry-after``. ``GET /stats`` (requests, 429s, peak in flight) and
 ``POST /reset`` for the benchmark.
 
-Run: python bench/fast_openai_server.py --port 8765 [--latency 0.05] [--limit 20]
+Run: python bench/fast_openai_server.py --port 8765 [--latency 0.05] [--limit 20]   (uvicorn, httptools and uvloop
+come with the dev extra; without the last two it falls back to asyncio and h11, slower)
 Use from Python: ``with FastServer(latency=0.05) as server: server.base_url``.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import socket
@@ -171,7 +173,14 @@ def main() -> None:
     parser.add_argument("--retry-after", type=float, default=0.1)
     args = parser.parse_args()
     app = App(args.latency, args.limit, args.retry_after)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", log_level="warning",
+    # The dev extra installs both; without them (a notebook-only venv) the server still runs, slower.
+    fast = {"loop": "uvloop", "http": "httptools"}
+    missing = [name for name in fast.values() if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"{' and '.join(missing)} not installed (pip install -e '.[dev]'): serving on asyncio and h11, which "
+              "may make this server the bottleneck of a benchmark", file=sys.stderr)
+        fast = {"loop": "asyncio", "http": "h11"}
+    uvicorn.run(app, host="127.0.0.1", port=args.port, **fast, log_level="warning",
                 access_log=False, backlog=4096, timeout_keep_alive=600)  # no idle-close races mid-benchmark
 
 

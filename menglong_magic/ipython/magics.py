@@ -349,10 +349,15 @@ class AgentMagics(Magics):
             raise AgentRunFailed(outcome.error or "the model failed", outcome, where)
         return outcome
 
+    @staticmethod
+    def view_title(args: Any, agent: ChatAgent) -> str:
+        """The title of a run's (or map's) view: a generated name ("agent-3") says less than the variable the user
+        wrote after -a."""
+        return args.agent if args.agent and not agent.named else agent.name
+
     def _starter(self, args: Any, kind: str, cell: str | None, task_text: str, agent: ChatAgent,
                  options: dict[str, Any]) -> tuple[Callable[[Callable[[Any], None]], Awaitable[Any]], str, bool]:
-        # A generated name ("agent-3") says less than the variable the user wrote after -a.
-        title = args.agent if args.agent and not agent.named else agent.name
+        title = self.view_title(args, agent)
         if kind == "line":
             if not task_text:
                 raise UsageError("%agent_run needs a task, e.g. %agent_run summarise the data")

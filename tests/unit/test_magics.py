@@ -315,3 +315,17 @@ async def test_agent_mcp_without_the_mcp_package_says_what_to_install(shell: Int
     assert type(res.error_in_exec).__name__ == "UsageError"  # one line, no traceback of the rewritten cell
     assert "pip install 'menglong-magic[mcp]'" in str(res.error_in_exec)
     assert not shell.user_ns.get("_agent_last")
+
+
+async def test_agent_map_view_is_titled_with_the_variable_as_the_run_views_are(
+        shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    await run(shell, "bot = ChatAgent(model=ScriptedModel(['a', 'b', 'c']))\n"
+                     "named = ChatAgent(model=ScriptedModel(['x']), name='classifier')\nitems = ['1', '2']")
+    capsys.readouterr()
+    await run(shell, "%agent_map -a bot -q items")
+    out = capsys.readouterr().out
+    assert "[bot map]" in out and "agent-" not in out, out  # not the generated name
+    await run(shell, "%agent_run -a bot -q task")
+    assert "[bot]" in capsys.readouterr().out
+    await run(shell, "%agent_map -a named -q items")
+    assert "[classifier map]" in capsys.readouterr().out  # a name the user gave wins, as for runs
