@@ -88,7 +88,8 @@ class AgentMapMagics(Magics):
             if task is not None:
                 loop.call_soon_threadsafe(task.cancel)
 
-        view = make_map_view(title=f"{agent_magics.view_title(args, agent)} map", widgets=agent_magics.widgets_available()
+        title = f"{agent_magics.view_title(args, agent)} map"
+        view = make_map_view(title=title, widgets=agent_magics.widgets_available()
                              and agent_magics.show_panel and not args.quiet, on_stop=stop,
                              update_interval=max(agent_magics.panel_update_interval, 0.2), compact=args.quiet)
         cell_ended = kernel_status.cell_started(self.shell)  # the status stays "busy" (see kernel_status)

@@ -13,6 +13,7 @@ display, the widget closed at the end, like :class:`~menglong_magic.ui.panel.Run
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import deque
@@ -144,8 +145,13 @@ class MapViewModel:
         return finished / elapsed if elapsed > 0 and finished else None
 
     def eta(self) -> float | None:
+        """Seconds left at the rate so far; None until 5% of the requested items have finished (at least two): the
+        first answers all come after one round trip, before the map is up to speed ("1m15s" at 2 of 500)."""
         if self.finished:
             return 0.0
+        requested = self.total - self.restored
+        if self.done + self.failed < min(requested, max(2, math.ceil(requested * 0.05))):
+            return None
         rate = self.rate()
         remaining = self.total - self.completed
         return remaining / rate if rate else None

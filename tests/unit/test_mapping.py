@@ -300,3 +300,26 @@ def test_result_tables_are_left_aligned_and_full_width_in_a_saved_notebook() -> 
         cells = re.findall(r"<t[dh]( [^>]*)?>", html)
         assert len(cells) >= 6 and all("text-align:left" in cell for cell in cells), html
         assert re.search(r'<table [^>]*style="[^"]*width:100%', html), html
+
+
+def test_map_eta_waits_until_the_map_is_up_to_speed() -> None:
+    """The first answers all come after one round trip: an ETA from 2 of 500 read "1m15s" for a 3 s map."""
+    model = MapViewModel("m")
+    model.apply(ev.BatchStarted("b", messages=tuple(f"m{i}" for i in range(500)), mode="map"))
+
+    def finish(count: int) -> None:
+        for index in range(model.done, model.done + count):
+            model.apply(ev.BatchItemFinished("b", index=index, status="ok", duration=0.05, result="x", error=None))
+
+    finish(2)
+    assert model.eta() is None and "ETA –" in model.summary_line()
+    finish(22)  # 24 of 500: still under 5%
+    assert model.eta() is None
+    finish(1)
+    assert model.eta() is not None and "ETA –" not in model.summary_line()
+    small = MapViewModel("s")
+    small.apply(ev.BatchStarted("c", messages=("a", "b", "c"), mode="map"))
+    small.apply(ev.BatchItemFinished("c", index=0, status="ok", duration=0.05, result="x", error=None))
+    assert small.eta() is None
+    small.apply(ev.BatchItemFinished("c", index=1, status="error", duration=0.05, result=None, error="boom"))
+    assert small.eta() is not None  # two of three (failures count: they are finished)
