@@ -32,6 +32,11 @@ MAX_ROW_TEXT = 160
 MAX_FAILURE_TEXT = 300
 
 
+#: The badge colours of a map's states (the run view's palette: blue running, green done, amber with errors).
+MAP_STATUS_COLORS = {"running": "#1f6feb", "completed": "#1a7f37", "completed with errors": "#9a6700",
+                     "cancelled": "#6e7781"}
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -169,8 +174,9 @@ class MapViewModel:
             return "cancelled"
         return "completed" if not self.failed else "completed with errors"
 
-    def summary_line(self) -> str:
-        parts = [f"[{self.title}] {self.status}: {self.completed}/{self.total}",
+    def summary_line(self, *, titled: bool = True) -> str:
+        """The figures in one line, "[title] " first when ``titled`` (text lines; a panel shows its title above)."""
+        parts = [f"{f'[{self.title}] ' if titled else ''}{self.status}: {self.completed}/{self.total}",
                  f"{self.done + self.restored} ok", f"{self.failed} failed"]
         if self.restored:
             parts.append(f"{self.restored} of them from the journal")
@@ -204,7 +210,15 @@ class MapViewModel:
         return {"done": self.completed, "total": self.total, "failed": self.failed, "status": self.status}
 
     def stats_html(self) -> str:
-        return f'<div class="mm-map-stats">{escape(self.summary_line())}</div>'
+        return f'<div class="mm-map-stats">{escape(self.summary_line(titled=False))}</div>'
+
+    def header_html(self) -> str:
+        """The final view's title and status badge, as the run view's final header shows them."""
+        color = MAP_STATUS_COLORS.get(self.status, "#6e7781")
+        badge = (f'<span class="mm-status" style="background:{color};color:white;border-radius:8px;padding:1px 8px;'
+                 f'font-size:85%">{escape(self.status)}</span>')
+        return (f'<div class="mm-header" style="display:flex;gap:10px;align-items:center;flex-wrap:wrap">'
+                f"<b>{escape(self.title)}</b>{badge}</div>")
 
     def rows_html(self) -> str:
         if not self.rows:
@@ -223,7 +237,8 @@ class MapViewModel:
     def final_html(self) -> str:
         failures = "".join(self.failure_html(i, t) for i, t in sorted(self.failures))
         block = f'<details open><summary>{len(self.failures)} failed</summary>{failures}</details>' if failures else ""
-        return f'<div class="mm-panel mm-map {NO_TYPESET}">{self.stats_html()}{self.rows_html()}{block}</div>'
+        return (f'<div class="mm-panel mm-map {NO_TYPESET}">{self.header_html()}{self.stats_html()}{self.rows_html()}'
+                f"{block}</div>")
 
     def summary_text(self) -> str:
         lines = [self.summary_line()]

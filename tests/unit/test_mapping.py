@@ -323,3 +323,17 @@ def test_map_eta_waits_until_the_map_is_up_to_speed() -> None:
     assert small.eta() is None
     small.apply(ev.BatchItemFinished("c", index=1, status="error", duration=0.05, result=None, error="boom"))
     assert small.eta() is not None  # two of three (failures count: they are finished)
+
+
+def test_map_final_view_has_a_title_and_badge_and_says_the_title_once() -> None:
+    """The final view showed only the figures and rows; the live panel said its title twice ("bot map",
+    then "[bot map] running: …")."""
+    model = MapViewModel("bot <map>")
+    for event in _events():
+        model.apply(event)
+    assert "[bot" not in model.stats_html() and '<div class="mm-map-stats">running: 4/5' in model.stats_html()
+    model.apply(ev.BatchFinished("b", ok=3, failed=1, duration=1.0))
+    html = model.final_html()
+    assert "<b>bot &lt;map&gt;</b>" in html and ">completed with errors</span>" in html and "#9a6700" in html
+    assert html.count("bot &lt;map&gt;") == 1  # the stats line under it does not repeat it
+    assert model.summary_line().startswith("[bot <map>] completed with errors: 4/5")  # text lines keep it
