@@ -237,3 +237,10 @@ def test_result_tables_size_their_columns_by_their_content(page: Any, lab: Lab, 
             assert row["align"] in ("left", "start"), rows
             assert row["widest"], rows  # the answer takes the width
         table.screenshot(path=str(tmp_path / f"{selector.split('.')[-1]}.png"))
+    # The map's final view: its title once, with a status badge, above the figures and the rows.
+    badge = cells.nth(2).locator(".mm-map .mm-status")
+    badge.wait_for(timeout=60_000)
+    assert badge.inner_text() == "completed"
+    final = cells.nth(2).locator(".mm-map").last
+    assert final.inner_text().count("map-agent") == 1, final.inner_text()
+    final.screenshot(path=str(tmp_path / "map-final.png"))
