@@ -36,7 +36,8 @@ class AgentMapMagics(Magics):
     @run_arguments
     @argument("--journal", metavar="PATH", help="SQLite journal: finished items are kept; a re-run asks only the rest")
     @argument("--max-concurrency", default="auto", help="'auto' (adaptive, default) or a fixed number")
-    @argument("rest", nargs="*", help="ITERABLE [PROMPT TEMPLATE...]")
+    @argument("rest", nargs="*", metavar="ITERABLE [PROMPT TEMPLATE]",
+              help="a namespace iterable's name, then the prompt template (optional: {field} or {} take each item)")
     @no_var_expand
     @line_magic
     def agent_map(self, line: str) -> Any:
