@@ -52,11 +52,18 @@ ICON_SVG = {
 }
 
 
+#: A view's header row: title, badge, figures side by side (the run view's and the map's final views).
+HEADER_STYLE = "display:flex;gap:10px;align-items:center;flex-wrap:wrap"
+
+
+def status_badge(status: str, label: str, color: str) -> str:
+    """A coloured pill saying a run's (or map's) state."""
+    return (f'<span class="mm-status mm-status-{escape(status.replace(" ", "-"))}" style="background:{color};'
+            f'color:white;border-radius:8px;padding:1px 8px;font-size:85%">{escape(label)}</span>')
+
+
 def badge_html(vm: RunViewModel) -> str:
-    color = STATUS_COLORS.get(vm.status, "#6e7781")
-    label = escape(STATUS_LABELS.get(vm.status, vm.status))
-    return (f'<span class="mm-status mm-status-{escape(vm.status)}" style="background:{color};color:white;'
-            f'border-radius:8px;padding:1px 8px;font-size:85%">{label}</span>')
+    return status_badge(vm.status, STATUS_LABELS.get(vm.status, vm.status), STATUS_COLORS.get(vm.status, "#6e7781"))
 
 def header_html(vm: RunViewModel) -> str:
     meta = " · ".join(escape(x) for x in (vm.model, vm.mode) if x)
@@ -72,8 +79,7 @@ def header_html(vm: RunViewModel) -> str:
         parts.append(f'<span class="mm-cost">{escape(vm.cost_text())}</span>')
     if vm.retries:
         parts.append(f'<span class="mm-retries">retries: {vm.retries}</span>')
-    return ('<div class="mm-header" style="display:flex;gap:10px;align-items:center;flex-wrap:wrap">'
-            + "".join(parts) + "</div>")
+    return f'<div class="mm-header" style="{HEADER_STYLE}">' + "".join(parts) + "</div>"
 
 def body_blocks(vm: RunViewModel) -> list[tuple[str, str]]:
     """The live body as keyed blocks: a view replaces only the blocks whose HTML changed."""

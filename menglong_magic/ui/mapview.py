@@ -25,6 +25,7 @@ from .. import events as ev
 from ..maps.run import MapItemsRestored
 from ..markup import NO_TYPESET, SHORT_CELL_STYLE, TABLE_STYLE, WIDE_CELL_STYLE, clip, terminal_safe
 from ..usage import format_cost
+from .html import HEADER_STYLE, status_badge
 from .live import LiveWidgetView
 
 LAST_ROWS = 5
@@ -214,11 +215,8 @@ class MapViewModel:
 
     def header_html(self) -> str:
         """The final view's title and status badge, as the run view's final header shows them."""
-        color = MAP_STATUS_COLORS.get(self.status, "#6e7781")
-        badge = (f'<span class="mm-status" style="background:{color};color:white;border-radius:8px;padding:1px 8px;'
-                 f'font-size:85%">{escape(self.status)}</span>')
-        return (f'<div class="mm-header" style="display:flex;gap:10px;align-items:center;flex-wrap:wrap">'
-                f"<b>{escape(self.title)}</b>{badge}</div>")
+        badge = status_badge(self.status, self.status, MAP_STATUS_COLORS.get(self.status, "#6e7781"))
+        return f'<div class="mm-header" style="{HEADER_STYLE}"><b>{escape(self.title)}</b>{badge}</div>'
 
     def rows_html(self) -> str:
         if not self.rows:
