@@ -175,9 +175,11 @@ class MapViewModel:
             return "cancelled"
         return "completed" if not self.failed else "completed with errors"
 
-    def summary_line(self, *, titled: bool = True) -> str:
-        """The figures in one line, "[title] " first when ``titled`` (text lines; a panel shows its title above)."""
-        parts = [f"{f'[{self.title}] ' if titled else ''}{self.status}: {self.completed}/{self.total}",
+    def summary_line(self, *, titled: bool = True, stated: bool = True) -> str:
+        """The figures in one line, "[title] status: " first (text lines). A panel shows its title above
+        (``titled=False``); the final view's badge says the status (``stated=False``)."""
+        lead = (f"[{self.title}] " if titled else "") + (f"{self.status}: " if stated else "")
+        parts = [f"{lead}{self.completed}/{self.total}",
                  f"{self.done + self.restored} ok", f"{self.failed} failed"]
         if self.restored:
             parts.append(f"{self.restored} of them from the journal")
@@ -210,8 +212,8 @@ class MapViewModel:
     def progress(self) -> dict[str, Any]:
         return {"done": self.completed, "total": self.total, "failed": self.failed, "status": self.status}
 
-    def stats_html(self) -> str:
-        return f'<div class="mm-map-stats">{escape(self.summary_line(titled=False))}</div>'
+    def stats_html(self, *, stated: bool = True) -> str:
+        return f'<div class="mm-map-stats">{escape(self.summary_line(titled=False, stated=stated))}</div>'
 
     def header_html(self) -> str:
         """The final view's title and status badge, as the run view's final header shows them."""
@@ -235,8 +237,8 @@ class MapViewModel:
     def final_html(self) -> str:
         failures = "".join(self.failure_html(i, t) for i, t in sorted(self.failures))
         block = f'<details open><summary>{len(self.failures)} failed</summary>{failures}</details>' if failures else ""
-        return (f'<div class="mm-panel mm-map {NO_TYPESET}">{self.header_html()}{self.stats_html()}{self.rows_html()}'
-                f"{block}</div>")
+        return (f'<div class="mm-panel mm-map {NO_TYPESET}">{self.header_html()}{self.stats_html(stated=False)}'
+                f"{self.rows_html()}{block}</div>")
 
     def summary_text(self) -> str:
         lines = [self.summary_line()]

@@ -335,5 +335,6 @@ def test_map_final_view_has_a_title_and_badge_and_says_the_title_once() -> None:
     model.apply(ev.BatchFinished("b", ok=3, failed=1, duration=1.0))
     html = model.final_html()
     assert "<b>bot &lt;map&gt;</b>" in html and ">completed with errors</span>" in html and "#9a6700" in html
-    assert html.count("bot &lt;map&gt;") == 1  # the stats line under it does not repeat it
+    assert html.count("bot &lt;map&gt;") == 1  # the stats line under it does not repeat it, nor the status
+    assert '<div class="mm-map-stats">4/5, 3 ok, 1 failed' in html and html.count("completed with errors") == 1
     assert model.summary_line().startswith("[bot <map>] completed with errors: 4/5")  # text lines keep it
