@@ -94,7 +94,7 @@ def run_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
         argument("--max-iterations", type=int, help="iteration cap"),
         argument("--timeout", type=float, help="timeout in seconds"),
         argument("-o", "--out", help="store the result in this variable"),
-        argument("-q", "--quiet", action="store_true", help="no panel: the summary line and the answer"),
+        argument("-q", "--quiet", action="store_true", help="no panel: the summary line (and a run's answer)"),
         argument("-i", "--interpolate", action="store_true",
                  help="substitute {name} from the namespace in the text (write {{ and }} for literal braces)"),
         argument("--output", metavar="TYPE",
