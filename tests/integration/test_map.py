@@ -217,6 +217,40 @@ async def test_adaptive_limiter_against_a_rate_limited_server() -> None:
         await client.close()
 
 
+FIRST_MAP_IN_A_NEW_PROCESS = """
+import asyncio, json, platform, time
+from menglong_magic import ChatAgent
+from menglong_magic.models import OpenAIModel
+from menglong_magic.testing import ScriptedOpenAIServer, reply
+
+async def main():
+    with ScriptedOpenAIServer(responder=lambda body: reply("ok", delay=0.05), rate_limit=8,
+                              rate_limit_retry_after=0.05) as server:
+        agent = ChatAgent(model=OpenAIModel("m", base_url=server.base_url, api_key="sk-first"))
+        result = await agent.map_async([f"r{i}" for i in range(300)])
+        print(json.dumps({"failed": len(result.errors), "rejected": server.rate_limited,
+                          "peak": agent.limiter().peak_in_flight}))
+
+# The first lookup of the platform in a process reads files (os-release); slow here, as on a busy machine.
+real_platform = platform.platform
+platform.platform = lambda *args, **kwargs: (time.sleep(0.3), real_platform(*args, **kwargs))[1]
+asyncio.run(main())
+"""
+
+
+def test_the_first_map_of_a_new_process_is_paced_too() -> None:
+    """The SDK looked the platform up in a worker thread during a new client's first request, and every request
+    started meanwhile waited there holding its slot, then all went at once: in a fresh kernel, a first map sent its
+    1,000 requests together (970 429s from a server that takes 20). In a fresh interpreter whose platform lookup
+    takes 0.3 s, the first burst stays near the server's 8 (before: all 300 in flight, 300+ rejected)."""
+    done = subprocess.run([sys.executable, "-c", FIRST_MAP_IN_A_NEW_PROCESS], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["failed"] == 0
+    assert outcome["peak"] < 60 and outcome["rejected"] < 100, outcome  # not "everything at once"
+
+
 async def test_batch_default_is_adaptive(openai_server: ScriptedOpenAIServer) -> None:
     # 200 ms answers: the batch starts its items one loop step apart, so on a loaded machine a short answer
     # could end before the ninth item is sent and the test would not see more than 8 in flight.
