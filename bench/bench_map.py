@@ -51,7 +51,7 @@ from menglong_magic.agent.limiter import endpoint_key, forget_learned
 from menglong_magic.loopshare import loop_share
 from menglong_magic.maps.run import Journal
 from menglong_magic.models import OpenAIModel
-from menglong_magic.testing.stall import StallMonitor
+from menglong_magic.testing.stall import GcClock, StallMonitor
 from menglong_magic.ui.mapview import MapPanel
 
 LATENCY = 0.05
@@ -167,27 +167,6 @@ def collected(durations: list[float]) -> str:
         return "; no full garbage collection ran during them"
     return (f"; {len(durations)} full garbage collection(s) of this process's heap ran during them, "
             f"{min(durations) * 1000:.0f}-{max(durations) * 1000:.0f} ms each")
-
-
-class GcClock:
-    """Seconds this process spent in garbage collection (every generation) while open."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._started = 0.0
-
-    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.seconds += time.perf_counter() - self._started
-
-    def __enter__(self) -> GcClock:
-        gc.callbacks.append(self._on_collection)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self._on_collection)
 
 
 async def rate_limited_1000(latency: float, raw: bool) -> None:

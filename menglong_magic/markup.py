@@ -28,8 +28,8 @@ NO_TYPESET = "mathjax_ignore tex2jax_ignore"
 # Inline styles for the tables of batch and map results: a saved notebook keeps no stylesheet, and JupyterLab's
 # rendered HTML right-aligns table cells, stripes rows only as wide as their text and lays tables out "fixed"
 # (equal columns; a 100%-wide cell then squeezes the others to nothing): columns sized by their content here, the
-# short ones never wrapped, the last (the answer) taking the rest.
-TABLE_STYLE = "border-collapse:collapse;width:100%;table-layout:auto;margin:0"  # JupyterLab adds 1em below
+# short ones never wrapped, the last (the answer) taking the rest; no margin (JupyterLab's 1em under every table).
+TABLE_STYLE = "border-collapse:collapse;width:100%;table-layout:auto;margin:0"
 CELL_STYLE = "text-align:left;vertical-align:top;padding:1px 8px"
 SHORT_CELL_STYLE = CELL_STYLE + ";white-space:nowrap"
 WIDE_CELL_STYLE = CELL_STYLE + ";width:100%;white-space:pre-wrap"

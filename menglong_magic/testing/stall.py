@@ -8,6 +8,37 @@ import time
 from typing import Any
 
 
+class GcClock:
+    """The garbage collections this process ran while open (``with``): each one's generation and seconds."""
+
+    def __init__(self) -> None:
+        self.collections: list[tuple[int, float]] = []
+        self._started = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """Time spent in every collection."""
+        return sum(took for _generation, took in self.collections)
+
+    @property
+    def full(self) -> list[float]:
+        """How long each full collection (generation 2) took."""
+        return [took for generation, took in self.collections if generation == 2]
+
+    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.collections.append((info.get("generation", 0), time.perf_counter() - self._started))
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self._on_collection)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_collection)
+
+
 class StallMonitor:
     """The longest time the event loop did not get round to a 1 ms timer, while it runs (``async with``).
 
@@ -18,9 +49,12 @@ class StallMonitor:
 
     def __init__(self) -> None:
         self.longest = 0.0
-        self.full_collections: list[float] = []
         self._task: asyncio.Task[None] | None = None
-        self._collection_started = 0.0
+        self._collections = GcClock()
+
+    @property
+    def full_collections(self) -> list[float]:
+        return self._collections.full
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -29,16 +63,8 @@ class StallMonitor:
             await asyncio.sleep(0.001)
             self.longest = max(self.longest, loop.time() - t - 0.001)
 
-    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
-        if info.get("generation") != 2:
-            return
-        if phase == "start":
-            self._collection_started = time.perf_counter()
-        else:
-            self.full_collections.append(time.perf_counter() - self._collection_started)
-
     async def __aenter__(self) -> StallMonitor:
-        gc.callbacks.append(self._on_collection)
+        self._collections.__enter__()
         self._task = asyncio.ensure_future(self._watch())
         return self
 
@@ -46,4 +72,4 @@ class StallMonitor:
         assert self._task is not None
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        gc.callbacks.remove(self._on_collection)
+        self._collections.__exit__()

@@ -27,15 +27,16 @@ from ..markup import NO_TYPESET, SHORT_CELL_STYLE, TABLE_STYLE, WIDE_CELL_STYLE,
 from ..usage import format_cost
 from .html import HEADER_STYLE, status_badge
 from .live import LiveWidgetView
+from .state import STATUS_COLORS
 
 LAST_ROWS = 5
 MAX_ROW_TEXT = 160
 MAX_FAILURE_TEXT = 300
 
 
-#: The badge colours of a map's states (the run view's palette: blue running, green done, amber with errors).
-MAP_STATUS_COLORS = {"running": "#1f6feb", "completed": "#1a7f37", "completed with errors": "#9a6700",
-                     "cancelled": "#6e7781"}
+#: The badge colours of a map's states, from the run view's palette (amber with errors, as a run that hit a limit).
+MAP_STATUS_COLORS = {"running": STATUS_COLORS["running"], "completed": STATUS_COLORS["completed"],
+                     "completed with errors": STATUS_COLORS["max_iterations"], "cancelled": STATUS_COLORS["cancelled"]}
 
 
 def _duration(seconds: float | None) -> str:
@@ -217,7 +218,7 @@ class MapViewModel:
 
     def header_html(self) -> str:
         """The final view's title and status badge, as the run view's final header shows them."""
-        badge = status_badge(self.status, self.status, MAP_STATUS_COLORS.get(self.status, "#6e7781"))
+        badge = status_badge(self.status, self.status, MAP_STATUS_COLORS[self.status])
         return f'<div class="mm-header" style="{HEADER_STYLE}"><b>{escape(self.title)}</b>{badge}</div>'
 
     def rows_html(self) -> str:
